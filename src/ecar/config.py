@@ -36,6 +36,8 @@ class DataConfig:
     """Image side in pixels; ``None`` keeps the dataset's native size (digits 16, shapes 32)."""
     channels: int | None = None
     """1 (grey) or 3 (RGB) for ``imagefolder``; ``None`` keeps the dataset's own."""
+    num_classes: int | None = None
+    """Filled in from the dataset when training starts (recorded in checkpoints)."""
     num_workers: int = 0
     """DataLoader worker processes (0 = load in the training process)."""
     shapes_size: int = 50_000

@@ -1,0 +1,15 @@
+"""Flow matching: the linear path, time sampling, objectives (and E-CAR's stage pyramid)."""
+
+from ecar.flow.objectives import FlowMatchingObjective, drop_labels
+from ecar.flow.paths import data_estimate, interpolate, noise_estimate, target_velocity
+from ecar.flow.time import sample_time
+
+__all__ = [
+    "FlowMatchingObjective",
+    "data_estimate",
+    "drop_labels",
+    "interpolate",
+    "noise_estimate",
+    "sample_time",
+    "target_velocity",
+]

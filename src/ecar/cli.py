@@ -1,0 +1,256 @@
+"""The ``ecar`` command: train, sample, info (and demo, eval, bench as they land).
+
+Every error a user can cause (bad config key, missing checkpoint, corrupt data, NaN loss)
+is printed as one ``error:`` line with what to do, and the process exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+EXIT_USAGE, EXIT_FAIL, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML recipe",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            Train a model from a recipe in configs/. Any config value can be overridden
+            with section.key=value. Runs on one CPU/GPU as is, and on many processes under
+            torchrun with the same arguments (gloo on CPU, NCCL on GPU).
+
+            examples:
+              ecar train --config configs/digits_dit.yaml --out runs/dit
+              ecar train --config configs/digits_dit.yaml --out runs/dit train.max_steps=40
+              ecar train --out runs/dit --resume                 # continue where it stopped
+              torchrun --nproc_per_node=2 -m ecar train --config configs/digits_dit.yaml --out runs/ddp
+            """
+        ),
+    )
+    p.add_argument("--config", help="recipe YAML (optional with --resume: the run's own config is used)")
+    p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="generate images from a checkpoint",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            Generate images from a trained checkpoint (EMA weights by default). Writes a PNG
+            grid when --out ends in .png, else one PNG per image into the --out directory.
+            Sampler settings default to those the recipe ships with.
+
+            examples:
+              ecar sample --ckpt runs/dit --n 16 --out grid.png
+              ecar sample --ckpt runs/dit --n 100 --classes 3,7 --cfg 2.0 --steps 50 --out imgs/
+            """
+        ),
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint directory (what `ecar train --out` wrote)")
+    p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    p.add_argument("--classes", help="comma-separated class ids to cycle through (default: all)")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--cfg-schedule", choices=["constant", "linear"], help="guidance schedule")
+    p.add_argument("--steps", type=int, help="integration steps (per stage for E-CAR/FlowAR)")
+    p.add_argument("--stage-steps", help="E-CAR/FlowAR: comma-separated steps per stage")
+    p.add_argument("--sampler", choices=["euler", "heun", "euler_maruyama"], help="integrator")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward batch")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--nrow", type=int, help="grid columns (default: number of classes, max 16)")
+    p.add_argument("--stages-out", help="also write a PNG strip of every stage's result (E-CAR)")
+    p.add_argument("--out", required=True, help="FILE.png for a grid, or a directory for single PNGs")
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser(
+        "info",
+        help="show a checkpoint's config, size and step",
+        formatter_class=_formatter,
+        description="Print a checkpoint's resolved config, parameter count and training step.\n\n"
+        "example:\n  ecar info --ckpt runs/dit",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ecar",
+        formatter_class=_formatter,
+        description="Efficient continuous-token autoregressive image generation (E-CAR) and baselines.",
+        epilog="Run `ecar COMMAND --help` for examples.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(sub)
+    _add_sample(sub)
+    _add_info(sub)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
+    logging.basicConfig(level=level, format="%(message)s")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    from ecar.config import config_from_dict, load_config, load_yaml, merge_overrides
+    from ecar.train.checkpoint import CONFIG_FILE
+    from ecar.train.trainer import train
+
+    if args.config is None and not args.resume:
+        raise UsageError("--config is required (or --resume with --out of an existing run)")
+    if args.out is None:
+        if args.config is None:
+            raise UsageError("--resume needs --out (the run directory to continue)")
+        args.out = str(Path("runs") / Path(args.config).stem)
+    if args.config is None:
+        saved = load_yaml(Path(args.out) / CONFIG_FILE)
+        cfg = config_from_dict(merge_overrides(saved, args.overrides))
+    else:
+        cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained {cfg.model.name} to step {summary['step']} in {summary['train_seconds']:.0f} s; "
+              f"checkpoint: {summary['out']}")
+        print(f"next: ecar sample --ckpt {summary['out']} --n 16 --out {summary['out']}/grid.png")
+    return 0
+
+
+def _parse_ints(text: str | None, what: str) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated integers, got '{text}'") from None
+
+
+def cmd_sample(args) -> int:
+    import dataclasses
+
+    from ecar.build import load_for_inference
+    from ecar.engine import generate_images, labels_for
+    from ecar.imageio import save_grid, save_images, save_png, to_uint8
+    from ecar.train.distributed import pick_device
+
+    if args.n < 1:
+        raise UsageError("--n must be >= 1")
+    device = pick_device(args.device)
+    loaded = load_for_inference(args.ckpt, device, use_ema=not args.no_ema)
+    sample = dataclasses.replace(loaded.cfg.sample)
+    for field, value in (("cfg", args.cfg), ("cfg_schedule", args.cfg_schedule),
+                         ("steps", args.steps), ("sampler", args.sampler)):
+        if value is not None:
+            setattr(sample, field, value)
+    if args.stage_steps:
+        sample.stage_steps = _parse_ints(args.stage_steps, "--stage-steps")
+    if sample.steps < 1:
+        raise UsageError("--steps must be >= 1")
+    try:
+        labels = labels_for(args.n, loaded.num_classes, _parse_ints(args.classes, "--classes"))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    out = generate_images(
+        loaded.model, loaded.cfg, loaded.autoencoder, labels, sample, seed=args.seed,
+        batch_size=args.batch_size, progress=True, return_stages=bool(args.stages_out),
+    )
+    images = to_uint8(out["images"])
+    nrow = args.nrow or min(16, len(set(labels.tolist())))
+    if args.out.lower().endswith(".png"):
+        path = save_grid(images, args.out, nrow=nrow)
+        print(f"wrote a grid of {len(images)} images to {path}")
+    else:
+        paths = save_images(images, args.out)
+        print(f"wrote {len(paths)} images to {args.out}/")
+    if args.stages_out:
+        from ecar.engine.visualize import stages_strip
+
+        save_png(stages_strip(out["stages"], max_rows=min(8, args.n)), args.stages_out)
+        print(f"wrote the stage strip to {args.stages_out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from ecar.build import load_for_inference
+    from ecar.config import config_to_yaml
+    import torch
+
+    loaded = load_for_inference(args.ckpt, torch.device("cpu"))
+    params = sum(p.numel() for p in loaded.model.parameters())
+    print(f"checkpoint: {args.ckpt}")
+    print(f"model:      {loaded.cfg.model.name} (family {loaded.family.name})")
+    print(f"parameters: {params:,} ({params / 1e6:.2f} M)")
+    print(f"step:       {loaded.step}")
+    print(f"data:       {loaded.cfg.data.name} ({loaded.cfg.data.channels}×{loaded.cfg.data.resolution}², "
+          f"{loaded.num_classes} classes)")
+    print("config:")
+    print(textwrap.indent(config_to_yaml(loaded.cfg), "  "))
+    return 0
+
+
+class UsageError(ValueError):
+    pass
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    _setup_logging(args.verbose)
+    from ecar.config import ConfigError
+    from ecar.train.checkpoint import CheckpointError
+    from ecar.train.trainer import TrainingDiverged, TrainingInterrupted
+
+    data_errors: tuple = ()
+    try:
+        from ecar.data import DataError
+
+        data_errors = (DataError,)
+    except ImportError:
+        pass
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (CheckpointError, TrainingDiverged, *data_errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except TrainingInterrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("stopped: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

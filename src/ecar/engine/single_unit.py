@@ -1,0 +1,41 @@
+"""Generation for one-unit models (DiT): integrate the whole latent from noise to data."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ecar.config import Config, SampleConfig
+from ecar.samplers import guidance_scale, guided, integrate, time_grid
+
+
+@torch.no_grad()
+def generate_single_unit(
+    model: nn.Module,
+    cfg: Config,
+    labels: torch.Tensor,
+    sample: SampleConfig,
+    generator: torch.Generator | None = None,
+    return_stages: bool = False,
+) -> dict:
+    """labels (B,) long on the model's device -> {"latents": (B, C, H, W)}.
+
+    Guidance progress is the time t, so a ``linear`` schedule ramps over the trajectory.
+    """
+    b = labels.shape[0]
+    x = torch.randn(
+        (b, model.channels, model.size, model.size), generator=generator, device=labels.device
+    )
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return model(x, t.expand(x.shape[0]), y)
+
+    null = torch.full_like(labels, model.null_class)
+    scale_fn = lambda t: guidance_scale(sample.cfg, sample.cfg_schedule, float(t))  # noqa: E731
+    v = guided(model_fn, labels, null, scale_fn)
+    grid = time_grid(sample.steps, device=labels.device)
+    out = integrate(sample.sampler, v, x, grid, generator, sample.noise_scale)
+    result = {"latents": out}
+    if return_stages:
+        result["stages"] = [out]
+    return result

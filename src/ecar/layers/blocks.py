@@ -1,0 +1,90 @@
+"""Transformer blocks with adaptive layer norm (adaLN-Zero, DiT §3.2) and the final projection."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ecar.layers.attention import Attention, KVCache
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x: (B, N, D); shift/scale: (B, D) or (B, N, D)."""
+    if shift.dim() == 2:
+        shift, scale = shift[:, None], scale[:, None]
+    return x * (1 + scale) + shift
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, out: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, out or dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class AdaLNBlock(nn.Module):
+    """Pre-norm attention + MLP block, modulated by a condition vector ``c``.
+
+    ``c`` is (B, D) (one condition per sample, DiT) or (B, N, D) (one per token, E-CAR
+    heads). The modulation projection is zero-initialised so each block starts as identity.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads, qk_norm=qk_norm)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        s1, g1, a1, s2, g2, a2 = self.ada(c).chunk(6, dim=-1)
+        if a1.dim() == 2:
+            a1, a2 = a1[:, None], a2[:, None]
+        x = x + a1 * self.attn(modulate(self.norm1(x), s1, g1), mask=mask, cache=cache)
+        return x + a2 * self.mlp(modulate(self.norm2(x), s2, g2))
+
+
+class AdaLNResBlock(nn.Module):
+    """Residual MLP block with adaLN-Zero (MAR's per-token head block). x, c: (..., D)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.ada(c).chunk(3, dim=-1)
+        return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated norm + zero-initialised linear projection to the output dim."""
+
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, out)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        for lin in (self.linear, self.ada[1]):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))

@@ -1,0 +1,244 @@
+"""E-CAR: stage-causal AR transformer + flow-matching head (arXiv 2412.14170; docs/ecar.md).
+
+Sequence layout: [class token] + tokens of stage 1 + … + tokens of stage S, where stage s
+contributes the g_s×g_s tokens of its AR input (E-CAR: the start state a_s; FlowAR: the
+upsampled previous stage). A token of stage s attends to the class token, all earlier
+stages and its own stage (both ways) — a block-causal mask, so one pass trains every stage
+and sampling can cache earlier stages' keys/values.
+
+The head predicts the velocity of a stage's tokens from (x_u, u, z): per-token adaLN MLP
+(MAR-like, default) or a small transformer over the stage's tokens. A pure ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ecar.layers import (
+    AdaLNBlock,
+    AdaLNResBlock,
+    FinalLayer,
+    KVCache,
+    LabelEmbedder,
+    TimestepEmbedder,
+    grid_positions,
+    patchify,
+    unpatchify,
+)
+
+
+@dataclass
+class ECARConfig:
+    """E-CAR / FlowAR architecture and stage layout."""
+
+    name: str = "ecar-tiny"
+    hidden: int = 64
+    depth: int = 2
+    heads: int = 4
+    patch: int = 2
+    mlp_ratio: float = 4.0
+    qk_norm: bool = False
+    mode: str = "ecar"
+    """``ecar`` (partial denoising per stage) or ``flowar`` (every window [0, 1])."""
+    stages: list[int] | None = None
+    """Token grids coarse to fine (e.g. [1, 2, 4, 8]); None = 1, 2, 4, … up to the full grid."""
+    windows: list[float] | None = None
+    """Interior window ends τ_1..τ_{S−1}; None = uniform s/S. Ignored in FlowAR mode."""
+    head: str = "mlp"
+    """``mlp`` (per-token adaLN MLP) or ``transformer`` (stage-local attention)."""
+    head_width: int = 128
+    head_depth: int = 3
+    head_heads: int = 4
+    stage_weights: list[float] | None = field(default=None)
+    """Loss weight per stage (None = every stage counts equally)."""
+
+    def validate(self) -> None:
+        from ecar.config import ConfigError
+
+        if self.mode not in ("ecar", "flowar"):
+            raise ConfigError(f"model.mode={self.mode!r}; choose ecar or flowar")
+        if self.head not in ("mlp", "transformer"):
+            raise ConfigError(f"model.head={self.head!r}; choose mlp or transformer")
+        if self.hidden % self.heads or self.hidden % 4:
+            raise ConfigError(f"model.hidden={self.hidden} must be divisible by model.heads and 4")
+        if self.head == "transformer" and (self.head_width % self.head_heads or self.head_width % 4):
+            raise ConfigError("model.head_width must be divisible by model.head_heads and 4")
+
+
+class TokenHead(nn.Module):
+    """Velocity of a stage's tokens. x: (B, N, D_tok), u: (B,) or (B, N), z: (B, N, hidden)."""
+
+    def __init__(self, cfg: ECARConfig, token_dim: int, cond_dim: int, max_grid: int):
+        super().__init__()
+        w = cfg.head_width
+        self.kind = cfg.head
+        self.inp = nn.Linear(token_dim, w)
+        self.t_embed = TimestepEmbedder(w)
+        self.z_proj = nn.Linear(cond_dim, w)
+        if self.kind == "mlp":
+            self.blocks = nn.ModuleList(AdaLNResBlock(w) for _ in range(cfg.head_depth))
+        else:
+            self.blocks = nn.ModuleList(
+                AdaLNBlock(w, cfg.head_heads, cfg.mlp_ratio) for _ in range(cfg.head_depth)
+            )
+        self.final = FinalLayer(w, token_dim)
+        self.max_grid = max_grid
+
+    def forward(
+        self, x: torch.Tensor, u: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None,
+        pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, n, _ = x.shape
+        if u.dim() == 0:
+            u = u.expand(b)
+        t = self.t_embed(u.reshape(-1)).reshape(b, -1, self.z_proj.out_features)
+        c = self.z_proj(z) + t  # (B, N, w) or broadcast from (B, 1, w)
+        h = self.inp(x)
+        if self.kind == "mlp":
+            for blk in self.blocks:
+                h = blk(h, c)
+        else:
+            if pos is not None:
+                h = h + pos
+            for blk in self.blocks:
+                h = blk(h, c, mask=mask)
+        return self.final(h, c)
+
+
+class ECAR(nn.Module):
+    """Stage-causal AR transformer with a flow-matching head over C×size×size latents."""
+
+    def __init__(self, cfg: ECARConfig, channels: int, size: int, num_classes: int):
+        super().__init__()
+        from ecar.flow.multistage import StageSchedule, default_stage_sizes
+
+        self.cfg, self.channels, self.size, self.num_classes = cfg, channels, size, num_classes
+        p = cfg.patch
+        if size % p:
+            raise ValueError(f"latent size {size} is not divisible by model.patch={p}")
+        grid = size // p
+        sizes = (
+            [g * p for g in cfg.stages] if cfg.stages else default_stage_sizes(size, p)
+        )
+        if sizes[-1] != size:
+            raise ValueError(
+                f"the last stage grid ({sizes[-1] // p}) must equal the full token grid {grid} "
+                f"(latent {size} / patch {p})"
+            )
+        self.schedule = StageSchedule.build(sizes, cfg.windows, flowar=cfg.mode == "flowar")
+        self.grids = [n // p for n in sizes]
+        token_dim = channels * p * p
+        self.token_dim = token_dim
+
+        self.embed = nn.Linear(token_dim, cfg.hidden)
+        self.y_embed = LabelEmbedder(num_classes, cfg.hidden)
+        self.stage_embed = nn.Embedding(len(sizes), cfg.hidden)
+        for s, g in enumerate(self.grids):
+            self.register_buffer(f"pos{s}", grid_positions(g, cfg.hidden, frame=grid)[None], persistent=False)
+            if cfg.head == "transformer":
+                self.register_buffer(
+                    f"hpos{s}", grid_positions(g, cfg.head_width, frame=grid)[None], persistent=False
+                )
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(cfg.hidden, cfg.heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.hidden, eps=1e-6)
+        self.head = TokenHead(cfg, token_dim, cfg.hidden, grid)
+        nn.init.xavier_uniform_(self.embed.weight)
+        nn.init.zeros_(self.embed.bias)
+        nn.init.normal_(self.y_embed.table.weight, std=0.02)
+        nn.init.normal_(self.stage_embed.weight, std=0.02)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.grids)
+
+    def stage_tokens(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, C, n_s, n_s) -> (B, g_s², C·p²)."""
+        return patchify(latent, self.cfg.patch)
+
+    def stage_latent(self, tokens: torch.Tensor, s: int) -> torch.Tensor:
+        n = self.schedule.sizes[s]
+        return unpatchify(tokens, self.cfg.patch, self.channels, n, n)
+
+    def stage_ids(self, device) -> torch.Tensor:
+        """Stage index of every sequence position (class token = -1) -> (1 + Σ g_s²,)."""
+        ids = [torch.full((1,), -1)] + [torch.full((g * g,), s) for s, g in enumerate(self.grids)]
+        return torch.cat(ids).to(device)
+
+    def block_causal_mask(self, device, stages: int | None = None) -> torch.Tensor:
+        """Bool (L, L): position i may attend to j iff stage(j) <= stage(i) (class token = stage −1)."""
+        ids = self.stage_ids(device)
+        if stages is not None:
+            ids = ids[: 1 + sum(g * g for g in self.grids[:stages])]
+        return ids[None, :] <= ids[:, None]
+
+    def _embed_stage(self, inp: torch.Tensor, s: int) -> torch.Tensor:
+        h = self.embed(self.stage_tokens(inp))
+        return h + getattr(self, f"pos{s}") + self.stage_embed.weight[s]
+
+    # ------------------------------------------------------------------ AR transformer
+    def condition(self, inputs: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
+        """Full pass (training, or sampling without a cache) over the first len(inputs) stages.
+
+        inputs[s]: (B, C, n_s, n_s) AR input of stage s; y: (B,) labels (null = num_classes).
+        Returns z per stage: (B, g_s², hidden).
+        """
+        c = self.y_embed(y)
+        h = torch.cat([c[:, None]] + [self._embed_stage(x, s) for s, x in enumerate(inputs)], dim=1)
+        mask = self.block_causal_mask(h.device, len(inputs))
+        for blk in self.blocks:
+            h = blk(h, c, mask=mask)
+        h = self.norm(h)
+        out, i = [], 1
+        for s in range(len(inputs)):
+            n = self.grids[s] ** 2
+            out.append(h[:, i : i + n])
+            i += n
+        return out
+
+    def new_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in self.blocks]
+
+    def condition_step(
+        self, inp: torch.Tensor, s: int, y: torch.Tensor, cache: list[KVCache]
+    ) -> torch.Tensor:
+        """One stage with a KV cache of the earlier ones -> z (B, g_s², hidden).
+
+        Stage 0 also feeds the class token. Must be called for s = 0, 1, … in order.
+        """
+        c = self.y_embed(y)
+        h = self._embed_stage(inp, s)
+        if s == 0:
+            h = torch.cat([c[:, None], h], dim=1)
+        # stage 0 carries the class token, which sees only itself; later stages see every cached position
+        mask = self.block_causal_mask(h.device, 1) if s == 0 else None
+        for blk, kv in zip(self.blocks, cache):
+            h = blk(h, c, mask=mask, cache=kv)
+        h = self.norm(h)
+        return h[:, 1:] if s == 0 else h
+
+    # ------------------------------------------------------------------ head
+    def head_mask(self, stage_of_token: torch.Tensor) -> torch.Tensor:
+        return stage_of_token[None, :] == stage_of_token[:, None]
+
+    def velocity(self, x_tokens: torch.Tensor, u: torch.Tensor, z: torch.Tensor, s: int) -> torch.Tensor:
+        """Head velocity for stage s. x_tokens (B, g_s², D_tok), u scalar/(B,)/(B, N), z (B, g_s², H)."""
+        pos = getattr(self, f"hpos{s}") if self.cfg.head == "transformer" else None
+        return self.head(x_tokens, u, z, pos=pos)
+
+    def velocity_all(self, x_tokens: torch.Tensor, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Head over the tokens of all stages at once (training). u: (B, N_total)."""
+        if self.cfg.head == "mlp":
+            return self.head(x_tokens, u, z)
+        ids = self.stage_ids(x_tokens.device)[1:]
+        pos = torch.cat([getattr(self, f"hpos{s}") for s in range(self.num_stages)], dim=1)
+        return self.head(x_tokens, u, z, mask=self.head_mask(ids), pos=pos)

@@ -1,0 +1,309 @@
+"""The training loop shared by every family.
+
+One code path: single-process CPU, or ``torchrun`` (DDP; gloo on CPU, NCCL on GPU). The
+objective (network + loss) is wrapped by DDP here and nowhere else; EMA, checkpoints,
+logging and sample grids live here too. Randomness of step s on rank r comes from a
+generator seeded with (seed, s, micro-step, r), so a resumed run draws exactly the noise
+and times it would have drawn without the interruption.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from ecar.build import build_data, build_model, latent_spec
+from ecar.autoencoders import build_autoencoder
+from ecar.config import Config, ConfigError
+from ecar.engine import generate_images, labels_for
+from ecar.imageio import save_grid, to_uint8
+from ecar.train import checkpoint as ckpt
+from ecar.train.data_order import BatchStream
+from ecar.train.distributed import DistInfo, all_reduce_max, all_reduce_mean, cleanup, init_distributed
+from ecar.train.ema import ema_decay, make_ema, update_ema
+
+log = logging.getLogger("ecar.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint was left untouched."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C / SIGTERM: a checkpoint of the last completed step was saved."""
+
+
+def lr_factor(step: int, cfg: Config) -> float:
+    """Multiplier of ``train.lr`` at optimiser step ``step`` (linear warm-up, then cosine/constant)."""
+    t = cfg.train
+    if t.warmup_steps > 0 and step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.schedule == "constant":
+        return 1.0
+    span = max(1, t.max_steps - t.warmup_steps)
+    progress = min(1.0, (step - t.warmup_steps) / span)
+    return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step) * 1_009 + micro * 101 + rank + 1)
+    return g
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision != "bf16":
+        return nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        log.warning("bf16 is not supported on this GPU; training in fp32")
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag checked between steps."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop:  # second Ctrl-C: give up immediately
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class MetricsLog:
+    """metrics.jsonl (always) and TensorBoard (when installed and enabled), rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        self.path = out / "metrics.jsonl"
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tb"))
+            except Exception:  # noqa: BLE001 - tensorboard is optional
+                self.tb = None
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"train/{k}", v, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train ``cfg`` into run directory ``out``; returns a summary dict (rank 0's view).
+
+    Raises :class:`TrainingDiverged` on a non-finite loss, :class:`TrainingInterrupted` on
+    Ctrl-C (after saving), :class:`ecar.train.checkpoint.CheckpointError` on a bad resume.
+    """
+    dist_info = init_distributed(cfg.train.device)
+    try:
+        return _train(cfg, Path(out), resume, progress, dist_info)
+    finally:
+        cleanup()
+
+
+def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -> dict:
+    t = cfg.train
+    device = di.device
+    torch.manual_seed(t.seed + di.rank)
+    dataset = build_data(cfg, "train")
+    ae = build_autoencoder(cfg.autoencoder, cfg.data.channels).to(device).eval()
+    model, fam = build_model(cfg, latent_spec(cfg, ae))
+    model.to(device)
+    ema = make_ema(model)
+    objective = fam.objective(model, cfg).to(device)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+
+    start = 0
+    if resume:
+        start = _restore(out, cfg, model, ema, opt, sched, device)
+    elif ckpt.has_checkpoint(out):
+        raise ckpt.CheckpointError(
+            f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out"
+        )
+    if di.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    micro_global = t.batch_size // t.grad_accum
+    if t.batch_size % (t.grad_accum * di.world):
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} must be divisible by grad_accum×ranks "
+            f"= {t.grad_accum}×{di.world}"
+        )
+    stream = BatchStream(len(dataset), micro_global, t.seed, di.rank, di.world, start * t.grad_accum)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=stream, num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0,
+    )
+    batches = iter(loader)
+    wrapped: nn.Module = (
+        DDP(objective, device_ids=[device.index] if device.type == "cuda" else None)
+        if di.world > 1 else objective
+    )
+    params = sum(p.numel() for p in model.parameters())
+    metrics = MetricsLog(out, di.is_main, t.tensorboard)
+    if di.is_main:
+        log.info("model %s: %.2fM parameters on %s, %d rank(s)", cfg.model.name, params / 1e6, device, di.world)
+
+    def save(step: int) -> None:
+        if di.is_main:
+            state = {
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "batches_seen": step * t.grad_accum,
+                "world_size": di.world,
+            }
+            if torch.cuda.is_available():
+                state["rng_cuda"] = torch.cuda.get_rng_state_all()
+            ckpt.save_checkpoint(out, model=model, ema=ema, cfg=cfg, step=step, train_state=state)
+
+    def preview(step: int) -> None:
+        if not di.is_main:
+            return
+        n = min(4 * cfg.data.num_classes, 40)
+        labels = labels_for(n, cfg.data.num_classes)
+        imgs = generate_images(ema, cfg, ae, labels, seed=0, batch_size=n)["images"]
+        save_grid(to_uint8(imgs), out / "samples" / f"step_{step:07d}.png", nrow=cfg.data.num_classes)
+
+    bar = tqdm(total=t.max_steps, initial=start, desc="train", disable=not (progress and di.is_main),
+               dynamic_ncols=True)
+    step, last_saved, tic, seen = start, start if resume else None, time.perf_counter(), 0
+    t_start = time.perf_counter()
+    with _StopFlag() as stopper:
+        while step < t.max_steps:
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(t.grad_accum):
+                x, y = next(batches)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with torch.no_grad():
+                    x = ae.encode(x)
+                gen = step_generator(t.seed, step, micro, di.rank, device)
+                sync = micro == t.grad_accum - 1 or di.world == 1
+                with (nullcontext() if sync else wrapped.no_sync()), _autocast(device, t.precision):
+                    losses = wrapped(x, y, gen)
+                    loss = losses["loss"] / t.grad_accum
+                loss.backward()
+                loss_sum += loss.detach()
+                seen += x.shape[0] * di.world
+            loss_avg = all_reduce_mean(loss_sum)
+            if not torch.isfinite(loss_avg):
+                opt.zero_grad(set_to_none=True)
+                where = f"the last good checkpoint (step {last_saved}) in {out} is intact" if last_saved is not None else "no checkpoint had been saved yet"
+                raise TrainingDiverged(
+                    f"loss became {loss_avg.item()} at step {step}; stopping. {where}. "
+                    "Try a lower train.lr, train.grad_clip > 0, or train.precision=fp32."
+                )
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                if t.grad_clip > 0 else torch.zeros(())
+            )
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            update_ema(ema, model, ema_decay(step, t.ema_decay, t.ema_warmup))
+            step += 1
+            bar.update(1)
+
+            if step % t.log_every == 0 or step == t.max_steps:
+                elapsed = time.perf_counter() - tic
+                row = {
+                    "step": step, "loss": loss_avg.item(), "lr": sched.get_last_lr()[0],
+                    "grad_norm": float(grad_norm), "images_per_s": seen / max(elapsed, 1e-9),
+                    "elapsed_s": time.perf_counter() - t_start,
+                }
+                metrics.write(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
+                tic, seen = time.perf_counter(), 0
+            if t.ckpt_every and step % t.ckpt_every == 0 and step < t.max_steps:
+                save(step)
+                last_saved = step
+            if t.sample_every and step % t.sample_every == 0 and step < t.max_steps:
+                preview(step)
+            stop = all_reduce_max(torch.tensor(float(stopper.stop), device=device)).item() > 0
+            if stop:
+                save(step)
+                bar.close()
+                metrics.close()
+                raise TrainingInterrupted(
+                    f"interrupted at step {step}; checkpoint saved in {out}. "
+                    "Continue with the same command plus --resume."
+                )
+    bar.close()
+    save(step)
+    preview(step)
+    metrics.close()
+    return {
+        "step": step, "params": params, "out": str(out),
+        "train_seconds": time.perf_counter() - t_start,
+    }
+
+
+def _restore(out: Path, cfg: Config, model, ema, opt, sched, device) -> int:
+    ck = ckpt.load_checkpoint(out)
+    saved = ck.cfg
+    if type(saved.model) is not type(cfg.model) or saved.model != cfg.model:
+        raise ckpt.CheckpointError(
+            f"cannot resume {out}: its model config ({saved.model}) differs from this run's ({cfg.model})"
+        )
+    if saved.data.name != cfg.data.name:
+        raise ckpt.CheckpointError(
+            f"cannot resume {out}: it trained on data '{saved.data.name}', this run names '{cfg.data.name}'"
+        )
+    ckpt.load_state_into(model, ck.model_state, f"checkpoint '{out}' (model)")
+    ckpt.load_state_into(ema, ck.ema_state or ck.model_state, f"checkpoint '{out}' (ema)")
+    state = ckpt.load_train_state(out, ck.step)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    # the learning rate of *this* run's config wins (a resume may override train.lr)
+    for group in opt.param_groups:
+        group["initial_lr"] = cfg.train.lr
+        group["lr"] = cfg.train.lr * lr_factor(ck.step, cfg)
+    sched.base_lrs = [cfg.train.lr] * len(opt.param_groups)
+    torch.set_rng_state(state["rng_cpu"])
+    if ck.step >= cfg.train.max_steps:
+        log.warning("checkpoint is at step %d >= train.max_steps=%d: nothing to do", ck.step, cfg.train.max_steps)
+    model.to(device)
+    ema.to(device)
+    return ck.step

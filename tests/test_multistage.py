@@ -1,0 +1,107 @@
+"""E-CAR's stage pyramid, coupled targets, windows and the jump (issue 3, acceptance 3)."""
+
+import pytest
+import torch
+
+from ecar.flow.multistage import (
+    StageSchedule,
+    downsample,
+    jump,
+    max_start_level,
+    pyramid,
+    stage_targets,
+    upsample,
+)
+from ecar.flow.paths import interpolate
+
+
+def test_pyramid_is_area_mean():
+    x = torch.randn(2, 3, 8, 8)
+    p = pyramid(x, [1, 2, 4, 8])
+    assert [t.shape[-1] for t in p] == [1, 2, 4, 8]
+    torch.testing.assert_close(p[0][..., 0, 0], x.mean(dim=(2, 3)))
+    torch.testing.assert_close(downsample(upsample(p[1], 8), 2), p[1])
+
+
+@pytest.mark.parametrize("windows", [None, [0.2, 0.5, 0.8]])
+def test_windows_tile_unit_interval(windows):
+    sched = StageSchedule.build([2, 4, 8, 16], windows)
+    w = sched.windows()
+    assert w[0][0] == 0.0 and w[-1][1] == 1.0
+    for (a0, a1), (b0, b1) in zip(w, w[1:]):
+        assert a1 == b0 and a0 < a1  # no gaps, no overlaps, increasing
+    assert sched.tau[-1] == 1.0 and sched.sigma[0] == 0.0
+    # each stage starts no later than the previous stage ended (the jump loses a little signal)
+    for s in range(1, 4):
+        assert 0 < sched.sigma[s] <= sched.tau[s - 1]
+
+
+def test_flowar_windows_are_full():
+    sched = StageSchedule.build([2, 4, 8], None, flowar=True)
+    assert sched.windows() == [(0.0, 1.0)] * 3 and sched.sigma == (0.0,) * 3
+
+
+def test_bad_windows_are_rejected():
+    with pytest.raises(ValueError, match="increase"):
+        StageSchedule.build([2, 4, 8], [0.6, 0.4])
+    with pytest.raises(ValueError, match="interior"):
+        StageSchedule.build([2, 4, 8], [0.5])
+
+
+def test_targets_endpoints_and_clean_last_stage():
+    sched = StageSchedule.build([2, 4, 8, 16], [0.3, 0.55, 0.8])
+    x = torch.randn(3, 2, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    tg = stage_targets(x, sched, g)
+    xs = pyramid(x, list(sched.sizes))
+    for s, t in enumerate(tg):
+        a, b = t["start"], t["end"]
+        assert torch.equal(interpolate(a, b, torch.zeros(3)), a)   # u = 0 -> start point
+        assert torch.equal(interpolate(a, b, torch.ones(3)), b)    # u = 1 -> end point
+        # start and end share one noise draw: recover it from both and compare
+        eps_end = (b - sched.tau[s] * xs[s]) / (1 - sched.tau[s]) if sched.tau[s] < 1 else None
+        prev = upsample(xs[s - 1], sched.sizes[s]) if s else torch.zeros_like(a)
+        eps_start = (a - sched.sigma[s] * prev) / (1 - sched.sigma[s])
+        if eps_end is not None:
+            torch.testing.assert_close(eps_start, eps_end, rtol=1e-4, atol=1e-4)
+        assert torch.equal(t["cond"], a)
+    torch.testing.assert_close(tg[-1]["end"], x)  # the last stage ends at clean data
+    assert sched.sigma[0] == 0.0
+
+
+def test_flowar_targets_start_from_noise_and_condition_on_previous():
+    sched = StageSchedule.build([2, 4], None, flowar=True)
+    x = torch.randn(2, 1, 4, 4)
+    tg = stage_targets(x, sched, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(tg[1]["end"], x)
+    torch.testing.assert_close(tg[1]["cond"], upsample(downsample(x, 2), 4))
+    assert abs(tg[1]["start"].std().item() - 1) < 0.6  # pure noise
+
+
+@pytest.mark.parametrize("tau,k", [(0.25, 2), (0.5, 2), (0.75, 2), (0.6, 4)])
+def test_jump_restores_white_noise_at_expected_level(tau, k):
+    """Upsample a noisy coarse state and jump: the result must be σ·up(x) + white noise of
+    variance (1 − σ)², i.e. exactly what the next stage's training start point looks like."""
+    n_coarse, n = 2, 2 * k
+    sigma = max_start_level(tau, k)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 1, n_coarse, n_coarse, generator=g).expand(40_000, 1, n_coarse, n_coarse)
+    eps = torch.randn(x.shape, generator=g)
+    end = interpolate(eps, x, tau)  # a coarse stage's end state
+    start = jump(end, tau, sigma, n, g)
+    noise = (start - sigma * upsample(x, n)).reshape(40_000, -1).double()
+    # mean zero, variance (1 − σ)² on every pixel, and no correlation inside blocks
+    assert noise.mean(0).abs().max() < 0.02
+    cov = torch.cov(noise.T) / (1 - sigma) ** 2
+    assert (cov.diagonal() - 1).abs().max() < 0.04, cov.diagonal()
+    off = cov - torch.diag(cov.diagonal())
+    assert off.abs().max() < 0.04, off.abs().max()
+
+
+def test_naive_upsample_would_be_wrong():
+    """Sanity check of the test above: without the correction, pixels of a block are correlated."""
+    g = torch.Generator().manual_seed(0)
+    eps = torch.randn(20_000, 1, 2, 2, generator=g)
+    up = upsample(eps, 4).reshape(20_000, -1)
+    cov = torch.cov(up.T)
+    assert cov[0, 1] > 0.9  # same block: fully correlated

@@ -1,0 +1,125 @@
+"""Training end to end: CLI, exact resume, DDP on CPU, and the errors a user can cause."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ecar.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = str(ROOT / "configs" / "digits_dit.yaml")
+FAST = [
+    "model.hidden=32", "model.depth=1", "model.heads=2", "train.batch_size=16",
+    "train.log_every=5", "train.warmup_steps=3", "train.tensorboard=false", "sample.steps=2",
+]
+
+
+def _train(out, *extra, resume=False, config=RECIPE):
+    args = ["train", "--quiet", "--out", str(out)]
+    if config:
+        args += ["--config", config]
+    if resume:
+        args.append("--resume")
+    return main(args + FAST + list(extra))
+
+
+def test_train_then_sample_grid_and_dir(tmp_path, capsys):
+    run = tmp_path / "a"
+    assert _train(run, "train.max_steps=6") == 0
+    for f in ("model.safetensors", "ema.safetensors", "config.yaml", "train_state.pt", "metrics.jsonl"):
+        assert (run / f).is_file(), f
+    assert (run / "samples" / "step_0000006.png").is_file()
+    assert main(["sample", "--ckpt", str(run), "--n", "16", "--out", str(tmp_path / "a.png")]) == 0
+    grid = np.asarray(Image.open(tmp_path / "a.png"))
+    assert grid.ndim == 2 and grid.shape[0] > 16 and grid.shape[1] > 16
+    assert main(["sample", "--ckpt", str(run), "--n", "5", "--classes", "3,7",
+                 "--out", str(tmp_path / "imgs")]) == 0
+    files = sorted((tmp_path / "imgs").glob("*.png"))
+    assert len(files) == 5 and Image.open(files[0]).size == (16, 16)
+    assert main(["info", "--ckpt", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "step:       6" in out and "dit" in out
+
+
+def _read(path):
+    return (path / "model.safetensors").read_bytes(), (path / "ema.safetensors").read_bytes()
+
+
+def test_exact_resume_is_bitwise_equal(tmp_path):
+    """40 steps in one run == 20 steps, then --resume to 40 (weights and EMA, bit for bit)."""
+    common = ["train.schedule=constant", "train.warmup_steps=5"]
+    assert _train(tmp_path / "full", "train.max_steps=40", *common) == 0
+    assert _train(tmp_path / "half", "train.max_steps=20", *common) == 0
+    assert _read(tmp_path / "half") != _read(tmp_path / "full")
+    assert _train(tmp_path / "half", "train.max_steps=40", config=None, resume=True) == 0
+    assert _read(tmp_path / "half") == _read(tmp_path / "full")
+
+
+def test_refuses_to_overwrite_and_resume_checks_model(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert _train(run, "train.max_steps=2") == 0
+    assert _train(run, "train.max_steps=2") == 1
+    assert "--resume" in capsys.readouterr().err
+    assert _train(run, "train.max_steps=4", "model.depth=2", resume=True) == 1
+    assert "differs" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys):
+    run = tmp_path / "nan"
+    assert _train(run, "train.max_steps=3", "train.schedule=constant") == 0
+    before = _read(run) + ((run / "train_state.pt").read_bytes(),)
+    code = _train(run, "train.max_steps=50", "train.lr=1e30", "train.grad_clip=0",
+                  "train.ckpt_every=1000", config=None, resume=True)
+    err = capsys.readouterr().err
+    assert code == 1 and "loss became" in err and "step 3" in err
+    assert _read(run) + ((run / "train_state.pt").read_bytes(),) == before
+    assert main(["sample", "--ckpt", str(run), "--n", "2", "--out", str(tmp_path / "ok.png")]) == 0
+
+
+def test_unknown_config_key_exits_nonzero(tmp_path, capsys):
+    code = main(["train", "--config", RECIPE, "--out", str(tmp_path / "x"), "train.lr_max=3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train.lr_max" in err and "batch_size" in err and "Traceback" not in err
+    code = main(["train", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "x")])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    code = main(["sample", "--ckpt", str(tmp_path / "nothing"), "--out", str(tmp_path / "a.png")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error:") and "does not exist" in err
+
+
+def test_imagefolder_with_corrupt_files_trains(tmp_path):
+    root = tmp_path / "folder"
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            arr = rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / cls / f"{i}.png")
+    (root / "cats" / "broken.png").write_bytes(b"not an image at all")
+    (root / "dogs" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 10)
+    with pytest.warns(UserWarning, match="skipped 2"):
+        code = _train(tmp_path / "run", f"data.name=imagefolder:{root}", "data.resolution=8",
+                      "train.max_steps=2", "train.batch_size=4")
+    assert code == 0
+    assert main(["info", "--ckpt", str(tmp_path / "run")]) == 0
+
+
+def test_torchrun_ddp_on_cpu_then_single_process_sample(tmp_path):
+    """torchrun with 2 gloo ranks trains; a single-process `ecar sample` loads its checkpoint."""
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "ecar", "train", "--quiet", "--config", RECIPE, "--out", str(run),
+           "train.max_steps=4", *FAST]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "model.safetensors").is_file()
+    assert main(["sample", "--ckpt", str(run), "--n", "4", "--out", str(tmp_path / "d.png")]) == 0
