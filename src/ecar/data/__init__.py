@@ -1,0 +1,84 @@
+"""Datasets of ``ecar``: ``digits``, ``shapes`` and ``imagefolder:PATH``.
+
+Every dataset is an :class:`ImageDataset` whose items are ``(image, label)`` with
+``image`` a float32 ``C×R×R`` tensor in ``[-1, 1]``. Build one by name with
+:func:`build_dataset` (the ``data`` section of the config maps onto its arguments).
+
+=================== ======= ===== ==== ===================================================
+name                classes C     R    content
+=================== ======= ===== ==== ===================================================
+``digits``          10      1     16   scikit-learn 8×8 digits, bilinear-resized; 1,497 / 300
+``shapes``          8       3     32   procedural seeded shapes; ``shapes_size`` / ≤ 5,000
+``imagefolder:P``   folders 3     —    user images, ``resolution`` required; all / every 10th
+=================== ======= ===== ==== ===================================================
+"""
+
+from __future__ import annotations
+
+from .base import DataError, ImageDataset
+from .digits import DigitsDataset
+from .imagefolder import ImageFolderDataset
+from .shapes import ShapesDataset
+
+__all__ = [
+    "DATASET_NAMES",
+    "SPLITS",
+    "DataError",
+    "DigitsDataset",
+    "ImageDataset",
+    "ImageFolderDataset",
+    "ShapesDataset",
+    "build_dataset",
+]
+
+DATASET_NAMES = ("digits", "shapes", "imagefolder:PATH")
+SPLITS = ("train", "heldout")
+
+
+def build_dataset(
+    name: str,
+    *,
+    split: str = "train",
+    resolution: int | None = None,
+    channels: int | None = None,
+    seed: int = 0,
+    shapes_size: int = 50_000,
+) -> ImageDataset:
+    """Build a dataset by name.
+
+    Args:
+        name: ``"digits"``, ``"shapes"`` or ``"imagefolder:PATH"``.
+        split: ``"train"`` or ``"heldout"``.
+        resolution: image side; ``None`` keeps the native size (digits 16, shapes 32);
+            required for ``imagefolder``.
+        channels: 1 or 3; ``None`` keeps the dataset's own (digits 1, others 3).
+        seed: dataset seed (only ``shapes`` depends on it).
+        shapes_size: number of ``shapes`` training images.
+
+    Raises:
+        DataError: unknown name or split, missing folder, no readable image, bad value.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"data.name must be one of {', '.join(DATASET_NAMES)}; got {name!r}.")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    name = name.strip()
+    kind, sep, path = name.partition(":")
+    kind = kind.lower()
+    if kind == "digits" and not sep:
+        return DigitsDataset(split=split, resolution=resolution, channels=channels)
+    if kind == "shapes" and not sep:
+        return ShapesDataset(
+            split=split, resolution=resolution, channels=channels, seed=seed, size=shapes_size
+        )
+    if kind == "imagefolder":
+        if not path.strip():
+            raise DataError(
+                "imagefolder needs a folder: set data.name=imagefolder:/path/to/images "
+                "(one subfolder per class)."
+            )
+        return ImageFolderDataset(path.strip(), resolution, split=split, channels=channels)
+    raise DataError(
+        f"unknown dataset {name!r}; use one of {', '.join(DATASET_NAMES)} "
+        "(e.g. data.name=imagefolder:/path/to/images for your own images)."
+    )

@@ -1,0 +1,291 @@
+"""Tests of ``ecar.data``: digits, shapes, imagefolder and ``build_dataset``."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ecar.data import DataError, ImageDataset, build_dataset
+from ecar.data.imagefolder import load_image
+from ecar.data.shapes import SHAPE_NAMES, ShapesDataset, shape_coverage
+
+# ----------------------------------------------------------------------------- digits
+
+
+def test_digits_shapes_range_and_sizes():
+    tr = build_dataset("digits")
+    he = build_dataset("digits", split="heldout")
+    assert isinstance(tr, ImageDataset)
+    assert (len(tr), len(he)) == (1497, 300)
+    assert (tr.num_classes, tr.channels, tr.resolution) == (10, 1, 16)
+    assert tr.class_names == [str(i) for i in range(10)]
+    x, y = tr[0]
+    assert x.shape == (1, 16, 16) and x.dtype == torch.float32 and isinstance(y, int)
+    xs = torch.stack([tr[i][0] for i in range(len(tr))])
+    assert xs.min() >= -1.0 and xs.max() <= 1.0
+    assert xs.min() == -1.0 and xs.max() > 0.9  # the full range is used
+
+
+def test_digits_split_disjoint_stratified_and_seed_independent():
+    tr = build_dataset("digits", seed=0)
+    he = build_dataset("digits", split="heldout", seed=123)
+    assert not set(tr.indices) & set(he.indices)
+    assert sorted(set(tr.indices) | set(he.indices)) == list(range(1797))
+    assert np.bincount(he.labels.numpy(), minlength=10).tolist() == [30] * 10
+    assert (np.bincount(tr.labels.numpy(), minlength=10) > 100).all()
+    he0 = build_dataset("digits", split="heldout", seed=0)
+    assert np.array_equal(he.indices, he0.indices)
+    assert he.fingerprint() == he0.fingerprint()
+
+
+def test_digits_native_resolution_matches_sklearn_and_is_deterministic():
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    d8 = build_dataset("digits", resolution=8, split="heldout")
+    for k in (0, 7, 299):
+        x, y = d8[k]
+        i = d8.indices[k]
+        assert y == raw.target[i]
+        expected = torch.from_numpy(raw.images[i].astype(np.float32)) / 8 - 1
+        assert torch.allclose(x[0], expected, atol=1e-6)
+    a, b = build_dataset("digits"), build_dataset("digits")
+    assert all(torch.equal(a[i][0], b[i][0]) and a[i][1] == b[i][1] for i in (0, 5, 1000))
+    a[0][0].fill_(7.0)  # items are copies: mutating one must not corrupt the cache
+    assert build_dataset("digits")[0][0].max() <= 1.0
+
+
+def test_digits_resolution_channels_and_fingerprints():
+    d4 = build_dataset("digits", resolution=4)
+    d28 = build_dataset("digits", resolution=28)
+    assert d4[0][0].shape == (1, 4, 4) and d28[0][0].shape == (1, 28, 28)
+    assert d4[0][0].abs().max() <= 1.0
+    rgb = build_dataset("digits", channels=3)
+    x = rgb[3][0]
+    assert x.shape == (3, 16, 16) and torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+    fps = {
+        build_dataset("digits").fingerprint(),
+        build_dataset("digits", split="heldout").fingerprint(),
+        d4.fingerprint(),
+        d28.fingerprint(),
+        rgb.fingerprint(),
+    }
+    assert len(fps) == 5
+    assert build_dataset("digits").fingerprint() == build_dataset("digits").fingerprint()
+    u8 = rgb.images_uint8(10)
+    assert u8.shape == (10, 16, 16, 3) and u8.dtype == np.uint8
+    assert u8.max() > 200 and u8.min() == 0
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def test_shapes_deterministic_across_instances_and_access_order():
+    a = build_dataset("shapes", shapes_size=1000)
+    b = build_dataset("shapes", shapes_size=1000)
+    order = [999, 3, 500, 0, 3]
+    xa = [a[i] for i in order]
+    xb = [b[i] for i in reversed(order)][::-1]
+    for (x1, y1), (x2, y2) in zip(xa, xb):
+        assert torch.equal(x1, x2) and y1 == y2
+    assert torch.equal(a[-1][0], a[999][0])
+    with pytest.raises(IndexError):
+        a[1000]
+    assert a.fingerprint() == b.fingerprint()
+
+
+def test_shapes_labels_range_lengths_and_splits():
+    d = build_dataset("shapes", shapes_size=100)
+    assert (len(d), d.num_classes, d.channels, d.resolution) == (100, len(SHAPE_NAMES), 3, 32)
+    assert len(SHAPE_NAMES) >= 6 and d.class_names == SHAPE_NAMES
+    items = [d[i] for i in range(48)]
+    assert [y for _, y in items] == [i % d.num_classes for i in range(48)]
+    xs = torch.stack([x for x, _ in items])
+    assert xs.shape == (48, 3, 32, 32) and xs.dtype == torch.float32
+    assert xs.min() >= -1.0 and xs.max() <= 1.0
+    assert (xs.amax(dim=(1, 2, 3)) - xs.amin(dim=(1, 2, 3)) > 0.3).all()  # shape visible
+    he = build_dataset("shapes", split="heldout", shapes_size=100)
+    assert len(he) == 100 and len(build_dataset("shapes", split="heldout")) == 5000
+    assert not torch.equal(he[0][0], d[0][0])  # different seed stream
+    assert he.fingerprint() != d.fingerprint()
+    grey = build_dataset("shapes", channels=1, resolution=48, shapes_size=100)
+    g = grey[5][0]
+    assert g.shape == (1, 48, 48) and g.max() - g.min() > 0.3  # still contrasted in grey
+    assert grey.fingerprint() != d.fingerprint()
+
+
+def test_shapes_seeds_differ():
+    a = build_dataset("shapes", seed=0, shapes_size=50)
+    b = build_dataset("shapes", seed=1, shapes_size=50)
+    assert all(not torch.equal(a[i][0], b[i][0]) for i in range(16))
+    assert a.fingerprint() != b.fingerprint()
+    assert [a[i][1] for i in range(16)] == [b[i][1] for i in range(16)]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.minimum(a, b).sum() / np.maximum(a, b).sum())
+
+
+def test_shape_classes_are_distinct_and_antialiased():
+    masks = [shape_coverage(k, 32, 16.0, 16.0, 11.0) for k in range(len(SHAPE_NAMES))]
+    for k, m in enumerate(masks):
+        assert m.min() == 0.0 and m.max() == 1.0
+        assert ((m > 0.05) & (m < 0.95)).any(), SHAPE_NAMES[k]  # soft edges
+        assert m.sum() > 20, SHAPE_NAMES[k]
+        for j in range(k):
+            assert _iou(m, masks[j]) < 0.8, (SHAPE_NAMES[k], SHAPE_NAMES[j])
+
+
+def test_shapes_images_show_their_class():
+    """The foreground of each rendered image matches its own class's mask best."""
+    d = ShapesDataset(size=64)
+    for i in range(32):
+        x, y = d[i]
+        img = x.numpy()
+        bg = img[:, 0, 0]  # corners stay background (shapes keep a margin)
+        diff = np.abs(img - bg[:, None, None]).max(0)
+        assert diff.max() > 0.4  # contrast between shape and background
+        fgmask = (diff > 0.5 * diff.max()).astype(np.float64)
+        _, _, _, cx, cy, r = d._params(i)
+        ious = [_iou(fgmask, shape_coverage(k, 32, cx, cy, r) > 0.5) for k in range(d.num_classes)]
+        assert int(np.argmax(ious)) == y and ious[y] > 0.85, (i, SHAPE_NAMES[y], ious)
+
+
+# ----------------------------------------------------------------------------- imagefolder
+
+
+def _noise(h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "imgs"
+    (root / "cats").mkdir(parents=True)
+    (root / "dogs" / "sub").mkdir(parents=True)
+    # cats: RGB png (wide: black | white | black), grey jpeg, RGBA png, CMYK jpeg
+    wide = np.zeros((20, 40, 3), np.uint8)
+    wide[:, 5:35] = 255
+    Image.fromarray(wide).save(root / "cats" / "a_wide.png")
+    Image.fromarray(_noise(24, 24, 1)[:, :, 0], "L").save(root / "cats" / "b_grey.jpg")
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[:, :, 0] = 255
+    rgba[:, 8:, 3] = 255  # left half fully transparent -> white
+    Image.fromarray(rgba, "RGBA").save(root / "cats" / "c_rgba.png")
+    Image.new("RGB", (30, 30), (200, 40, 40)).convert("CMYK").save(root / "cats" / "d_cmyk.JPG")
+    # dogs: palette png, 16-bit grey png, gif, bmp in a nested folder, plus 2 corrupt files
+    Image.fromarray(_noise(20, 20, 2)).convert("P").save(root / "dogs" / "e_pal.png")
+    Image.fromarray(np.full((20, 20), 65535, np.uint16)).save(root / "dogs" / "f16.png")
+    Image.fromarray(_noise(18, 22, 3)).save(root / "dogs" / "g.gif")
+    Image.fromarray(_noise(18, 22, 4)).save(root / "dogs" / "sub" / "h.bmp")
+    (root / "dogs" / "x_bad.png").write_bytes(np.random.default_rng(5).bytes(500))
+    Image.fromarray(_noise(64, 64, 6)).save(root / "dogs" / "y_trunc.png")
+    data = (root / "dogs" / "y_trunc.png").read_bytes()
+    (root / "dogs" / "y_trunc.png").write_bytes(data[: len(data) // 2])
+    # ignored: non-image and hidden files
+    (root / "dogs" / "notes.txt").write_text("not an image")
+    Image.fromarray(_noise(8, 8, 7)).save(root / "dogs" / ".hidden.png")
+    return root
+
+
+def test_imagefolder_reads_valid_and_warns_once(folder: Path):
+    with pytest.warns(UserWarning, match=r"skipped 2 of 10 files") as rec:
+        ds = build_dataset(f"imagefolder:{folder}", resolution=16)
+    assert len([w for w in rec if "imagefolder" in str(w.message)]) == 1
+    assert "x_bad.png" in str(rec[0].message)
+    assert ds.class_names == ["cats", "dogs"] and ds.num_classes == 2
+    assert len(ds) == 8 and ds.labels.tolist() == [0] * 4 + [1] * 4
+    assert [p.name for p in ds.files][4:] == ["e_pal.png", "f16.png", "g.gif", "h.bmp"]
+    for i in range(len(ds)):
+        x, y = ds[i]
+        assert x.shape == (3, 16, 16) and x.dtype == torch.float32
+        assert x.min() >= -1 and x.max() <= 1 and y == int(ds.labels[i])
+    wide = ds[0][0]  # 40x20 -> 32x16 -> centre crop keeps the white middle only (no squash)
+    assert wide.min() > 0.95
+    rgba = ds[2][0]
+    assert torch.allclose(rgba[:, :, :6], torch.ones(3, 16, 6), atol=0.02)  # transparent -> white
+    assert rgba[1, :, 10:].max() < -0.9 and rgba[0, :, 10:].min() > 0.9  # opaque red
+    cmyk = ds.images_uint8()[3].reshape(-1, 3).mean(0)
+    assert np.abs(cmyk - [200, 40, 40]).max() < 25
+    assert ds.images_uint8()[5].min() == 255  # 16-bit white stays white
+    assert ds.images_uint8().shape == (8, 16, 16, 3)
+
+
+def test_imagefolder_channels_heldout_and_fingerprint(folder: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        grey = build_dataset(f"imagefolder:{folder}", resolution=12, channels=1)
+        a = build_dataset(f"imagefolder:{folder}", resolution=16)
+        b = build_dataset(f"imagefolder:{folder}", resolution=16)
+        he = build_dataset(f"imagefolder:{folder}", resolution=16, split="heldout")
+    assert grey[0][0].shape == (1, 12, 12) and grey.channels == 1
+    assert he.labels.tolist() == [0, 1]
+    assert [p.name for p in he.files] == ["a_wide.png", "e_pal.png"]
+    assert a.fingerprint() == b.fingerprint()
+    assert len({a.fingerprint(), grey.fingerprint(), he.fingerprint()}) == 3
+
+
+def test_imagefolder_heldout_every_tenth_and_flat_layout(tmp_path: Path):
+    for i in range(25):
+        Image.fromarray(_noise(8, 8, i)).save(tmp_path / f"{i:02d}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is skipped: no warning at all
+        flat = build_dataset(f"imagefolder:{tmp_path}", resolution=8)
+        he = build_dataset(f"imagefolder:{tmp_path}", resolution=8, split="heldout")
+    assert flat.class_names == ["all"] and len(flat) == 25
+    assert [p.name for p in he.files] == ["00.png", "10.png", "20.png"]
+    assert np.array_equal(flat.images_uint8()[10], _noise(8, 8, 10))  # same size: exact pixels
+
+
+def test_imagefolder_errors(tmp_path: Path):
+    with pytest.raises(DataError, match="does not exist"):
+        build_dataset(f"imagefolder:{tmp_path / 'nope'}", resolution=8)
+    with pytest.raises(DataError, match="no image files"):
+        build_dataset(f"imagefolder:{tmp_path}", resolution=8)
+    (tmp_path / "a").mkdir()
+    with pytest.raises(DataError, match="no image files"):
+        build_dataset(f"imagefolder:{tmp_path}", resolution=8)
+    (tmp_path / "a" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp_path / "a" / "bad.jpg").write_bytes(b"nope")
+    with pytest.raises(DataError, match="none of the 2 image files"):
+        build_dataset(f"imagefolder:{tmp_path}", resolution=8)
+    with pytest.raises(DataError, match="data.resolution"):
+        build_dataset(f"imagefolder:{tmp_path}")
+    with pytest.raises(DataError, match="imagefolder:/path"):
+        build_dataset("imagefolder:")
+    with pytest.raises(DataError, match="channels must be 1"):
+        build_dataset(f"imagefolder:{tmp_path}", resolution=8, channels=2)
+
+
+def test_load_image_raises_on_corrupt(tmp_path: Path):
+    p = tmp_path / "bad.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(Exception):
+        load_image(p, 8, 3)
+
+
+# ----------------------------------------------------------------------------- build_dataset
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"name": "mnist"}, "unknown dataset 'mnist'.*digits, shapes, imagefolder"),
+        ({"name": ""}, "data.name"),
+        ({"name": "digits", "split": "test"}, "unknown split 'test'.*train, heldout"),
+        ({"name": "digits", "channels": 2}, "channels must be 1"),
+        ({"name": "shapes", "resolution": 4}, "resolution must be an integer >= 8"),
+        ({"name": "shapes", "shapes_size": 0}, "shapes_size"),
+        ({"name": "shapes", "seed": -1}, "seed"),
+    ],
+)
+def test_build_dataset_errors(kwargs, match):
+    name = kwargs.pop("name")
+    with pytest.raises(DataError, match=match):
+        build_dataset(name, **kwargs)
+    assert issubclass(DataError, ValueError)
