@@ -123,3 +123,20 @@ def test_torchrun_ddp_on_cpu_then_single_process_sample(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "model.safetensors").is_file()
     assert main(["sample", "--ckpt", str(run), "--n", "4", "--out", str(tmp_path / "d.png")]) == 0
+
+
+@pytest.mark.parametrize("recipe", ["digits_ecar.yaml", "digits_flowar.yaml", "shapes_ecar.yaml"])
+def test_multistage_recipes_train_and_sample(tmp_path, recipe):
+    run = tmp_path / "run"
+    fast = ["model.hidden=32", "model.depth=1", "model.heads=2", "model.head_width=32",
+            "model.head_depth=1", "train.batch_size=8", "train.tensorboard=false",
+            "sample.stage_steps=null", "sample.steps=2", "data.shapes_size=64"]
+    code = main(["train", "--quiet", "--config", str(ROOT / "configs" / recipe), "--out", str(run),
+                 "train.max_steps=3", *fast])
+    assert code == 0
+    strip = tmp_path / "stages.png"
+    assert main(["sample", "--ckpt", str(run), "--n", "4", "--out", str(tmp_path / "g.png"),
+                 "--stages-out", str(strip)]) == 0
+    img = np.asarray(Image.open(strip))
+    assert img.shape[0] > img.shape[1] / 4  # rows of samples, one column per stage
+    assert '"loss_stage1"' in (run / "metrics.jsonl").read_text()  # per-stage losses are logged

@@ -92,6 +92,10 @@ class TrainConfig:
     """Optimisation and run-keeping."""
 
     max_steps: int = 1000
+    max_minutes: float = 0.0
+    """Wall-clock training budget (0 = none). With a budget, training stops at whichever of
+    max_steps / max_minutes comes first and the LR schedule follows the larger of the two
+    progress fractions (so the cosine still completes); such runs are not bitwise resumable."""
     batch_size: int = 64
     """Global batch per optimiser step (split over ranks and accumulation micro-steps)."""
     grad_accum: int = 1
@@ -228,6 +232,8 @@ def _validate_choices(cfg: Config) -> None:
         if value not in valid:
             raise ConfigError(f"{where}={value!r} is not valid; choose one of: {', '.join(valid)}")
     t = cfg.train
+    if t.max_minutes < 0:
+        raise ConfigError("train.max_minutes must be >= 0 (0 = no time budget)")
     if t.max_steps < 1 or t.batch_size < 1 or t.grad_accum < 1:
         raise ConfigError("train.max_steps, train.batch_size and train.grad_accum must be >= 1")
     if not 0.0 <= cfg.flow.class_dropout < 1.0:

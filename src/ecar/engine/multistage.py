@@ -70,7 +70,8 @@ def generate_multistage(
         else:
             prefix.append(ar_in)
             z = model.condition(prefix, y)[-1]
-        z_c, z_u = z.chunk(2) if guide else (z, z)
+        zc = model.head_condition(z)
+        z_c, z_u = zc.chunk(2) if guide else (zc, zc)
 
         def head_fn(x: torch.Tensor, u: torch.Tensor, zz: torch.Tensor, s: int = s) -> torch.Tensor:
             return model.velocity(x, u.expand(x.shape[0]), zz, s)

@@ -71,7 +71,7 @@ class ECARConfig:
 class TokenHead(nn.Module):
     """Velocity of a stage's tokens. x: (B, N, D_tok), u: (B,) or (B, N), z: (B, N, hidden)."""
 
-    def __init__(self, cfg: ECARConfig, token_dim: int, cond_dim: int, max_grid: int):
+    def __init__(self, cfg: ECARConfig, token_dim: int, cond_dim: int):
         super().__init__()
         w = cfg.head_width
         self.kind = cfg.head
@@ -85,17 +85,21 @@ class TokenHead(nn.Module):
                 AdaLNBlock(w, cfg.head_heads, cfg.mlp_ratio) for _ in range(cfg.head_depth)
             )
         self.final = FinalLayer(w, token_dim)
-        self.max_grid = max_grid
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """AR output (B, N, hidden) -> head condition (B, N, w); constant over a stage's steps."""
+        return self.z_proj(z)
 
     def forward(
-        self, x: torch.Tensor, u: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None,
+        self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor, mask: torch.Tensor | None = None,
         pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        b, n, _ = x.shape
+        """zc: projected condition from :meth:`project`."""
+        b = x.shape[0]
         if u.dim() == 0:
             u = u.expand(b)
-        t = self.t_embed(u.reshape(-1)).reshape(b, -1, self.z_proj.out_features)
-        c = self.z_proj(z) + t  # (B, N, w) or broadcast from (B, 1, w)
+        t = self.t_embed(u.reshape(-1)).reshape(b, -1, zc.shape[-1])  # (B, 1 or N, w)
+        c = zc + t
         h = self.inp(x)
         if self.kind == "mlp":
             for blk in self.blocks:
@@ -146,7 +150,7 @@ class ECAR(nn.Module):
             AdaLNBlock(cfg.hidden, cfg.heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(cfg.hidden, eps=1e-6)
-        self.head = TokenHead(cfg, token_dim, cfg.hidden, grid)
+        self.head = TokenHead(cfg, token_dim, cfg.hidden)
         nn.init.xavier_uniform_(self.embed.weight)
         nn.init.zeros_(self.embed.bias)
         nn.init.normal_(self.y_embed.table.weight, std=0.02)
@@ -230,15 +234,21 @@ class ECAR(nn.Module):
     def head_mask(self, stage_of_token: torch.Tensor) -> torch.Tensor:
         return stage_of_token[None, :] == stage_of_token[:, None]
 
-    def velocity(self, x_tokens: torch.Tensor, u: torch.Tensor, z: torch.Tensor, s: int) -> torch.Tensor:
-        """Head velocity for stage s. x_tokens (B, g_s², D_tok), u scalar/(B,)/(B, N), z (B, g_s², H)."""
+    def head_condition(self, z: torch.Tensor) -> torch.Tensor:
+        """Project AR outputs once per stage: (B, N, hidden) -> (B, N, head_width)."""
+        return self.head.project(z)
+
+    def velocity(self, x_tokens: torch.Tensor, u: torch.Tensor, zc: torch.Tensor, s: int) -> torch.Tensor:
+        """Head velocity for stage s. x_tokens (B, g_s², D_tok), u scalar/(B,)/(B, N),
+        zc = :meth:`head_condition` of the stage's AR outputs (B, g_s², head_width)."""
         pos = getattr(self, f"hpos{s}") if self.cfg.head == "transformer" else None
-        return self.head(x_tokens, u, z, pos=pos)
+        return self.head(x_tokens, u, zc, pos=pos)
 
     def velocity_all(self, x_tokens: torch.Tensor, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Head over the tokens of all stages at once (training). u: (B, N_total)."""
+        zc = self.head.project(z)
         if self.cfg.head == "mlp":
-            return self.head(x_tokens, u, z)
+            return self.head(x_tokens, u, zc)
         ids = self.stage_ids(x_tokens.device)[1:]
         pos = torch.cat([getattr(self, f"hpos{s}") for s in range(self.num_stages)], dim=1)
-        return self.head(x_tokens, u, z, mask=self.head_mask(ids), pos=pos)
+        return self.head(x_tokens, u, zc, mask=self.head_mask(ids), pos=pos)

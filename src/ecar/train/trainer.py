@@ -43,15 +43,19 @@ class TrainingInterrupted(RuntimeError):
     """Ctrl-C / SIGTERM: a checkpoint of the last completed step was saved."""
 
 
-def lr_factor(step: int, cfg: Config) -> float:
-    """Multiplier of ``train.lr`` at optimiser step ``step`` (linear warm-up, then cosine/constant)."""
+def lr_factor(step: int, cfg: Config, time_fraction: float = 0.0) -> float:
+    """Multiplier of ``train.lr`` at optimiser step ``step`` (linear warm-up, then cosine/constant).
+
+    ``time_fraction`` (elapsed / budget, for runs with ``train.max_minutes``) advances the
+    cosine when the time budget, not max_steps, will end the run.
+    """
     t = cfg.train
     if t.warmup_steps > 0 and step < t.warmup_steps:
         return (step + 1) / t.warmup_steps
     if t.schedule == "constant":
         return 1.0
     span = max(1, t.max_steps - t.warmup_steps)
-    progress = min(1.0, (step - t.warmup_steps) / span)
+    progress = min(1.0, max((step - t.warmup_steps) / span, time_fraction))
     return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -153,11 +157,10 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
     opt = torch.optim.AdamW(
         model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
 
     start = 0
     if resume:
-        start = _restore(out, cfg, model, ema, opt, sched, device)
+        start = _restore(out, cfg, model, ema, opt, device)
     elif ckpt.has_checkpoint(out):
         raise ckpt.CheckpointError(
             f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out"
@@ -190,7 +193,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
         if di.is_main:
             state = {
                 "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
+                "lr": opt.param_groups[0]["lr"],  # the schedule itself is a function of the step
                 "rng_cpu": torch.get_rng_state(),
                 "batches_seen": step * t.grad_accum,
                 "world_size": di.world,
@@ -211,8 +214,18 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
                dynamic_ncols=True)
     step, last_saved, tic, seen = start, start if resume else None, time.perf_counter(), 0
     t_start = time.perf_counter()
+    budget_s = t.max_minutes * 60.0
     with _StopFlag() as stopper:
         while step < t.max_steps:
+            time_fraction = (time.perf_counter() - t_start) / budget_s if budget_s else 0.0
+            if budget_s and di.world > 1:  # every rank must agree on the schedule and the stop
+                time_fraction = all_reduce_max(torch.tensor(time_fraction, device=device)).item()
+            if time_fraction >= 1.0:
+                log.info("time budget of %.1f min reached at step %d", t.max_minutes, step)
+                break
+            lr = t.lr * lr_factor(step, cfg, time_fraction)
+            for group in opt.param_groups:
+                group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
             for micro in range(t.grad_accum):
                 x, y = next(batches)
@@ -226,6 +239,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
                     loss = losses["loss"] / t.grad_accum
                 loss.backward()
                 loss_sum += loss.detach()
+                parts = {k: v.detach() for k, v in losses.items() if k != "loss"}
                 seen += x.shape[0] * di.world
             loss_avg = all_reduce_mean(loss_sum)
             if not torch.isfinite(loss_avg):
@@ -240,7 +254,6 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
                 if t.grad_clip > 0 else torch.zeros(())
             )
             opt.step()
-            sched.step()
             opt.zero_grad(set_to_none=True)
             update_ema(ema, model, ema_decay(step, t.ema_decay, t.ema_warmup))
             step += 1
@@ -249,9 +262,10 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
             if step % t.log_every == 0 or step == t.max_steps:
                 elapsed = time.perf_counter() - tic
                 row = {
-                    "step": step, "loss": loss_avg.item(), "lr": sched.get_last_lr()[0],
+                    "step": step, "loss": loss_avg.item(), "lr": lr,
                     "grad_norm": float(grad_norm), "images_per_s": seen / max(elapsed, 1e-9),
                     "elapsed_s": time.perf_counter() - t_start,
+                    **{k: all_reduce_mean(v).item() for k, v in parts.items()},
                 }
                 metrics.write(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
@@ -280,7 +294,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
     }
 
 
-def _restore(out: Path, cfg: Config, model, ema, opt, sched, device) -> int:
+def _restore(out: Path, cfg: Config, model, ema, opt, device) -> int:
     ck = ckpt.load_checkpoint(out)
     saved = ck.cfg
     if type(saved.model) is not type(cfg.model) or saved.model != cfg.model:
@@ -294,13 +308,7 @@ def _restore(out: Path, cfg: Config, model, ema, opt, sched, device) -> int:
     ckpt.load_state_into(model, ck.model_state, f"checkpoint '{out}' (model)")
     ckpt.load_state_into(ema, ck.ema_state or ck.model_state, f"checkpoint '{out}' (ema)")
     state = ckpt.load_train_state(out, ck.step)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    # the learning rate of *this* run's config wins (a resume may override train.lr)
-    for group in opt.param_groups:
-        group["initial_lr"] = cfg.train.lr
-        group["lr"] = cfg.train.lr * lr_factor(ck.step, cfg)
-    sched.base_lrs = [cfg.train.lr] * len(opt.param_groups)
+    opt.load_state_dict(state["optimizer"])  # the LR is set from this run's config every step
     torch.set_rng_state(state["rng_cpu"])
     if ck.step >= cfg.train.max_steps:
         log.warning("checkpoint is at step %d >= train.max_steps=%d: nothing to do", ck.step, cfg.train.max_steps)
