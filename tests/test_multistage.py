@@ -64,7 +64,13 @@ def test_targets_endpoints_and_clean_last_stage():
         eps_start = (a - sched.sigma[s] * prev) / (1 - sched.sigma[s])
         if eps_end is not None:
             torch.testing.assert_close(eps_start, eps_end, rtol=1e-4, atol=1e-4)
-        assert torch.equal(t["cond"], a)
+        if s == 0:
+            assert torch.equal(t["cond"], torch.zeros_like(a))
+        else:  # the AR input is the previous end state, upsampled; a_s is its jump
+            torch.testing.assert_close(t["cond"], upsample(tg[s - 1]["end"], sched.sizes[s]))
+            r = sched.sigma[s] / sched.tau[s - 1]
+            torch.testing.assert_close(downsample(a, sched.sizes[s - 1]), r * tg[s - 1]["end"],
+                                       rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(tg[-1]["end"], x)  # the last stage ends at clean data
     assert sched.sigma[0] == 0.0
 

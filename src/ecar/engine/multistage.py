@@ -61,7 +61,7 @@ def generate_multistage(
 
     n0 = sched.sizes[0]
     start = torch.randn((B, C, n0, n0), generator=generator, device=dev)
-    cond = torch.zeros_like(start) if sched.flowar else start
+    cond = torch.zeros_like(start)  # the AR input of stage 1: nothing decided yet
     ends = []
     for s in range(S):
         ar_in = torch.cat([cond, cond]) if guide else cond
@@ -85,12 +85,11 @@ def generate_multistage(
         ends.append(end)
         if s + 1 < S:
             n = sched.sizes[s + 1]
+            cond = upsample(end, n)
             if sched.flowar:
-                cond = upsample(end, n)
                 start = torch.randn((B, C, n, n), generator=generator, device=dev)
             else:
                 start = jump(end, sched.tau[s], sched.sigma[s + 1], n, generator)
-                cond = start
     out = {"latents": ends[-1]}
     if return_stages:
         out["stages"] = ends

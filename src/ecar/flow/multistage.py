@@ -25,6 +25,11 @@ the next stage starts exactly as noisy as the upsampled state forces it to be, a
 jump needs no extra noise on the block means. (Pyramidal Flow Matching, arXiv 2410.05954
 §3.3, makes the same rescale + correlated-noise correction in its own conventions.)
 
+The AR transformer's input for stage s is the previous stage's end state, upsampled (zeros
+for stage 1): it carries what earlier stages decided, never the fresh noise of a_s. (Feeding
+a_s itself would let the condition see the noise the head starts from; the flow then
+collapses to a regression onto the posterior mean and samples come out blurred.)
+
 FlowAR mode: every window is [0, 1] (σ_s = 0, τ_s = 1) and the previous stage enters only
 as the AR transformer's condition, never as the start state.
 """
@@ -138,19 +143,29 @@ def stage_targets(
     sched: StageSchedule,
     generator: torch.Generator | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Coupled start/end points of every stage for a batch of clean latents x (B, C, n, n).
+    """Start/end points and AR inputs of every stage for clean latents x (B, C, n, n).
 
-    Returns per stage a dict with ``start`` a_s, ``end`` b_s, ``cond`` (the AR transformer's
-    input for that stage: a_s in E-CAR mode, up(x^{s−1}) in FlowAR mode, zeros for stage 1).
+    Returns per stage a dict with ``start`` a_s, ``end`` b_s and ``cond``, the AR
+    transformer's input for that stage: the previous stage's end state upsampled to this
+    stage's size (zeros for stage 1). E-CAR mode builds the stages as sampling does: a_s is
+    the :func:`jump` of b_{s−1} (fresh noise on the block details), and b_s shares a_s's
+    noise, so the condition knows what earlier stages decided but never the fresh noise the
+    head starts from. FlowAR mode: a_s is fresh noise, b_s = x^s, cond = up(x^{s−1}).
     """
     xs = pyramid(x, list(sched.sizes))
-    out = []
+    out: list[dict[str, torch.Tensor]] = []
     for s, n in enumerate(sched.sizes):
-        eps = torch.randn(xs[s].shape, generator=generator, device=x.device, dtype=x.dtype)
-        prev = upsample(xs[s - 1], n) if s > 0 else torch.zeros_like(xs[s])
-        start = interpolate(eps, prev, sched.sigma[s]) if s > 0 else eps
+        if s == 0:
+            cond = torch.zeros_like(xs[0])
+        else:
+            cond = upsample(out[-1]["end"], n)
+        if s == 0 or sched.flowar:
+            eps = torch.randn(xs[s].shape, generator=generator, device=x.device, dtype=x.dtype)
+            start = eps
+        else:
+            start = jump(out[-1]["end"], sched.tau[s - 1], sched.sigma[s], n, generator)
+            eps = (start - sched.sigma[s] * upsample(xs[s - 1], n)) / (1 - sched.sigma[s])
         end = interpolate(eps, xs[s], sched.tau[s])
-        cond = prev if sched.flowar else start
         out.append({"start": start, "end": end, "cond": cond})
     return out
 
