@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ecar.config import AutoencoderConfig, ConfigError
+from ecar.serialization import state_mismatch
 
 ENCODER_FILE = "taef2_encoder.safetensors"
 DECODER_FILE = "taef2_decoder.safetensors"
@@ -153,24 +154,10 @@ def _load_into(module: nn.Module, file: Path) -> None:
             f"cannot read TAEF2 weights '{file}': {e}. Replace it with an intact copy of "
             f"{file.name} (a safetensors state dict)."
         ) from None
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {'; '.join(wrong[:3])})")
+    why = state_mismatch(module, state)
+    if why:
         raise RuntimeError(
-            f"'{file}' does not hold TAEF2 weights: {'; '.join(parts)}. Use {file.name} converted "
+            f"'{file}' does not hold TAEF2 weights: {why}. Use {file.name} converted "
             f"from madebyollin/taesd (taef2_*.pth, the FLUX.2 variant), not another TAESD model."
         )
     module.load_state_dict(state, strict=True)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ecar.config import Config, ConfigError, config_from_dict, config_to_yaml
+from ecar.serialization import atomic_write, state_mismatch
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -32,29 +31,6 @@ STATE_FILE = "train_state.pt"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, incomplete, or does not fit the model it should load into."""
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 def _state_bytes(module_or_state: nn.Module | dict, meta: dict[str, str]) -> bytes:
@@ -81,12 +57,12 @@ def save_checkpoint(
     meta = {"ecar": json.dumps(
         {"step": step, "family": family_of(cfg.model).name, "model": cfg.model.name}, sort_keys=True
     )}
-    _atomic_write(directory / MODEL_FILE, _state_bytes(model, meta))
-    _atomic_write(directory / EMA_FILE, _state_bytes(ema, meta))
-    _atomic_write(directory / CONFIG_FILE, config_to_yaml(cfg).encode())
+    atomic_write(directory / MODEL_FILE, _state_bytes(model, meta))
+    atomic_write(directory / EMA_FILE, _state_bytes(ema, meta))
+    atomic_write(directory / CONFIG_FILE, config_to_yaml(cfg).encode())
     buf = io.BytesIO()
     torch.save({**train_state, "step": step}, buf)
-    _atomic_write(directory / STATE_FILE, buf.getvalue())
+    atomic_write(directory / STATE_FILE, buf.getvalue())
     return directory
 
 
@@ -174,24 +150,10 @@ def load_train_state(directory: str | Path, expected_step: int) -> dict[str, Any
 
 def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """``load_state_dict`` with an error that explains a mismatch instead of a traceback."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (first: {shapes[0]})")
-        if missing:
-            parts.append(f"{len(missing)} missing tensors (first: {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})")
+    why = state_mismatch(module, state)
+    if why:
         raise CheckpointError(
-            f"{what} does not fit the model its config describes: {'; '.join(parts)}. "
+            f"{what} does not fit the model its config describes: {why}. "
             "Was the checkpoint written by another model or an edited config.yaml?"
         )
     module.load_state_dict(state)

@@ -1,0 +1,84 @@
+"""Sampling cost of the default digits recipes: E-CAR against DiT (and FlowAR mode).
+
+Counts FLOPs of one whole sampling call per recipe (PyTorch's FLOP counter, guidance
+included, at each recipe's shipped sampler settings) and times batched sampling (median of
+repeats after warm-up). FLOPs and time do not depend on the weights' values, so freshly
+initialised networks of each recipe's architecture are measured unless --ckpts is given.
+
+    python benchmarks/cost_digits.py --out benchmarks/results/cost_digits.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from ecar.build import LatentSpec, build_model, load_for_inference
+from ecar.config import load_config
+from ecar.eval.cost import measure_cost
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ["digits_dit.yaml", "digits_ecar.yaml", "digits_flowar.yaml"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/cost_digits.json"))
+    ap.add_argument("--ckpts", nargs="*", help="trained checkpoints, in the order of the recipes")
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    rows = []
+    for i, recipe in enumerate(RECIPES):
+        if args.ckpts:
+            loaded = load_for_inference(args.ckpts[i], torch.device("cpu"))
+            cfg, model = loaded.cfg, loaded.model
+        else:
+            cfg = load_config(ROOT / "configs" / recipe)
+            cfg.data.resolution, cfg.data.channels, cfg.data.num_classes = 16, 1, 10
+            torch.manual_seed(0)
+            model, _ = build_model(cfg, LatentSpec(1, 16, 10))
+            model.eval()
+        cost = measure_cost(model, cfg, batch=args.batch, repeats=args.repeats, warmup=2)
+        s = cfg.sample
+        rows.append({
+            "recipe": recipe,
+            "model": cfg.model.name,
+            "mode": getattr(cfg.model, "mode", "dit"),
+            "params": sum(p.numel() for p in model.parameters()),
+            "sampler": s.sampler,
+            "steps": s.stage_steps if s.stage_steps else s.steps,
+            "cfg": s.cfg,
+            **cost.as_dict(),
+        })
+        print(f"{recipe:22s} {rows[-1]['gflops_per_image']:.4f} GFLOPs/img  "
+              f"{rows[-1]['seconds_per_image'] * 1e3:.3f} ms/img")
+    base = rows[0]
+    for r in rows:
+        r["gflops_vs_dit"] = base["gflops_per_image"] / r["gflops_per_image"]
+        r["time_vs_dit"] = base["seconds_per_image"] / r["seconds_per_image"]
+    result = {
+        "command": "python benchmarks/cost_digits.py" + (" --ckpts ..." if args.ckpts else ""),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "note": "gflops_vs_dit / time_vs_dit = how many times cheaper than the DiT recipe",
+        "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    for r in rows[1:]:
+        print(f"{r['recipe']}: {r['gflops_vs_dit']:.1f}x fewer GFLOPs, {r['time_vs_dit']:.1f}x less time than DiT")
+
+
+if __name__ == "__main__":
+    main()
