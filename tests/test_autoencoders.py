@@ -151,7 +151,7 @@ def test_taef2_mismatched_or_corrupt_weights(tmp_path):
               str(tmp_path / "taef2_encoder.safetensors"))
     (tmp_path / "taef2_decoder.safetensors").write_bytes(b"not a safetensors file")
     cfg = AutoencoderConfig(name="taef2", path=str(tmp_path))
-    match = "does not hold TAEF2 weights.*missing keys.*unexpected.*shape"
+    match = "does not hold TAEF2 weights.*shape mismatch.*missing tensors.*unexpected"
     with pytest.raises(RuntimeError, match=match):
         build_autoencoder(cfg, 3)
     from ecar.autoencoders.taef2 import TAEF2Autoencoder
