@@ -1,0 +1,234 @@
+"""Evaluation layer: evaluate a checkpoint, reference-statistics cache, bench report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ecar.cli import main
+from ecar.config import SampleConfig
+from ecar.eval.bench import bench_table_markdown, run_bench, sweep_settings
+from ecar.eval.evaluate import (
+    VALID_METRICS,
+    apply_sample_overrides,
+    default_feature_net,
+    evaluate_checkpoint,
+    evaluate_model,
+    fid_of_images,
+    quantize,
+    reference_stats,
+)
+from ecar.eval.features import FeatureExtractor, load_feature_net
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.hidden=32", "model.depth=1", "model.heads=2", "train.max_steps=3",
+    "train.batch_size=8", "train.warmup_steps=1", "train.log_every=1",
+    "train.tensorboard=false", "sample.steps=2",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads; on shared cores they lose a lot."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Never touch ~/.cache: the default cache root points into the test's tmp dir."""
+    monkeypatch.setenv("ECAR_CACHE", str(tmp_path / "ecar-cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("eval") / "dit"
+    assert main(["train", "--quiet", "--config", str(ROOT / "configs" / "digits_dit.yaml"),
+                 "--out", str(run), *TINY]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("refstats")
+
+
+def test_evaluate_checkpoint_is_seeded_and_reuses_the_reference_cache(tiny_run, tmp_path):
+    cache = tmp_path / "cache"
+    kw = dict(n=64, cache_dir=cache, device="cpu", progress=False)
+    a = evaluate_checkpoint(tiny_run, seed=0, **kw)
+    for key in ("fid", "is", "is_std", "precision", "recall"):
+        assert isinstance(a[key], float) and np.isfinite(a[key]), key
+    assert a["features"] == "digits" and a["n"] == 64 and a["seed"] == 0
+    assert a["steps"] == 2 and a["sampler"] == "euler" and a["train_step"] == 3
+    assert 0.0 <= a["precision"] <= 1.0 and 0.0 <= a["recall"] <= 1.0
+    json.dumps(a)  # the result is plain JSON
+
+    files = list(cache.glob("*.npz"))
+    assert len(files) == 1 and a["reference"]["cache_hit"] is False
+    assert a["reference"]["path"] == str(files[0]) and a["reference"]["n_images"] == 1497
+    mtime = files[0].stat().st_mtime_ns
+
+    b = evaluate_checkpoint(tiny_run, seed=0, **kw)
+    assert b["reference"]["cache_hit"] is True
+    assert list(cache.glob("*.npz")) == files and files[0].stat().st_mtime_ns == mtime
+    for key in ("fid", "is", "is_std", "precision", "recall"):
+        assert a[key] == b[key], key
+
+    c = evaluate_checkpoint(tiny_run, seed=1, metrics=("fid",), **kw)
+    assert c["fid"] != a["fid"]
+    assert "is" not in c and "precision" not in c
+
+
+def test_sample_overrides_reach_the_sampler(tiny_run, shared_cache):
+    r = evaluate_checkpoint(tiny_run, n=16, metrics="fid", cache_dir=shared_cache, device="cpu",
+                            progress=False, sample_overrides={"steps": 3, "cfg": None})
+    assert r["steps"] == 3 and r["cfg"] == 2.0  # None leaves the shipped value
+    with pytest.raises(ValueError, match="Valid keys of 'sample'"):
+        evaluate_checkpoint(tiny_run, n=16, device="cpu", sample_overrides={"stepz": 3})
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        apply_sample_overrides(SampleConfig(), ["steps=0"])
+
+
+def test_unknown_metric_names_the_valid_ones():
+    with pytest.raises(ValueError, match="fid, is, pr"):
+        evaluate_model(None, None, None, metrics=("fid", "kid"))
+    assert VALID_METRICS == ("fid", "is", "pr")
+
+
+def test_default_feature_net():
+    assert default_feature_net("digits") == "digits"
+    assert default_feature_net("shapes") == "shapes"
+    assert default_feature_net("imagefolder:/data/imagenet") == "inception"
+
+
+def test_heldout_fid_is_far_below_noise_fid(shared_cache):
+    from ecar.data import build_dataset
+
+    ref = reference_stats("digits", "digits", cache_dir=shared_cache)
+    assert ref["feats"].shape == (1497, 128) and ref["mu"].shape == (128,)
+    heldout = build_dataset("digits", split="heldout")
+    real = torch.stack([heldout[i][0] for i in range(len(heldout))])
+    noise = torch.rand(len(heldout), 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    fid_real = fid_of_images(real, ref, "digits")
+    fid_noise = fid_of_images(noise, ref, "digits")
+    assert fid_real < 0.05 * fid_noise, (fid_real, fid_noise)
+    # uint8 N×H×W×C input goes through the same path (quantisation is idempotent)
+    assert fid_of_images(heldout.images_uint8(), ref, "digits") == pytest.approx(fid_real, rel=1e-6)
+
+
+def test_reference_cache_with_a_wrong_key_is_recomputed(tmp_path):
+    from ecar.data import build_dataset
+
+    ds = build_dataset("digits", split="heldout")  # small: 300 images
+    net = load_feature_net("digits")
+    first = reference_stats(ds, net, cache_dir=tmp_path)
+    assert first["cache_hit"] is False
+    path = Path(first["path"])
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["key"] = np.array(str(arrays["key"]).replace("digits", "digitz"))
+    arrays["mu"] = arrays["mu"] + 1.0
+    np.savez(path, **arrays)
+    again = reference_stats(ds, net, cache_dir=tmp_path)
+    assert again["cache_hit"] is False
+    np.testing.assert_array_equal(again["mu"], first["mu"])
+    assert reference_stats(ds, net, cache_dir=tmp_path)["cache_hit"] is True
+    # the default location follows $ECAR_CACHE (set by the autouse fixture)
+    default = reference_stats(ds, net)
+    assert Path(default["path"]).parent == tmp_path / "ecar-cache" / "refstats"
+
+
+class _NoClassifier(FeatureExtractor):
+    """Digits features without class probabilities (like Inception here)."""
+
+    def __init__(self):
+        self.inner = load_feature_net("digits")
+        self.name, self.feature_dim, self.batch_size = "digits-noprobs", 128, 256
+
+    def _prepare_module(self, device):
+        self.inner._prepare_module(device)
+
+    def _forward(self, x):
+        return self.inner._forward(x)[0], None
+
+
+def test_inception_score_is_skipped_with_a_note_without_classifier(tiny_run, shared_cache):
+    from ecar.build import load_for_inference
+
+    loaded = load_for_inference(str(tiny_run), torch.device("cpu"))
+    r = evaluate_model(loaded.model, loaded.cfg, loaded.autoencoder, n=32, features=_NoClassifier(),
+                       cache_dir=shared_cache, progress=False)
+    assert "is" not in r and any(note.startswith("is:") for note in r["notes"])
+    assert r["features"] == "digits-noprobs" and np.isfinite(r["fid"]) and "precision" in r
+
+
+def test_quantize_rounds_to_uint8_levels():
+    x = torch.tensor([-3.0, -1.0, 0.0, 0.5, 1.0, 7.0]).view(1, 1, 2, 3)
+    q = quantize(x)
+    levels = (q + 1) * 127.5
+    assert torch.allclose(levels, levels.round(), atol=1e-4)
+    assert q.min() == -1.0 and q.max() == 1.0
+
+
+def test_sweep_scales_shipped_steps():
+    from ecar.build import LatentSpec, build_model
+    from ecar.config import load_config
+
+    dit_cfg = load_config(ROOT / "configs" / "digits_dit.yaml")
+    got = [s["setting"] for s in sweep_settings(torch.nn.Linear(1, 1), dit_cfg, (0.1, 0.2, 0.5, 1, 2))]
+    assert got == ["shipped", "steps=5", "steps=10", "steps=25", "steps=100"]
+
+    cfg = load_config(ROOT / "configs" / "digits_ecar.yaml", ["model.hidden=32", "model.heads=2"])
+    model, _ = build_model(cfg, LatentSpec(1, 16, 10))
+    settings = sweep_settings(model, cfg, (0.1, 0.2, 0.5, 1.0, 2.0))
+    assert [s["setting"] for s in settings] == [
+        "shipped", "steps=1,1,1", "steps=2,2,1", "steps=5,4,3", "steps=20,16,12"]
+    assert settings[3]["sample"].stage_steps == [5, 4, 3] and settings[3]["scale"] == 0.5
+    assert cfg.sample.stage_steps == [10, 8, 6]  # the shipped config is not modified
+    with pytest.raises(ValueError, match="> 0"):
+        sweep_settings(model, cfg, (0.0,))
+
+
+def test_bench_writes_json_markdown_and_plot(tmp_path, shared_cache):
+    out = tmp_path / "bench"
+    configs = [str(ROOT / "configs" / "digits_dit.yaml"), str(ROOT / "configs" / "digits_ecar.yaml")]
+    rows = run_bench(configs, None, train_minutes=0.05, out=str(out),
+                     overrides=TINY + ["sample.stage_steps=null"], n_eval=64, step_sweep=(0.5,),
+                     device="cpu", progress=False, cache_dir=shared_cache, cost_batch=8, cost_repeats=1)
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["rows"] == json.loads(json.dumps(rows))
+    assert doc["meta"]["torch"] == torch.__version__ and doc["meta"]["args"]["train_minutes"] == 0.05
+    assert "ecar bench" in doc["meta"]["command"] and doc["meta"]["date"]
+    names = {r["name"] for r in rows}
+    assert names == {"digits_dit", "digits_ecar"}
+    by = {(r["name"], r["setting"]): r for r in rows}
+    assert {"shipped", "steps=1"} <= {s for n, s in by if n == "digits_dit"}
+    assert ("digits_ecar", "steps=1,1,1") in by
+    assert by[("digits_ecar", "shipped")]["mode"] == "ecar" and by[("digits_dit", "shipped")]["mode"] == "dit"
+    for r in rows:
+        for key in ("params", "train_steps", "train_seconds", "steps", "fid", "precision", "recall",
+                    "gflops_per_image", "seconds_per_image", "fid_ratio", "gflops_ratio", "time_ratio"):
+            assert r[key] is not None, (r["name"], r["setting"], key)
+        assert r["train_steps"] <= 3
+    base = by[("digits_dit", "shipped")]
+    assert base["fid_ratio"] == base["gflops_ratio"] == base["time_ratio"] == 1.0
+    # half the steps: half the FLOPs of the DiT's shipped row
+    assert by[("digits_dit", "steps=1")]["gflops_ratio"] == pytest.approx(2.0, rel=1e-6)
+
+    md = (out / "bench.md").read_text()
+    assert "digits_dit" in md and "digits_ecar" in md and "FID" in md
+    assert bench_table_markdown(rows) in md
+    img = Image.open(out / "bench.png")
+    assert img.format == "PNG" and img.size[0] > 400
+    with pytest.raises(Exception, match="already holds a checkpoint"):
+        run_bench(configs[:1], None, train_minutes=0.05, out=str(out), overrides=TINY, n_eval=64,
+                  progress=False, cache_dir=shared_cache)
