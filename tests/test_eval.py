@@ -232,3 +232,25 @@ def test_bench_writes_json_markdown_and_plot(tmp_path, shared_cache):
     with pytest.raises(Exception, match="already holds a checkpoint"):
         run_bench(configs[:1], None, train_minutes=0.05, out=str(out), overrides=TINY, n_eval=64,
                   progress=False, cache_dir=shared_cache)
+
+
+def test_cli_eval_writes_json_and_is_reproducible(tmp_path, capsys):
+    import json as _json
+
+    from ecar.cli import main as cli_main
+
+    run = tmp_path / "run"
+    assert cli_main(["train", "--quiet", "--config", "configs/digits_dit.yaml", "--out", str(run),
+                     "model.hidden=32", "model.depth=1", "model.heads=2", "train.batch_size=8",
+                     "train.max_steps=2", "train.tensorboard=false", "sample.steps=2"]) == 0
+    outs = []
+    for i in range(2):
+        path = tmp_path / f"e{i}.json"
+        assert cli_main(["eval", "--ckpt", str(run), "--n", "40", "--json", str(path)]) == 0
+        outs.append(_json.loads(path.read_text()))
+    for key in ("fid", "is", "precision", "recall", "features"):
+        assert key in outs[0], key
+    assert outs[0]["features"] == "digits"
+    assert outs[0]["fid"] == outs[1]["fid"] and outs[0]["precision"] == outs[1]["precision"]
+    assert cli_main(["eval", "--ckpt", str(run), "--metrics", "fid,xyz"]) == 2
+    assert "valid metrics" in capsys.readouterr().err

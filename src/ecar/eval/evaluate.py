@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,6 +51,7 @@ from tqdm import tqdm
 from ecar.config import Config, SampleConfig
 from ecar.eval.features import ClassifierFeatureExtractor, FeatureExtractor, InceptionFeatureExtractor, load_feature_net
 from ecar.eval.metrics import feature_stats, frechet_distance, inception_score, precision_recall
+from ecar.serialization import atomic_write
 
 __all__ = [
     "VALID_METRICS",
@@ -198,18 +199,9 @@ def _feature_net_id(extractor: FeatureExtractor) -> dict:
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
 
 
 def _safe(text: str) -> str:
