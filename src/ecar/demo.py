@@ -23,7 +23,8 @@ log = logging.getLogger("ecar.demo")
 
 DEMO_RECIPE = """\
 # E-CAR on digits (16x16, 1 channel, pixel space): patch 4 -> token grids 1, 2, 4
-# (latents 4x4, 8x8, 16x16). Each stage denoises only its window of the path.
+# (latents 4x4, 8x8, 16x16). Each stage denoises only its window of the path: the coarse
+# stage takes the path from noise to 0.75, the next ones to 0.95 and 1.
 data:
   name: digits
 model:
@@ -35,6 +36,7 @@ model:
   head: mlp
   head_width: 128
   head_depth: 3
+  windows: [0.75, 0.95]   # stage ends tau_1, tau_2 (tau_3 = 1); chosen by experiment, docs/ecar.md
 flow:
   time_sampling: logit_normal
   class_dropout: 0.1
