@@ -11,9 +11,9 @@ from PIL import Image
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) float in [-1, 1] -> (B, H, W, C) uint8 (values clamped)."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    """(B, C, H, W) or (C, H, W) float in [-1, 1] -> (B, H, W, C) / (H, W, C) uint8 (clamped)."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).contiguous().numpy()
 
 
 def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1, scale: int = 1) -> np.ndarray:

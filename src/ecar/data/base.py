@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ecar.imageio import to_uint8
+
 __all__ = [
     "DataError",
     "ImageDataset",
@@ -38,12 +40,6 @@ def fingerprint_of(fields: dict[str, Any], *blobs: bytes) -> str:
         h.update(len(b).to_bytes(8, "little"))
         h.update(b)
     return h.hexdigest()[:16]
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Map ``[-1, 1]`` images ``N×C×H×W`` (or ``C×H×W``) to uint8 ``N×H×W×C`` (``H×W×C``)."""
-    x = ((x.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return x.movedim(-3, -1).contiguous().numpy()
 
 
 def check_channels(channels: int | None, default: int, name: str) -> int:
