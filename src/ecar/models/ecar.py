@@ -1,10 +1,11 @@
 """E-CAR: stage-causal AR transformer + flow-matching head (arXiv 2412.14170; docs/ecar.md).
 
 Sequence layout: [class token] + tokens of stage 1 + … + tokens of stage S, where stage s
-contributes the g_s×g_s tokens of its AR input (E-CAR: the start state a_s; FlowAR: the
-upsampled previous stage). A token of stage s attends to the class token, all earlier
-stages and its own stage (both ways) — a block-causal mask, so one pass trains every stage
-and sampling can cache earlier stages' keys/values.
+contributes the g_s×g_s tokens of its AR input: the previous stage's end state, upsampled
+(zeros for stage 1; docs/ecar.md explains why not the start state a_s). A token of stage s
+attends to the class token, all earlier stages and its own stage (both ways) — a
+block-causal mask, so one pass trains every stage and sampling can cache earlier stages'
+keys/values.
 
 The head predicts the velocity of a stage's tokens from (x_u, u, z): per-token adaLN MLP
 (MAR-like, default) or a small transformer over the stage's tokens. A pure ``nn.Module``.
