@@ -140,3 +140,12 @@ def test_multistage_recipes_train_and_sample(tmp_path, recipe):
     img = np.asarray(Image.open(strip))
     assert img.shape[0] > img.shape[1] / 4  # rows of samples, one column per stage
     assert '"loss_stage1"' in (run / "metrics.jsonl").read_text()  # per-stage losses are logged
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    run = tmp_path / "bf16"
+    assert _train(run, "train.max_steps=3", "train.precision=bf16") == 0
+    import json as _json
+
+    rows = [_json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(np.isfinite(r["loss"]) for r in rows)
