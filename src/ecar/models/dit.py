@@ -16,10 +16,10 @@ from ecar.layers import patchify, unpatchify
 
 
 @dataclass
-class DiTConfig:
-    """DiT architecture. Registry entries fill these; recipes may override any field."""
+class TransformerConfig:
+    """Fields every transformer family shares (registry entries fill them; recipes override)."""
 
-    name: str = "dit-tiny"
+    name: str = ""
     hidden: int = 64
     depth: int = 2
     heads: int = 4
@@ -36,6 +36,13 @@ class DiTConfig:
             )
         if min(self.depth, self.patch, self.heads) < 1:
             raise ConfigError("model.depth, model.patch and model.heads must be >= 1")
+
+
+@dataclass
+class DiTConfig(TransformerConfig):
+    """DiT architecture."""
+
+    name: str = "dit-tiny"
 
 
 class DiT(nn.Module):

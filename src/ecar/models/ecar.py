@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ecar.models.dit import TransformerConfig
 from ecar.layers import (
     AdaLNBlock,
     AdaLNResBlock,
@@ -32,16 +33,10 @@ from ecar.layers import (
 
 
 @dataclass
-class ECARConfig:
-    """E-CAR / FlowAR architecture and stage layout."""
+class ECARConfig(TransformerConfig):
+    """E-CAR / FlowAR architecture (AR transformer fields from TransformerConfig) and stages."""
 
     name: str = "ecar-tiny"
-    hidden: int = 64
-    depth: int = 2
-    heads: int = 4
-    patch: int = 2
-    mlp_ratio: float = 4.0
-    qk_norm: bool = False
     mode: str = "ecar"
     """``ecar`` (partial denoising per stage) or ``flowar`` (every window [0, 1])."""
     stages: list[int] | None = None
@@ -59,12 +54,11 @@ class ECARConfig:
     def validate(self) -> None:
         from ecar.config import ConfigError
 
+        super().validate()
         if self.mode not in ("ecar", "flowar"):
             raise ConfigError(f"model.mode={self.mode!r}; choose ecar or flowar")
         if self.head not in ("mlp", "transformer"):
             raise ConfigError(f"model.head={self.head!r}; choose mlp or transformer")
-        if self.hidden % self.heads or self.hidden % 4:
-            raise ConfigError(f"model.hidden={self.hidden} must be divisible by model.heads and 4")
         if self.head == "transformer" and (self.head_width % self.head_heads or self.head_width % 4):
             raise ConfigError("model.head_width must be divisible by model.head_heads and 4")
 
