@@ -41,16 +41,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def count_flops(model: nn.Module, cfg: Config, sample: SampleConfig | None = None, batch: int = 8) -> float:
-    """GFLOPs per generated image of one sampling call (latent space; decoding excluded)."""
+def _sampling_call(model: nn.Module, cfg: Config, sample: SampleConfig | None, batch: int):
+    """``run(seed)``: one generation call of ``batch`` images (labels cycling over classes)."""
+    from ecar.engine.api import labels_for
+
     sample = sample or cfg.sample
     fam = family_of(cfg.model)
     device = next(model.parameters()).device
-    labels = torch.arange(batch, device=device) % cfg.data.num_classes
-    gen = torch.Generator(device=device).manual_seed(0)
+    labels = labels_for(batch, cfg.data.num_classes).to(device)
+
+    def run(seed: int) -> None:
+        fam.generate(model, cfg, labels, sample, torch.Generator(device=device).manual_seed(seed))
+
+    return run, device
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, cfg: Config, sample: SampleConfig | None = None, batch: int = 8) -> float:
+    """GFLOPs per generated image of one sampling call (latent space; decoding excluded)."""
+    run, _ = _sampling_call(model, cfg, sample, batch)
     with FlopCounterMode(display=False) as counter:
-        fam.generate(model, cfg, labels, sample, gen)
+        run(0)
     return counter.get_total_flops() / batch / 1e9
 
 
@@ -64,16 +75,12 @@ def time_sampling(
     warmup: int = 2,
 ) -> float:
     """Median seconds per image of a batched sampling call (latent space)."""
-    sample = sample or cfg.sample
-    fam = family_of(cfg.model)
-    device = next(model.parameters()).device
-    labels = torch.arange(batch, device=device) % cfg.data.num_classes
+    run, device = _sampling_call(model, cfg, sample, batch)
     times = []
     for i in range(warmup + repeats):
-        gen = torch.Generator(device=device).manual_seed(i)
         _sync(device)
         t0 = time.perf_counter()
-        fam.generate(model, cfg, labels, sample, gen)
+        run(i)
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)

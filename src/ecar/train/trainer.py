@@ -160,7 +160,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
 
     start = 0
     if resume:
-        start = _restore(out, cfg, model, ema, opt, device)
+        start = _restore(out, cfg, model, ema, opt)
     elif ckpt.has_checkpoint(out):
         raise ckpt.CheckpointError(
             f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out"
@@ -294,7 +294,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
     }
 
 
-def _restore(out: Path, cfg: Config, model, ema, opt, device) -> int:
+def _restore(out: Path, cfg: Config, model, ema, opt) -> int:
     ck = ckpt.load_checkpoint(out)
     saved = ck.cfg
     if type(saved.model) is not type(cfg.model) or saved.model != cfg.model:
@@ -312,6 +312,4 @@ def _restore(out: Path, cfg: Config, model, ema, opt, device) -> int:
     torch.set_rng_state(state["rng_cpu"])
     if ck.step >= cfg.train.max_steps:
         log.warning("checkpoint is at step %d >= train.max_steps=%d: nothing to do", ck.step, cfg.train.max_steps)
-    model.to(device)
-    ema.to(device)
     return ck.step
