@@ -1,4 +1,4 @@
-"""Tests of ``ecar.data``: digits, shapes, imagefolder and ``build_dataset``."""
+"""Tests of ``ecar.data``: digits, shapes, imagefolder, fashion-mnist and ``build_dataset``."""
 
 from __future__ import annotations
 
@@ -275,7 +275,7 @@ def test_load_image_raises_on_corrupt(tmp_path: Path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"name": "mnist"}, "unknown dataset 'mnist'.*digits, shapes, imagefolder"),
+        ({"name": "mnist"}, "unknown dataset 'mnist'.*digits, shapes, fashion-mnist.*imagefolder"),
         ({"name": ""}, "data.name"),
         ({"name": "digits", "split": "test"}, "unknown split 'test'.*train, heldout"),
         ({"name": "digits", "channels": 2}, "channels must be 1"),
@@ -289,3 +289,175 @@ def test_build_dataset_errors(kwargs, match):
     with pytest.raises(DataError, match=match):
         build_dataset(name, **kwargs)
     assert issubclass(DataError, ValueError)
+
+
+# ----------------------------------------------------------------------------- fashion-mnist
+# Tests that read the real files skip (with the install hint) when the dataset is absent,
+# and fail instead under ECAR_REQUIRE_DATASETS=1 (CI); see conftest.require_fashion_mnist.
+
+import gzip  # noqa: E402
+
+from ecar.data.fashion_mnist import CLASS_NAMES, ENV_VAR, read_idx  # noqa: E402
+
+_FM_FILES = [
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+]
+
+
+def _fm_source(directory: Path, stem: str) -> Path:
+    return directory / stem if (directory / stem).is_file() else directory / f"{stem}.gz"
+
+
+def _link_fm_files(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for stem in _FM_FILES:
+        p = _fm_source(src, stem)
+        (dst / p.name).symlink_to(p.resolve())
+    return dst
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file of unsigned bytes (magic 0x0800 | ndim, big-endian dims)."""
+    header = (0x0800 | array.ndim).to_bytes(4, "big")
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+@pytest.fixture
+def tiny_fm(tmp_path: Path) -> Path:
+    """A synthetic, valid Fashion-MNIST directory: 20 train / 10 test images, raw + gzip."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "tiny-fm"
+    d.mkdir()
+    for prefix, n in (("train", 20), ("t10k", 10)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        (d / f"{prefix}-images-idx3-ubyte").write_bytes(_idx_bytes(images))
+        (d / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(labels)))
+    return d
+
+
+def test_fashion_mnist_sizes_range_padding_and_labels(fashion_mnist_dir):
+    tr = build_dataset("fashion-mnist")
+    he = build_dataset("fashion-mnist", split="heldout")
+    assert isinstance(tr, ImageDataset)
+    assert (len(tr), len(he)) == (60_000, 10_000)
+    assert (tr.num_classes, tr.channels, tr.resolution) == (10, 1, 32)
+    assert tr.class_names == CLASS_NAMES and CLASS_NAMES[0] == "T-shirt/top" and CLASS_NAMES[9] == "Ankle boot"
+    x, y = he[0]
+    assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and isinstance(y, int)
+    xs = torch.stack([he[i][0] for i in range(len(he))])
+    torch.testing.assert_close(he.images(), xs, rtol=0, atol=0)  # batched == per item
+    assert xs.min() == -1.0 and xs.max() == 1.0
+    border = torch.ones(32, 32, dtype=torch.bool)
+    border[2:30, 2:30] = False
+    assert bool((xs[:, :, border] == -1.0).all())  # the 2-px padding is exactly black
+    # the interior is the raw file, 0..255 -> x/127.5 - 1, no resampling
+    raw = read_idx(_fm_source(fashion_mnist_dir, "t10k-images-idx3-ubyte"), 0x803)
+    expect = torch.from_numpy(raw.astype(np.float32)) / 127.5 - 1.0
+    torch.testing.assert_close(xs[:, 0, 2:30, 2:30], expect, rtol=0, atol=1e-6)
+    for ds in (tr, he):
+        labels = ds.labels
+        assert labels.min() >= 0 and labels.max() <= 9
+        assert set(labels.tolist()) == set(range(10))
+    assert he[len(he) - 1][1] == int(he.labels[-1]) and he[-1][1] == int(he.labels[-1])
+
+
+def test_fashion_mnist_resolutions_channels_and_fingerprints(fashion_mnist_dir):
+    he = build_dataset("fashion-mnist", split="heldout")
+    tr = build_dataset("fashion-mnist", split="train")
+    assert he.fingerprint() != tr.fingerprint()
+    assert build_dataset("fashion-mnist", split="heldout").fingerprint() == he.fingerprint()
+    native = build_dataset("fashion-mnist", split="heldout", resolution=28)
+    torch.testing.assert_close(native[7][0], he[7][0][:, 2:30, 2:30], rtol=0, atol=0)
+    small = build_dataset("fashion-mnist", split="heldout", resolution=16, channels=3)
+    x = small[3][0]
+    assert x.shape == (3, 16, 16) and x.min() >= -1.0 and x.max() <= 1.0
+    torch.testing.assert_close(x[0], x[2])
+    assert len({he.fingerprint(), native.fingerprint(), small.fingerprint()}) == 3
+    assert small.images_uint8(4).shape == (4, 16, 16, 3)
+
+
+def test_fashion_mnist_env_var_name_dir_and_uncompressed(fashion_mnist_dir, tmp_path, monkeypatch):
+    ref = build_dataset("fashion-mnist", split="heldout")
+    linked = _link_fm_files(fashion_mnist_dir, tmp_path / "linked")
+    monkeypatch.setenv(ENV_VAR, str(linked))
+    via_env = build_dataset("fashion-mnist", split="heldout")
+    assert via_env.directory == linked and via_env.fingerprint() == ref.fingerprint()
+    # data.name=fashion-mnist:DIR wins over the environment variable
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for stem in _FM_FILES:
+        src = _fm_source(fashion_mnist_dir, stem)
+        data = gzip.decompress(src.read_bytes()) if src.suffix == ".gz" else src.read_bytes()
+        (raw / stem).write_bytes(data)
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "nowhere"))
+    via_name = build_dataset(f"fashion-mnist:{raw}", split="heldout")
+    assert via_name.directory == raw
+    # uncompressed files hold the same content: same fingerprint, same pixels
+    assert via_name.fingerprint() == ref.fingerprint()
+    torch.testing.assert_close(via_name[123][0], ref[123][0], rtol=0, atol=0)
+
+
+def test_fashion_mnist_missing_gives_one_error_with_the_install_hint(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "absent"))
+    for name in ("fashion-mnist", f"fashion-mnist:{tmp_path / 'also-absent'}"):
+        with pytest.raises(DataError) as err:
+            build_dataset(name)
+        msg = str(err.value)
+        assert "apt-get install dataset-fashion-mnist" in msg
+        assert "github.com/zalandoresearch/fashion-mnist" in msg
+        assert "ECAR_FASHION_MNIST=DIR" in msg and "data.name=fashion-mnist:DIR" in msg
+        assert "absent" in msg
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    with pytest.raises(DataError, match="lacks train-labels-idx1-ubyte"):
+        build_dataset(f"fashion-mnist:{partial}")
+
+
+def _bump_mtime(path: Path) -> None:
+    """Make sure the rewrite is seen even on file systems with coarse mtimes."""
+    import os
+
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_fashion_mnist_synthetic_files_gz_and_raw(tiny_fm):
+    tr = build_dataset(f"fashion-mnist:{tiny_fm}")
+    he = build_dataset(f"fashion-mnist:{tiny_fm}", split="heldout")
+    assert (len(tr), len(he)) == (20, 10)
+    assert [he[i][1] for i in range(10)] == list(range(10))
+    raw = read_idx(tiny_fm / "t10k-images-idx3-ubyte", 0x803)
+    torch.testing.assert_close(he[4][0][0, 2:30, 2:30], torch.from_numpy(raw[4].copy()).float() / 127.5 - 1)
+    before = he.fingerprint()
+    # new content (same size) -> new fingerprint
+    images = raw.copy()
+    images[0, 0, 0] ^= 1
+    (tiny_fm / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(images))
+    _bump_mtime(tiny_fm / "t10k-images-idx3-ubyte")
+    assert build_dataset(f"fashion-mnist:{tiny_fm}", split="heldout").fingerprint() != before
+
+
+@pytest.mark.parametrize("damage", ["truncated_raw", "truncated_gz", "wrong_magic", "count_mismatch"])
+def test_fashion_mnist_corrupt_file_is_a_data_error_naming_it(tiny_fm, damage):
+    img = tiny_fm / "t10k-images-idx3-ubyte"
+    lab = tiny_fm / "t10k-labels-idx1-ubyte.gz"
+    if damage == "truncated_raw":
+        bad, data = img, img.read_bytes()[:-100]
+        bad.write_bytes(data)
+    elif damage == "truncated_gz":
+        bad, data = lab, lab.read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    elif damage == "wrong_magic":
+        bad = img
+        bad.write_bytes(gzip.decompress(lab.read_bytes()))  # a labels file where images belong
+    else:
+        bad = lab
+        bad.write_bytes(gzip.compress(_idx_bytes(np.zeros(9, np.uint8))))
+    with pytest.raises(DataError, match=str(bad.name).replace(".", r"\.")):
+        build_dataset(f"fashion-mnist:{tiny_fm}", split="heldout")
+    # the other split is intact and still loads
+    assert len(build_dataset(f"fashion-mnist:{tiny_fm}", split="train")) == 20

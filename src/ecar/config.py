@@ -31,9 +31,12 @@ class DataConfig:
     """Where training images come from."""
 
     name: str = "digits"
-    """``digits`` | ``shapes`` | ``imagefolder:PATH``."""
+    """``digits`` | ``shapes`` | ``fashion-mnist`` (or ``fashion-mnist:DIR``, the folder of
+    its IDX files; default ``$ECAR_FASHION_MNIST``, then the Debian package's
+    ``/usr/share/datasets/fashion-mnist``) | ``imagefolder:PATH``."""
     resolution: int | None = None
-    """Image side in pixels; ``None`` keeps the dataset's native size (digits 16, shapes 32)."""
+    """Image side in pixels; ``None`` keeps the dataset's native size (digits 16, shapes 32,
+    fashion-mnist 32 = its 28×28 images padded by 2 px of black)."""
     channels: int | None = None
     """1 (grey) or 3 (RGB) for ``imagefolder``; ``None`` keeps the dataset's own."""
     num_classes: int | None = None

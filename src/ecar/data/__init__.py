@@ -1,4 +1,4 @@
-"""Datasets of ``ecar``: ``digits``, ``shapes`` and ``imagefolder:PATH``.
+"""Datasets of ``ecar``: ``digits``, ``shapes``, ``fashion-mnist`` and ``imagefolder:PATH``.
 
 Every dataset is an :class:`ImageDataset` whose items are ``(image, label)`` with
 ``image`` a float32 ``C×R×R`` tensor in ``[-1, 1]``. Build one by name with
@@ -9,14 +9,19 @@ name                classes C     R    content
 =================== ======= ===== ==== ===================================================
 ``digits``          10      1     16   scikit-learn 8×8 digits, bilinear-resized; 1,497 / 300
 ``shapes``          8       3     32   procedural seeded shapes; ``shapes_size`` / ≤ 5,000
+``fashion-mnist``   10      1     32   Fashion-MNIST 28×28 padded to 32; 60,000 / 10,000 test
 ``imagefolder:P``   folders 3     —    user images, ``resolution`` required; all / every 10th
 =================== ======= ===== ==== ===================================================
+
+``fashion-mnist`` reads the original files (``fashion-mnist:DIR``, ``$ECAR_FASHION_MNIST``
+or the Debian package ``dataset-fashion-mnist``); see :mod:`ecar.data.fashion_mnist`.
 """
 
 from __future__ import annotations
 
 from .base import DataError, ImageDataset
 from .digits import DigitsDataset
+from .fashion_mnist import FashionMNISTDataset
 from .imagefolder import ImageFolderDataset
 from .shapes import ShapesDataset
 
@@ -25,13 +30,14 @@ __all__ = [
     "SPLITS",
     "DataError",
     "DigitsDataset",
+    "FashionMNISTDataset",
     "ImageDataset",
     "ImageFolderDataset",
     "ShapesDataset",
     "build_dataset",
 ]
 
-DATASET_NAMES = ("digits", "shapes", "imagefolder:PATH")
+DATASET_NAMES = ("digits", "shapes", "fashion-mnist[:DIR]", "imagefolder:PATH")
 SPLITS = ("train", "heldout")
 
 
@@ -47,16 +53,19 @@ def build_dataset(
     """Build a dataset by name.
 
     Args:
-        name: ``"digits"``, ``"shapes"`` or ``"imagefolder:PATH"``.
+        name: ``"digits"``, ``"shapes"``, ``"fashion-mnist"`` (optionally
+            ``"fashion-mnist:DIR"``, the folder of its IDX files) or ``"imagefolder:PATH"``.
         split: ``"train"`` or ``"heldout"``.
-        resolution: image side; ``None`` keeps the native size (digits 16, shapes 32);
-            required for ``imagefolder``.
-        channels: 1 or 3; ``None`` keeps the dataset's own (digits 1, others 3).
+        resolution: image side; ``None`` keeps the native size (digits 16, shapes 32,
+            fashion-mnist 32 = 28 padded); required for ``imagefolder``.
+        channels: 1 or 3; ``None`` keeps the dataset's own (digits and fashion-mnist 1,
+            others 3).
         seed: dataset seed (only ``shapes`` depends on it).
         shapes_size: number of ``shapes`` training images.
 
     Raises:
-        DataError: unknown name or split, missing folder, no readable image, bad value.
+        DataError: unknown name or split, missing folder or dataset files, no readable
+            image, bad value.
     """
     if not isinstance(name, str) or not name.strip():
         raise DataError(f"data.name must be one of {', '.join(DATASET_NAMES)}; got {name!r}.")
@@ -70,6 +79,10 @@ def build_dataset(
     if kind == "shapes" and not sep:
         return ShapesDataset(
             split=split, resolution=resolution, channels=channels, seed=seed, size=shapes_size
+        )
+    if kind == "fashion-mnist":
+        return FashionMNISTDataset(
+            split=split, resolution=resolution, channels=channels, directory=path.strip() or None
         )
     if kind == "imagefolder":
         if not path.strip():
