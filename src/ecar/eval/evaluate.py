@@ -15,12 +15,15 @@ Pipeline (one code path for generated and real images)
    features (and class probabilities, if it has a classifier). The default depends on the
    dataset (:func:`default_feature_net`): the shipped ``digits`` / ``shapes`` classifiers
    for our small datasets, the FID InceptionV3 otherwise.
-4. **Reference.** :func:`reference_stats` extracts the features of the *training* split
-   once per (dataset fingerprint, feature network, network weights) and caches mean,
+4. **Reference.** :func:`reference_stats` extracts the features of the reference split
+   (:func:`default_reference_split`: the held-out split wherever the dataset has a real
+   one, so a model that memorises its training images gains nothing; the training split
+   otherwise) once per (dataset fingerprint and split, feature network, network weights)
+   and caches mean,
    covariance and a deterministic subsample of at most 10,000 real feature vectors in an
    ``.npz`` file under ``$ECAR_CACHE/refstats`` (default ``~/.cache/ecar/refstats``).
    A cache file whose recorded key differs from the expected one is recomputed.
-5. **Metrics** (:mod:`ecar.eval.metrics`): ``fid`` against the training-split Gaussian;
+5. **Metrics** (:mod:`ecar.eval.metrics`): ``fid`` against the reference-split Gaussian;
    ``is`` from the feature network's class probabilities, in 10 splits as usual but
    never fewer than 100 samples a split (so 1 split for n < 200; skipped, with a note, for
    a network without a classifier head, e.g. Inception here); ``pr``: improved
@@ -28,7 +31,9 @@ Pipeline (one code path for generated and real images)
    fixed permutation (independent of ``seed``, so a new seed changes only the fakes).
 
 Numbers computed with the ``digits``/``shapes`` networks are comparable between our runs
-only, never with published FIDs (which use Inception features and 50k samples).
+only, never with published FIDs (which use Inception features and 50k samples). One
+sampling seed gives one draw of a noisy number: :func:`evaluate_seeds` repeats the
+evaluation over several seeds and reports the mean and standard deviation.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ __all__ = [
     "apply_sample_overrides",
     "default_cache_dir",
     "default_feature_net",
+    "default_reference_split",
+    "evaluate_seeds",
     "evaluate_checkpoint",
     "evaluate_model",
     "features_of_images",
@@ -88,6 +95,22 @@ def default_feature_net(dataset_name: str) -> str:
     ``shapes`` → ``"shapes"``, anything else (``imagefolder:…``) → ``"inception"``."""
     kind = str(dataset_name).strip().lower()
     return kind if kind in ("digits", "shapes") else "inception"
+
+
+_HELDOUT_REFERENCE = ("digits", "shapes", "fashion-mnist")
+
+
+def default_reference_split(dataset_name: str) -> str:
+    """Split that FID and precision/recall compare generated images with.
+
+    ``heldout`` for datasets with a real held-out split — ``digits`` (300 images never
+    trained on), ``shapes`` (5,000 renders from another seed stream), ``fashion-mnist``
+    (the official 10,000 test images) — so the metric does not reward memorising the
+    training images; ``train`` for ``imagefolder:…`` (its held-out split is a subset of
+    the training files).
+    """
+    kind = str(dataset_name).strip().lower().partition(":")[0]
+    return "heldout" if kind in _HELDOUT_REFERENCE else "train"
 
 
 def default_cache_dir() -> Path:
@@ -211,17 +234,18 @@ def _safe(text: str) -> str:
 # --------------------------------------------------------------------------- reference
 
 
-def _build_train_split(source) -> Any:
-    """A dataset object from an ImageDataset, a Config or a dataset name."""
+def _build_split(source, split: str | None) -> Any:
+    """A dataset object from an ImageDataset, or ``split`` (default
+    :func:`default_reference_split`) of a Config's data section or of a dataset name."""
     from ecar.data import build_dataset
 
     if isinstance(source, Config):
         from ecar.build import build_data
 
         cfg = dataclasses.replace(source, data=dataclasses.replace(source.data))
-        return build_data(cfg, "train")
+        return build_data(cfg, split or default_reference_split(cfg.data.name))
     if isinstance(source, str):
-        return build_dataset(source, split="train")
+        return build_dataset(source, split=split or default_reference_split(source))
     if hasattr(source, "fingerprint") and hasattr(source, "__getitem__"):
         return source
     raise TypeError("reference_stats needs an ImageDataset, a Config or a dataset name")
@@ -235,13 +259,14 @@ def reference_stats(
     device: str | torch.device | None = None,
     batch_size: int = 256,
     progress: bool = False,
+    split: str | None = None,
 ) -> dict:
-    """Feature statistics of the real training split, computed once and cached on disk.
+    """Feature statistics of a real split, computed once and cached on disk.
 
     Args:
-        dataset: an :class:`ecar.data.ImageDataset` (normally the ``train`` split), a
-            :class:`Config` (its ``data`` section; the train split is built) or a dataset
-            name such as ``"digits"``.
+        dataset: an :class:`ecar.data.ImageDataset` (used as it is), a :class:`Config`
+            (its ``data`` section) or a dataset name such as ``"digits"``; for the last two
+            ``split`` is built (default :func:`default_reference_split`).
         feature_net: a feature network name or a :class:`FeatureExtractor`.
         cache_dir: directory of the ``.npz`` cache (default :func:`default_cache_dir`).
         max_images: use only the first ``max_images`` images (default: all; part of the key).
@@ -256,7 +281,8 @@ def reference_stats(
     feature network's name, dim and a SHA-256 of its weights, the quantisation policy). A
     file whose stored key differs (or that cannot be read) is recomputed and replaced.
     """
-    ds = _build_train_split(dataset)
+    ds = _build_split(dataset, split)
+    split_name = str(getattr(ds, "split", split or "train"))
     extractor = feature_net if isinstance(feature_net, FeatureExtractor) else load_feature_net(feature_net)
     key = {
         "format": _CACHE_FORMAT,
@@ -278,8 +304,8 @@ def reference_stats(
                     return {
                         "mu": z["mu"].astype(np.float64), "sigma": z["sigma"].astype(np.float64),
                         "feats": z["feats"].astype(np.float64), "n_images": int(z["n_images"]),
-                        "feature_net": extractor.name, "key": key, "path": str(path),
-                        "cache_hit": True,
+                        "feature_net": extractor.name, "split": split_name, "key": key,
+                        "path": str(path), "cache_hit": True,
                     }
                 log.info("reference cache %s has a different key; recomputing", path)
         except Exception as e:  # noqa: BLE001 - a broken cache file is simply rebuilt
@@ -314,7 +340,8 @@ def reference_stats(
     log.info("reference statistics of %s (%d images, %s features) in %.1f s -> %s",
              key["dataset"]["name"], feats.shape[0], extractor.name, time.perf_counter() - t0, path)
     return {"mu": mu, "sigma": sigma, "feats": sub, "n_images": int(feats.shape[0]),
-            "feature_net": extractor.name, "key": key, "path": str(path), "cache_hit": False}
+            "feature_net": extractor.name, "split": split_name, "key": key, "path": str(path),
+            "cache_hit": False}
 
 
 def fid_of_images(images: Any, reference: dict, feature_net: str | FeatureExtractor,
@@ -392,6 +419,7 @@ def evaluate_model(
     progress: bool = True,
     cache_dir: str | Path | None = None,
     reference: dict | None = None,
+    reference_split: str | None = None,
 ) -> dict:
     """Sample ``n`` images from ``model`` and measure them (see the module docstring).
 
@@ -407,10 +435,11 @@ def evaluate_model(
         sample: sampler settings (default: the recipe's ``cfg.sample``).
         cache_dir: reference-statistics cache directory (default :func:`default_cache_dir`).
         reference: a precomputed :func:`reference_stats` result for the same feature net.
+        reference_split: split to compare with (default :func:`default_reference_split`).
 
     Returns:
         ``{"fid", "is", "is_std", "is_splits", "precision", "recall"`` (those requested),
-        ``"features", "n", "seed", "batch_size", "family", "mode", "sampler", "steps",
+        ``"features", "reference_split", "n", "seed", "batch_size", "family", "mode", "sampler", "steps",
         "total_steps", "cfg", "cfg_schedule", "reference": {path, n_images, cache_hit},
         "notes": [...], "seconds"}``. ``is`` is omitted with a note when the feature net has
         no classifier. Same arguments → identical numbers.
@@ -435,7 +464,7 @@ def evaluate_model(
 
     if reference is None:
         reference = reference_stats(cfg, extractor, cache_dir=cache_dir, device=device,
-                                    progress=progress)
+                                    progress=progress, split=reference_split)
     elif reference.get("feature_net") not in (None, extractor.name):
         raise ValueError(f"reference was computed with feature net '{reference.get('feature_net')}', "
                          f"not '{extractor.name}'")
@@ -477,7 +506,8 @@ def evaluate_model(
         result["precision"], result["recall"] = pr["precision"], pr["recall"]
         result["pr_k"] = PR_K
 
-    result.update({"features": extractor.name, "n": int(n), "seed": int(seed),
+    result.update({"features": extractor.name, "reference_split": reference.get("split"),
+                   "n": int(n), "seed": int(seed),
                    "batch_size": int(batch_size)})
     result.update(sampler_info(model, cfg, sample))
     result["reference"] = {"path": reference.get("path"), "n_images": reference.get("n_images"),
@@ -485,6 +515,52 @@ def evaluate_model(
     result["notes"] = notes
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def evaluate_seeds(
+    model: nn.Module,
+    cfg: Config,
+    autoencoder: nn.Module,
+    seeds: Sequence[int] = (0, 1, 2),
+    features: str | FeatureExtractor | None = None,
+    reference: dict | None = None,
+    reference_split: str | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    **kwargs: Any,
+) -> dict:
+    """:func:`evaluate_model` once per sampling seed, with the spread over seeds.
+
+    Every metric ``m`` that the runs return as a number gets ``m_mean`` and ``m_std``
+    (sample standard deviation, ddof = 1; 0 for a single seed) and ``m_per_seed``; ``fid``
+    itself is the mean. The rest (features, reference split, sampler settings) comes from
+    the first run; ``seeds`` lists the seeds. Other keyword arguments go to
+    :func:`evaluate_model`.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("evaluate_seeds needs at least one seed")
+    extractor = _resolve_extractor(features, cfg.data.name)
+    if reference is None:
+        device = next(model.parameters()).device
+        reference = reference_stats(cfg, extractor, cache_dir=cache_dir, device=device,
+                                    progress=progress, split=reference_split)
+    runs = [evaluate_model(model, cfg, autoencoder, seed=s, features=extractor, reference=reference,
+                           progress=progress, **kwargs) for s in seeds]
+    out = dict(runs[0])
+    out.pop("seed", None)
+    out["seeds"] = seeds
+    for key in ("fid", "is", "precision", "recall"):
+        vals = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+        if len(vals) != len(runs):
+            continue
+        arr = np.asarray(vals, dtype=np.float64)
+        out[f"{key}_per_seed"] = [float(v) for v in arr]
+        out[f"{key}_mean"] = float(arr.mean())
+        out[f"{key}_std"] = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+        out[key] = out[f"{key}_mean"]
+    out["seconds"] = float(sum(r["seconds"] for r in runs))
+    return out
 
 
 def apply_sample_overrides(sample: SampleConfig, overrides: dict | Sequence[str] | None) -> SampleConfig:
@@ -527,8 +603,11 @@ def evaluate_checkpoint(
     use_ema: bool = True,
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    seeds: Sequence[int] | None = None,
+    reference_split: str | None = None,
 ) -> dict:
-    """Load a checkpoint (EMA weights by default) and :func:`evaluate_model` it.
+    """Load a checkpoint (EMA weights by default) and :func:`evaluate_model` it (or, with
+    ``seeds``, :func:`evaluate_seeds` over those seeds; ``seed`` is then ignored).
 
     The result also records ``ckpt``, ``model`` (registry name), ``train_step``, ``params``
     and ``ema``.
@@ -539,9 +618,12 @@ def evaluate_checkpoint(
     dev = device if isinstance(device, torch.device) else pick_device(device)
     loaded = load_for_inference(str(ckpt_dir), dev, use_ema=use_ema)
     sample = apply_sample_overrides(loaded.cfg.sample, sample_overrides)
-    res = evaluate_model(loaded.model, loaded.cfg, loaded.autoencoder, n=n, metrics=metrics,
-                         features=features, seed=seed, batch_size=batch_size, sample=sample,
-                         progress=progress, cache_dir=cache_dir)
+    common = dict(n=n, metrics=metrics, features=features, batch_size=batch_size, sample=sample,
+                  progress=progress, cache_dir=cache_dir, reference_split=reference_split)
+    if seeds:
+        res = evaluate_seeds(loaded.model, loaded.cfg, loaded.autoencoder, seeds=seeds, **common)
+    else:
+        res = evaluate_model(loaded.model, loaded.cfg, loaded.autoencoder, seed=seed, **common)
     head = {"ckpt": str(ckpt_dir), "model": loaded.cfg.model.name, "train_step": loaded.step,
             "params": sum(p.numel() for p in loaded.model.parameters()), "ema": use_ema,
             "device": str(dev)}
