@@ -1,9 +1,12 @@
 """Sampling cost of the default digits recipes: E-CAR against DiT (and FlowAR mode).
 
-Counts FLOPs of one whole sampling call per recipe (PyTorch's FLOP counter, guidance
-included, at each recipe's shipped sampler settings) and times batched sampling (median of
-repeats after warm-up). FLOPs and time do not depend on the weights' values, so freshly
-initialised networks of each recipe's architecture are measured unless --ckpts is given.
+Measures each recipe at its shipped sampler settings with :func:`ecar.eval.cost.measure_cost`
+and its defaults — the one protocol that ``ecar bench`` and ``ecar demo`` use too: FLOPs of
+one whole sampling call (PyTorch's FLOP counter, guidance and attention included) and the
+median time of repeated calls after warm-up, both on ``TIMING_BATCH`` images, with torch's
+thread count as it is (set ``OMP_NUM_THREADS`` to change it). FLOPs and time do not depend
+on the weights' values, so freshly initialised networks of each recipe's architecture are
+measured unless --ckpts is given. Time only on a quiet machine (check ``uptime``).
 
     python benchmarks/cost_digits.py --out benchmarks/results/cost_digits.json
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -30,12 +34,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/cost_digits.json"))
     ap.add_argument("--ckpts", nargs="*", help="trained checkpoints, in the order of the recipes")
-    ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    load_at_start = os.getloadavg()[0]  # recorded: timing is only meaningful on a quiet machine
 
     rows = []
     for i, recipe in enumerate(RECIPES):
@@ -48,7 +48,7 @@ def main() -> None:
             torch.manual_seed(0)
             model, _ = build_model(cfg, LatentSpec(1, 16, 10))
             model.eval()
-        cost = measure_cost(model, cfg, batch=args.batch, repeats=args.repeats, warmup=2)
+        cost = measure_cost(model, cfg)
         s = cfg.sample
         rows.append({
             "recipe": recipe,
@@ -71,6 +71,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "load_average_1min_at_start": round(load_at_start, 2),
         "note": "gflops_vs_dit / time_vs_dit = how many times cheaper than the DiT recipe",
         "rows": rows,
     }

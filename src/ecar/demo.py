@@ -95,7 +95,7 @@ def run_demo(
     save_grid(to_uint8(result["images"]), out / "samples.png", nrow=10)
     pick = torch.arange(k) * 10  # one sample of each class
     save_png(stages_strip([s[pick] for s in result["stages"]], max_rows=k), out / "stages.png")
-    cost = measure_cost(loaded.model, loaded.cfg, batch=100, repeats=3, warmup=1)
+    cost = measure_cost(loaded.model, loaded.cfg)  # the one timing protocol (ecar.eval.cost)
     metrics = {
         "model": loaded.cfg.model.name,
         "mode": loaded.cfg.model.mode,
