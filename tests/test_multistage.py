@@ -111,3 +111,43 @@ def test_naive_upsample_would_be_wrong():
     up = upsample(eps, 4).reshape(20_000, -1)
     cov = torch.cov(up.T)
     assert cov[0, 1] > 0.9  # same block: fully correlated
+
+
+def test_extra_head_draws_share_the_condition_and_are_fresh():
+    """stage_pair given the same previous end state: same jump statistics, new noise."""
+    from ecar.flow.multistage import stage_pair
+
+    sched = StageSchedule.build([2, 4, 8], [0.5, 0.8])
+    x = torch.randn(4, 1, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    tg = stage_targets(x, sched, g)
+    xs = [t["clean"] for t in tg]
+    for s in (1, 2):
+        a, b = stage_pair(xs, s, sched, tg[s - 1]["end"], g)
+        assert not torch.allclose(a, tg[s]["start"])  # a fresh draw
+        r = sched.sigma[s] / sched.tau[s - 1]  # ... that the previous end state still pins down
+        torch.testing.assert_close(downsample(a, sched.sizes[s - 1]), r * tg[s - 1]["end"],
+                                   rtol=1e-4, atol=1e-5)
+        eps = (a - sched.sigma[s] * upsample(xs[s - 1], sched.sizes[s])) / (1 - sched.sigma[s])
+        torch.testing.assert_close(b, interpolate(eps, xs[s], sched.tau[s]))
+
+
+def test_head_batch_mul_trains_on_several_draws_per_ar_pass():
+    from ecar.build import LatentSpec, build_model
+    from ecar.config import load_config
+
+    def loss(mul: int, seed: int = 0) -> dict:
+        cfg = load_config("configs/digits_ecar.yaml", ["model.hidden=32", "model.heads=2", "model.depth=1",
+                                                      f"model.head_batch_mul={mul}"])
+        torch.manual_seed(0)
+        model, fam = build_model(cfg, LatentSpec(1, 16, 10))
+        obj = fam.objective(model, cfg)
+        x, y = torch.randn(5, 1, 16, 16), torch.arange(5)
+        return obj(x, y, torch.Generator().manual_seed(seed))
+
+    one, three = loss(1), loss(3)
+    assert torch.isfinite(three["loss"]) and three["loss"].requires_grad
+    three["loss"].backward()
+    assert one["loss"].item() != three["loss"].item()  # more draws: a different estimate
+    with pytest.raises(Exception, match="head_batch_mul"):
+        loss(0)

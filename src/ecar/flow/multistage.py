@@ -145,29 +145,47 @@ def stage_targets(
 ) -> list[dict[str, torch.Tensor]]:
     """Start/end points and AR inputs of every stage for clean latents x (B, C, n, n).
 
-    Returns per stage a dict with ``start`` a_s, ``end`` b_s and ``cond``, the AR
+    Returns per stage a dict with ``start`` a_s, ``end`` b_s, ``cond``, the AR
     transformer's input for that stage: the previous stage's end state upsampled to this
-    stage's size (zeros for stage 1). E-CAR mode builds the stages as sampling does: a_s is
-    the :func:`jump` of b_{s−1} (fresh noise on the block details), and b_s shares a_s's
-    noise, so the condition knows what earlier stages decided but never the fresh noise the
-    head starts from. FlowAR mode: a_s is fresh noise, b_s = x^s, cond = up(x^{s−1}).
+    stage's size (zeros for stage 1), and ``clean`` x^s. E-CAR mode builds the stages as
+    sampling does: a_s is the :func:`jump` of b_{s−1} (fresh noise on the block details),
+    and b_s shares a_s's noise, so the condition knows what earlier stages decided but never
+    the fresh noise the head starts from. FlowAR mode: a_s is fresh noise, b_s = x^s,
+    cond = up(x^{s−1}).
     """
     xs = pyramid(x, list(sched.sizes))
     out: list[dict[str, torch.Tensor]] = []
     for s, n in enumerate(sched.sizes):
-        if s == 0:
-            cond = torch.zeros_like(xs[0])
-        else:
-            cond = upsample(out[-1]["end"], n)
-        if s == 0 or sched.flowar:
-            eps = torch.randn(xs[s].shape, generator=generator, device=x.device, dtype=x.dtype)
-            start = eps
-        else:
-            start = jump(out[-1]["end"], sched.tau[s - 1], sched.sigma[s], n, generator)
-            eps = (start - sched.sigma[s] * upsample(xs[s - 1], n)) / (1 - sched.sigma[s])
-        end = interpolate(eps, xs[s], sched.tau[s])
-        out.append({"start": start, "end": end, "cond": cond})
+        prev_end = out[-1]["end"] if s else None
+        cond = torch.zeros_like(xs[0]) if s == 0 else upsample(prev_end, n)
+        start, end = stage_pair(xs, s, sched, prev_end, generator)
+        out.append({"start": start, "end": end, "cond": cond, "clean": xs[s]})
     return out
+
+
+def stage_pair(
+    xs: list[torch.Tensor],
+    s: int,
+    sched: StageSchedule,
+    prev_end: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One draw of stage s's (start a_s, end b_s) given the clean pyramid ``xs`` and the
+    previous stage's end state ``prev_end`` (unused for stage 1 and in FlowAR mode).
+
+    Given ``prev_end`` — which fixes the AR condition up(b_{s−1}) — repeated calls draw
+    independent (a_s, b_s) from their conditional distribution: the jump's fresh noise is
+    the only randomness. The objective uses this to train the head on several draws per
+    AR pass (``model.head_batch_mul``).
+    """
+    n = sched.sizes[s]
+    if s == 0 or sched.flowar:
+        eps = torch.randn(xs[s].shape, generator=generator, device=xs[s].device, dtype=xs[s].dtype)
+        start = eps
+    else:
+        start = jump(prev_end, sched.tau[s - 1], sched.sigma[s], n, generator)
+        eps = (start - sched.sigma[s] * upsample(xs[s - 1], n)) / (1 - sched.sigma[s])
+    return start, interpolate(eps, xs[s], sched.tau[s])
 
 
 def jump(

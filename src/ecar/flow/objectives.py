@@ -53,6 +53,13 @@ class MultistageObjective(nn.Module):
     velocity b_s − a_s at x_u = (1 − u)·a_s + u·b_s. The loss is the mean over stages
     (weights ``model.stage_weights``) of each stage's per-token MSE, so the few coarse
     tokens count as much as the many fine ones.
+
+    With ``model.head_batch_mul = m > 1`` the head sees m independent draws of (a_s, b_s, u)
+    per token for the same AR pass (MAR's "diffusion batch multiplier", arXiv 2406.11838
+    §5.1): z is reused, the extra draws come from :func:`ecar.flow.multistage.stage_pair`
+    given the same previous end state, so they are exact samples of the stage's conditional
+    targets. The AR pass dominates a step's cost, so this buys the head (and the gradient
+    into z) m× the samples for little time.
     """
 
     def __init__(self, model: nn.Module, flow: FlowConfig):
@@ -63,29 +70,39 @@ class MultistageObjective(nn.Module):
         if len(w) != S:
             raise ValueError(f"model.stage_weights has {len(w)} entries for {S} stages")
         self.register_buffer("weights", torch.tensor(w) / sum(w), persistent=False)
+        self.head_batch_mul = int(getattr(model.cfg, "head_batch_mul", 1) or 1)
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        from ecar.flow.multistage import stage_targets
+        from ecar.flow.multistage import stage_pair, stage_targets
 
         m, f = self.model, self.flow
-        S, B = m.num_stages, x.shape[0]
+        S, B, M = m.num_stages, x.shape[0], self.head_batch_mul
         targets = stage_targets(x, m.schedule, generator)
         y = drop_labels(y, f.class_dropout, m.null_class, generator)
         z = m.condition([t["cond"] for t in targets], y)
         u = sample_time(
-            B * S, f.time_sampling, generator=generator, device=x.device,
+            B * S * M, f.time_sampling, generator=generator, device=x.device,
             logit_mean=f.logit_mean, logit_std=f.logit_std,
-        ).reshape(B, S)
+        ).reshape(M, B, S).transpose(0, 1).reshape(B * M, S)  # draw 0 of image i = row i·M
         xs, vs, us, counts = [], [], [], []
+        clean = [t["clean"] for t in targets]
         for s, tg in enumerate(targets):
-            a, b = m.stage_tokens(tg["start"]), m.stage_tokens(tg["end"])
+            pairs = [(tg["start"], tg["end"])]
+            prev = targets[s - 1]["end"] if s else None
+            pairs += [stage_pair(clean, s, m.schedule, prev, generator) for _ in range(M - 1)]
+            # (B·M, ...) with the M draws of an image next to each other, matching z.repeat_interleave
+            a = torch.stack([m.stage_tokens(p[0]) for p in pairs], 1).flatten(0, 1)
+            b = torch.stack([m.stage_tokens(p[1]) for p in pairs], 1).flatten(0, 1)
             xs.append(interpolate(a, b, u[:, s]))
             vs.append(b - a)
-            us.append(u[:, s : s + 1].expand(B, a.shape[1]))
+            us.append(u[:, s : s + 1].expand(B * M, a.shape[1]))
             counts.append(a.shape[1])
-        pred = m.velocity_all(torch.cat(xs, 1), torch.cat(us, 1), torch.cat(z, 1))
+        zz = torch.cat(z, 1)
+        if M > 1:
+            zz = zz.repeat_interleave(M, dim=0)
+        pred = m.velocity_all(torch.cat(xs, 1), torch.cat(us, 1), zz)
         err = (pred.float() - torch.cat(vs, 1).float()).pow(2)
         per_stage = torch.stack([e.mean() for e in err.split(counts, dim=1)])
         out = {"loss": (per_stage * self.weights).sum()}

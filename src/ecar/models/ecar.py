@@ -50,6 +50,9 @@ class ECARConfig(TransformerConfig):
     head_heads: int = 4
     stage_weights: list[float] | None = field(default=None)
     """Loss weight per stage (None = every stage counts equally)."""
+    head_batch_mul: int = 1
+    """Training only: draws of (start, end, u) per token the head sees per AR pass (MAR's
+    diffusion batch multiplier; 1 = one draw)."""
 
     def validate(self) -> None:
         from ecar.config import ConfigError
@@ -59,6 +62,8 @@ class ECARConfig(TransformerConfig):
             raise ConfigError(f"model.mode={self.mode!r}; choose ecar or flowar")
         if self.head not in ("mlp", "transformer"):
             raise ConfigError(f"model.head={self.head!r}; choose mlp or transformer")
+        if not isinstance(self.head_batch_mul, int) or self.head_batch_mul < 1:
+            raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {self.head_batch_mul!r}")
         if self.head == "transformer" and (self.head_width % self.head_heads or self.head_width % 4):
             raise ConfigError("model.head_width must be divisible by model.head_heads and 4")
 
