@@ -118,10 +118,6 @@ def sweep_settings(model: torch.nn.Module, cfg: Config, step_sweep: Sequence[flo
     return out
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} ({device})"
