@@ -3,13 +3,18 @@
 
     python scripts/train_feature_net.py --dataset digits --out src/ecar/assets/
     python scripts/train_feature_net.py --dataset shapes --out src/ecar/assets/
+    python scripts/train_feature_net.py --dataset fashion --out src/ecar/assets/
 
-Trains :class:`ecar.eval.features.DigitsNet` on the ``train`` split with light augmentation
-(random shifts of up to ``--max-shift`` pixels, edge-replicate padding), evaluates once on
-the ``heldout`` split after the last epoch (no model selection on it), and writes
+Trains :class:`ecar.eval.features.DigitsNet` (``--features spatial`` by default: layout
+features of the 4×4 map without global pooling plus first-layer texture statistics; see its
+docstring) on the ``train`` split with light augmentation (random shifts of up to
+``--max-shift`` pixels with edge-replicate padding; random horizontal flips for
+``fashion``), fits the fixed feature standardisation on the training split, evaluates once
+on the ``heldout`` split after the last epoch (no model selection on it), and writes
 ``<out>/<dataset>_classifier.safetensors`` plus a JSON sidecar with the architecture,
-held-out accuracy, epochs, seed and the exact command. CPU-only by default; a few minutes
-on 2 cores.
+held-out accuracy, epochs, seed and the exact command. CPU-only by default (2 threads);
+minutes on 2 cores (fashion: about 15). Check the result with
+``scripts/feature_sensitivity.py``.
 """
 
 from __future__ import annotations
@@ -24,13 +29,21 @@ import torch
 import torch.nn.functional as F
 
 from ecar.data import build_dataset
-from ecar.eval.features import DigitsNet, save_classifier
+from ecar.eval.features import FEATURE_MODES, DigitsNet, save_classifier
 
+DATASETS = {"digits": "digits", "shapes": "shapes", "fashion": "fashion-mnist"}
+"""Feature-net name -> dataset name (``build_dataset``)."""
 DEFAULTS = {
-    "digits": dict(epochs=30, width=32, feature_dim=128, max_shift=2, shapes_size=None),
+    "digits": dict(epochs=30, width=32, spatial_channels=8, max_shift=2, hflip=False,
+                   shapes_size=None),
     # shapes is procedural and easy; a few thousand renders and a narrower net keep the
     # run to minutes on CPU (the held-out split is 5,000 images from another seed stream).
-    "shapes": dict(epochs=6, width=16, feature_dim=128, max_shift=3, shapes_size=8000),
+    "shapes": dict(epochs=6, width=16, spatial_channels=8, max_shift=3, hflip=False,
+                   shapes_size=8000),
+    # fashion-mnist: 60,000 images; clothes are left-right symmetric classes, so flips are
+    # a free augmentation (digits are not).
+    "fashion": dict(epochs=8, width=24, spatial_channels=8, max_shift=2, hflip=True,
+                    shapes_size=None),
 }
 
 
@@ -40,15 +53,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="output directory (e.g. src/ecar/assets/)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
-    p.add_argument("--feature-dim", type=int, default=None)
+    p.add_argument("--features", choices=FEATURE_MODES, default="spatial",
+                   help="feature mode of DigitsNet (default spatial; pooled = the old nets)")
+    p.add_argument("--spatial-channels", type=int, default=None,
+                   help="spatial mode: channels k of the 1×1 conv (layout features 16·k)")
+    p.add_argument("--feature-dim", type=int, default=None, help="pooled mode: embedding width")
     p.add_argument("--max-shift", type=int, default=None, help="max random shift in pixels")
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips (default: on for fashion only)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shapes-size", type=int, default=None,
                    help="shapes only: number of training renders (passed to build_dataset)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     for key, value in DEFAULTS[args.dataset].items():
@@ -61,7 +80,9 @@ def load_split(name: str, split: str, shapes_size: int | None) -> tuple[torch.Te
     kwargs = {}
     if name == "shapes" and shapes_size is not None:
         kwargs["shapes_size"] = shapes_size
-    ds = build_dataset(name, split=split, **kwargs)
+    ds = build_dataset(DATASETS[name], split=split, **kwargs)
+    if hasattr(ds, "images") and hasattr(ds, "labels"):  # batched access (fashion-mnist)
+        return ds.images(), ds.labels, int(ds.num_classes)
     xs, ys = zip(*(ds[i] for i in range(len(ds))))
     x = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in xs])
     y = torch.as_tensor([int(v) for v in ys], dtype=torch.long)
@@ -81,6 +102,18 @@ def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch
     idx_n = torch.arange(n)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # n×h×w×c
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def random_hflip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mirror a random half of the images left-right."""
+    flip = torch.rand(x.shape[0], generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+@torch.no_grad()
+def raw_features(net: DigitsNet, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    net.eval()
+    return torch.cat([net.raw_features(x[s : s + 512].to(device)).cpu() for s in range(0, x.shape[0], 512)])
 
 
 @torch.no_grad()
@@ -106,7 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     in_channels, resolution = x_tr.shape[1], x_tr.shape[2]
     print(f"{args.dataset}: train {tuple(x_tr.shape)}, heldout {tuple(x_ho.shape)}, {num_classes} classes")
 
-    net = DigitsNet(in_channels, resolution, num_classes, args.width, args.feature_dim).to(device)
+    if args.features == "spatial":
+        net = DigitsNet(in_channels, resolution, num_classes, args.width, features="spatial",
+                        spatial_channels=args.spatial_channels)
+    else:
+        net = DigitsNet(in_channels, resolution, num_classes, args.width,
+                        feature_dim=args.feature_dim or 128, features="pooled")
+    # channels_last: about 1.3x faster convolutions on CPU (oneDNN), same function
+    net = net.to(device, memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in net.parameters())
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = (x_tr.shape[0] + args.batch_size - 1) // args.batch_size
@@ -122,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         total, correct, loss_sum = 0, 0, 0.0
         for s in range(0, x_tr.shape[0], args.batch_size):
             idx = perm[s : s + args.batch_size]
-            xb = random_shift(x_tr[idx], args.max_shift, gen).to(device)
+            xb = random_shift(x_tr[idx], args.max_shift, gen)
+            if args.hflip:
+                xb = random_hflip(xb, gen)
+            xb = xb.to(device, memory_format=torch.channels_last)
             yb = y_tr[idx].to(device)
             logits = net(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=0.05)
@@ -139,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
+    train_seconds = time.time() - t0
+    if args.features == "spatial":
+        # Fixed standardisation of every feature: mean and 1/std over the training split.
+        net.set_standardisation(raw_features(net, x_tr, device))
     train_acc = accuracy(net, x_tr, y_tr, device)
     heldout_acc = accuracy(net, x_ho, y_ho, device)
     print(f"final: train acc {train_acc:.4f}, held-out acc {heldout_acc:.4f}")
@@ -156,12 +203,20 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr,
         "weight_decay": args.weight_decay,
         "max_shift": args.max_shift,
+        "hflip": bool(args.hflip),
         "seed": args.seed,
         "num_parameters": n_params,
         "torch_version": torch.__version__,
-        "train_seconds": round(time.time() - t0, 1),
+        "train_seconds": round(train_seconds, 1),
+        "threads": torch.get_num_threads(),
         "command": command,
-        "features": "penultimate layer: SiLU(Linear(global-avg-pooled conv features))",
+        "features": (
+            "spatial: standardised [SiLU(Conv1x1(last 4x4 map)) flattened (16k, no pooling; "
+            "the classifier's penultimate layer), per-channel spatial mean and std of the "
+            "first conv-BN-SiLU layer (2*width)]"
+            if args.features == "spatial"
+            else "pooled: penultimate layer SiLU(Linear(global-avg-pooled conv features))"
+        ),
     }
     weights, sidecar = save_classifier(net.cpu(), args.out / f"{args.dataset}_classifier", meta)
     print(f"wrote {weights} ({weights.stat().st_size / 1024:.0f} KiB) and {sidecar}")

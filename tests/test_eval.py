@@ -108,6 +108,7 @@ def test_unknown_metric_names_the_valid_ones():
 def test_default_feature_net():
     assert default_feature_net("digits") == "digits"
     assert default_feature_net("shapes") == "shapes"
+    assert default_feature_net("fashion-mnist") == "fashion"
     assert default_feature_net("imagefolder:/data/imagenet") == "inception"
 
 
@@ -115,7 +116,9 @@ def test_heldout_fid_is_far_below_noise_fid(shared_cache):
     from ecar.data import build_dataset
 
     ref = reference_stats("digits", "digits", cache_dir=shared_cache, split="train")
-    assert ref["feats"].shape == (1497, 128) and ref["mu"].shape == (128,)
+    dim = load_feature_net("digits").feature_dim  # spatial mode: 16·8 layout + 2·32 texture
+    assert dim == 192
+    assert ref["feats"].shape == (1497, dim) and ref["mu"].shape == (dim,)
     heldout = build_dataset("digits", split="heldout")
     real = torch.stack([heldout[i][0] for i in range(len(heldout))])
     noise = torch.rand(len(heldout), 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -153,7 +156,7 @@ class _NoClassifier(FeatureExtractor):
 
     def __init__(self):
         self.inner = load_feature_net("digits")
-        self.name, self.feature_dim, self.batch_size = "digits-noprobs", 128, 256
+        self.name, self.feature_dim, self.batch_size = "digits-noprobs", self.inner.feature_dim, 256
 
     def _prepare_module(self, device):
         self.inner._prepare_module(device)

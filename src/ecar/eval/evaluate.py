@@ -92,8 +92,11 @@ _QUANTIZATION = "uint8"
 
 def default_feature_net(dataset_name: str) -> str:
     """Feature network used by default for a dataset: ``digits`` → ``"digits"``,
-    ``shapes`` → ``"shapes"``, anything else (``imagefolder:…``) → ``"inception"``."""
+    ``shapes`` → ``"shapes"``, ``fashion-mnist`` (also ``fashion-mnist:DIR``) →
+    ``"fashion"``, anything else (``imagefolder:…``) → ``"inception"``."""
     kind = str(dataset_name).strip().lower()
+    if kind.partition(":")[0] == "fashion-mnist":
+        return "fashion"
     return kind if kind in ("digits", "shapes") else "inception"
 
 

