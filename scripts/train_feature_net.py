@@ -13,7 +13,7 @@ docstring) on the ``train`` split with light augmentation (random shifts of up t
 on the ``heldout`` split after the last epoch (no model selection on it), and writes
 ``<out>/<dataset>_classifier.safetensors`` plus a JSON sidecar with the architecture,
 held-out accuracy, epochs, seed and the exact command. CPU-only by default (2 threads);
-minutes on 2 cores (fashion: about 15). Check the result with
+minutes on 2 cores (fashion: about 6 on an idle machine). Check the result with
 ``scripts/feature_sensitivity.py``.
 """
 
@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "features": (
             "spatial: standardised [SiLU(Conv1x1(last 4x4 map)) flattened (16k, no pooling; "
-            "the classifier's penultimate layer), per-channel spatial mean and std of the "
-            "first conv-BN-SiLU layer (2*width)]"
+            "the classifier's penultimate layer), per-channel spatial mean, std and median "
+            "|a - mean3x3(a)| of the first conv-BN-SiLU layer a (3*width)]"
             if args.features == "spatial"
             else "pooled: penultimate layer SiLU(Linear(global-avg-pooled conv features))"
         ),

@@ -116,8 +116,8 @@ def test_heldout_fid_is_far_below_noise_fid(shared_cache):
     from ecar.data import build_dataset
 
     ref = reference_stats("digits", "digits", cache_dir=shared_cache, split="train")
-    dim = load_feature_net("digits").feature_dim  # spatial mode: 16·8 layout + 2·32 texture
-    assert dim == 192
+    dim = load_feature_net("digits").feature_dim  # spatial mode: 16·8 layout + 3·32 texture
+    assert dim == 224
     assert ref["feats"].shape == (1497, dim) and ref["mu"].shape == (dim,)
     heldout = build_dataset("digits", split="heldout")
     real = torch.stack([heldout[i][0] for i in range(len(heldout))])

@@ -89,16 +89,8 @@ def _curves(name: str) -> dict:
     return _CURVES[name]
 
 
-# The shipped shapes net does not pass the noise sensitivity yet (measured with the shipped
-# assets: FID 3.795, 3.787, 3.972, 6.961, 42.3 for σ = 0, 0.02, 0.05, 0.1, 0.2; a missing
-# class costs 13.5): known failures, strict so that a retrained net that passes must drop the mark.
-_SHAPES_NOT_YET = pytest.mark.xfail(strict=True, reason="shapes net still to be retrained (issue 12)")
-_NETS_NOISE = [pytest.param(n, marks=_SHAPES_NOT_YET) if n == "shapes" else n for n in CLASSIFIER_NETS]
-
-
-@pytest.mark.parametrize("name,kind", [(n, "blur") for n in CLASSIFIER_NETS]
-                         + [pytest.param(n, "noise", marks=_SHAPES_NOT_YET) if n == "shapes"
-                            else (n, "noise") for n in CLASSIFIER_NETS])
+@pytest.mark.parametrize("name", CLASSIFIER_NETS)
+@pytest.mark.parametrize("kind", ["noise", "blur"])
 def test_fid_rises_strictly_with_noise_and_blur(name, kind):
     _require(name)
     fids = _curves(name)[kind]
@@ -107,7 +99,7 @@ def test_fid_rises_strictly_with_noise_and_blur(name, kind):
     assert all(b > a for a, b in zip(fids, fids[1:])), f"{name} {kind}: FID not rising: {steps}"
 
 
-@pytest.mark.parametrize("name", _NETS_NOISE)
+@pytest.mark.parametrize("name", CLASSIFIER_NETS)
 def test_visible_degradation_costs_as_much_as_a_missing_class(name):
     """Plainly visible grain (σ = 0.1, about ±13 grey levels) and a 1-px blur must cost at
     least as much FID as a semantic defect every class-aware feature space sees: held-out
@@ -165,11 +157,11 @@ def test_default_feature_net_of_fashion_mnist():
 def test_spatial_mode_roundtrip_and_layout(tmp_path):
     torch.manual_seed(0)
     net = DigitsNet(1, 16, 10, width=8, features="spatial", spatial_channels=4).eval()
-    assert net.feature_dim == 16 * 4 + 2 * 8
+    assert net.feature_dim == 16 * 4 + 3 * 8
     x = torch.rand(6, 1, 16, 16) * 2 - 1
     net.set_standardisation(net.raw_features(torch.rand(50, 1, 16, 16) * 2 - 1).detach())
     f = net.features(x)
-    assert f.shape == (6, 80) and net.logits(x).shape == (6, 10)
+    assert f.shape == (6, 88) and net.logits(x).shape == (6, 10)
     save_classifier(net, tmp_path / "toy_classifier", {"heldout_accuracy": 0.5})
     net2, meta = load_classifier("toy", tmp_path)
     assert meta["arch"]["features"] == "spatial" and meta["arch"]["spatial_channels"] == 4

@@ -85,13 +85,16 @@ class DigitsNet(nn.Module):
       - **layout**: ``SiLU(Conv1×1(last 4×4 map))`` with ``spatial_channels`` = k output
         channels, flattened *without pooling* (16·k values: what is where), which is also
         the classifier's penultimate layer (``head`` is a ``Linear`` on it); and
-      - **texture**: the spatial mean and standard deviation of each of the ``width``
-        channels of the first conv–BN–SiLU layer, at full resolution (2·width values).
-        These first-layer filters respond to edges and grain; pixel noise raises their
-        spatial spread and blur lowers it, which the pooled classifier features of the
-        deep layers barely register (they were trained to ignore it).
+      - **texture**: three spatial statistics of each of the ``width`` channels ``a`` of
+        the first conv–BN–SiLU layer, at full resolution (3·width values): mean, standard
+        deviation, and the median over pixels of ``|a − mean₃ₓ₃(a)|`` (local contrast; the
+        median is set by the flat regions that cover most of an image, where a person sees
+        grain, and is not moved by the object's edges). These first-layer filters respond
+        to edges and grain; pixel noise raises the spread and the local contrast and blur
+        lowers them, which the pooled classifier features of the deep layers barely
+        register (they were trained to ignore it).
 
-      Each of the ``16·k + 2·width`` values is standardised with a fixed affine map
+      Each of the ``16·k + 3·width`` values is standardised with a fixed affine map
       (``feat_shift``, ``feat_scale``: mean and 1/std over the training split, computed
       by ``scripts/train_feature_net.py`` after training and stored with the weights), so
       FID counts a change of one real-data standard deviation the same in every feature;
@@ -107,7 +110,7 @@ class DigitsNet(nn.Module):
         num_classes: number of classes K.
         width: channels of the first stage.
         feature_dim: D. ``pooled``: the embedding width (default 128). ``spatial``:
-            derived as ``16·spatial_channels + 2·width``; a given value must match.
+            derived as ``16·spatial_channels + 3·width``; a given value must match.
         features: ``"spatial"`` or ``"pooled"``.
         spatial_channels: k of the ``spatial`` mode's 1×1 conv (default 8).
 
@@ -159,10 +162,10 @@ class DigitsNet(nn.Module):
         else:
             k = 8 if spatial_channels is None else int(spatial_channels)
             self.spatial_channels = k
-            dim = 16 * k + 2 * width
+            dim = 16 * k + 3 * width
             if feature_dim is not None and int(feature_dim) != dim:
                 raise ValueError(
-                    f"features='spatial' has feature_dim 16·spatial_channels + 2·width = {dim}, "
+                    f"features='spatial' has feature_dim 16·spatial_channels + 3·width = {dim}, "
                     f"got feature_dim={feature_dim}"
                 )
             self.feature_dim = dim
@@ -193,7 +196,7 @@ class DigitsNet(nn.Module):
             )
 
     def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(penultimate N×P, texture statistics N×2·width or None)`` before standardising."""
+        """``(penultimate N×P, texture statistics N×3·width or None)`` before standardising."""
         self._check(x)
         if self.mode == "pooled":
             h = self.trunk(x).mean(dim=(2, 3))
@@ -202,7 +205,9 @@ class DigitsNet(nn.Module):
         h = self.trunk[3:](first)
         layout = F.silu(self.embed(h)).flatten(1)
         std, mean = torch.std_mean(first, dim=(2, 3))
-        return layout, torch.cat([mean, std], dim=1)
+        local_mean = F.avg_pool2d(F.pad(first, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        contrast = (first - local_mean).abs().flatten(2).median(dim=2).values
+        return layout, torch.cat([mean, std, contrast], dim=1)
 
     def _standardise(self, layout: torch.Tensor, texture: torch.Tensor | None) -> torch.Tensor:
         if texture is None:
