@@ -132,7 +132,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--ckpt", required=True, help="checkpoint directory")
     p.add_argument("--n", type=int, default=1000, help="images to generate (default 1000)")
     p.add_argument("--metrics", default="fid,is,pr", help="comma-separated: fid, is, pr (default all)")
-    p.add_argument("--features", help="feature network: digits | shapes | inception (default: by dataset)")
+    p.add_argument("--features", help="feature network: digits | shapes | fashion | inception (default: by dataset)")
     _add_sampler_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--seeds", help="comma-separated sampling seeds: report mean and std over them")
