@@ -36,6 +36,34 @@ def test_kv_cache_equals_full_recompute(mode, head):
     assert a["latents"].abs().sum() > 0
 
 
+def test_guidance_interval_drops_the_null_branch_after_the_last_guided_stage():
+    import dataclasses
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg, model = _model("ecar", "transformer")
+    labels = torch.tensor([0, 3, 7])
+    limited = dataclasses.replace(cfg.sample, cfg_schedule="constant", cfg_interval=[0.0, 0.5])
+    full = dataclasses.replace(limited, cfg_interval=None)
+
+    def run(sample, use_cache=True):
+        with FlopCounterMode(display=False) as fc:
+            out = generate_multistage(model, cfg, labels, sample, torch.Generator().manual_seed(5),
+                                      return_stages=True, use_cache=use_cache)
+        return out["stages"], fc.get_total_flops()
+
+    a, flops_a = run(limited)
+    b, _ = run(limited, use_cache=False)
+    c, flops_c = run(full)
+    for x, y in zip(a, b):  # dropping the null half of the KV cache changes nothing else
+        assert (x - y).abs().max().item() <= 1e-4
+    # stages at progress 0 and 1/3 are guided in both runs, 2/3 and 1 only in the full one
+    for s in (0, 1):
+        assert (a[s] - c[s]).abs().max().item() <= 1e-5
+    assert (a[3] - c[3]).abs().max().item() > 1e-3
+    assert flops_a < 0.75 * flops_c
+
+
 def test_cached_stage_pass_matches_masked_full_pass():
     cfg, model = _model()
     y = torch.tensor([1, 2])

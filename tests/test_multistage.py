@@ -151,3 +151,35 @@ def test_head_batch_mul_trains_on_several_draws_per_ar_pass():
     assert one["loss"].item() != three["loss"].item()  # more draws: a different estimate
     with pytest.raises(Exception, match="head_batch_mul"):
         loss(0)
+
+
+def test_x_prediction_velocity_is_the_straight_path_velocity():
+    from ecar.models.ecar import x_to_velocity
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 5, 4, generator=g), torch.randn(3, 5, 4, generator=g)
+    for u in (torch.tensor(0.3), torch.tensor([0.0, 0.5, 0.9]), torch.rand(3, 5, generator=g) * 0.9):
+        uu = u.reshape(*u.shape, *([1] * (3 - u.dim()))) if u.dim() else u
+        x_u = (1 - uu) * a + uu * b
+        torch.testing.assert_close(x_to_velocity(b, x_u, u), b - a, atol=1e-5, rtol=1e-4)
+    # near the end the divisor is clamped, so the velocity stays bounded
+    v = x_to_velocity(b, a, torch.tensor(1.0))
+    torch.testing.assert_close(v, (b - a) / 0.05)
+
+
+def test_x_prediction_trains_and_samples():
+    from ecar.build import LatentSpec, build_model
+    from ecar.config import ConfigError, load_config
+
+    cfg = load_config("configs/digits_ecar.yaml", ["model.hidden=32", "model.heads=2", "model.depth=1",
+                                                  "model.prediction=x", "model.head=transformer"])
+    torch.manual_seed(0)
+    model, fam = build_model(cfg, LatentSpec(1, 16, 10))
+    losses = fam.objective(model, cfg)(torch.randn(4, 1, 16, 16), torch.arange(4), torch.Generator().manual_seed(1))
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
+    out = fam.generate(model.eval(), cfg, torch.arange(3), cfg.sample, torch.Generator().manual_seed(2))
+    assert torch.isfinite(out["latents"]).all()
+    with pytest.raises(ConfigError, match="prediction"):
+        load_config("configs/digits_ecar.yaml", ["model.prediction=eps"])

@@ -88,3 +88,11 @@ def test_guidance_schedules():
     assert guidance_scale(3.0, "linear", 0.0) == 1.0
     assert guidance_scale(3.0, "linear", 1.0) == 3.0
     assert guidance_scale(3.0, "linear", 0.5) == 2.0
+
+
+def test_guidance_interval_limits_where_guidance_applies():
+    assert guidance_scale(3.0, "constant", 0.2, [0.0, 0.5]) == 3.0
+    assert guidance_scale(3.0, "constant", 0.5, [0.0, 0.5]) == 3.0
+    assert guidance_scale(3.0, "constant", 0.6, [0.0, 0.5]) == 1.0
+    assert guidance_scale(3.0, "linear", 0.1, [0.3, 1.0]) == 1.0
+    assert guidance_scale(3.0, "linear", 0.5, [0.3, 1.0]) == 2.0

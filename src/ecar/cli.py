@@ -50,6 +50,9 @@ def _add_sampler_args(p) -> None:
     """Flags that override the recipe's shipped sampler settings (sample, eval)."""
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--cfg-schedule", choices=["constant", "linear"], help="guidance schedule")
+    p.add_argument("--cfg-interval", metavar="LO,HI",
+                   help="guide only while the sampling progress (DiT: time, 0 = noise; E-CAR: "
+                        "stage / (stages - 1)) is in [LO, HI]; no unconditional pass elsewhere")
     p.add_argument("--steps", type=int, help="integration steps (per stage for E-CAR/FlowAR)")
     p.add_argument("--stage-steps", help="E-CAR/FlowAR: comma-separated steps per stage")
     p.add_argument("--sampler", choices=["euler", "heun", "euler_maruyama"], help="integrator")
@@ -60,6 +63,14 @@ def _sampler_overrides(args) -> dict:
             "sampler": args.sampler, "stage_steps": _parse_ints(args.stage_steps, "--stage-steps")}
     if args.steps is not None and args.steps < 1:
         raise UsageError("--steps must be >= 1")
+    if args.cfg_interval is not None:
+        try:
+            lo, hi = (float(v) for v in args.cfg_interval.split(","))
+        except ValueError:
+            raise UsageError(f"--cfg-interval takes LO,HI (two numbers), got {args.cfg_interval!r}") from None
+        if not 0 <= lo <= hi <= 1:
+            raise UsageError(f"--cfg-interval needs 0 <= LO <= HI <= 1, got {args.cfg_interval!r}")
+        over["cfg_interval"] = [lo, hi]
     return {k: v for k, v in over.items() if v is not None}
 
 

@@ -86,6 +86,10 @@ class SampleConfig:
     """Classifier-free guidance scale (1 = no guidance)."""
     cfg_schedule: str = "constant"
     """``constant`` or ``linear`` (ramps from 1 to ``cfg`` over time / stages)."""
+    cfg_interval: list[float] | None = None
+    """[lo, hi]: guide only where the sampling progress (DiT: time t, 0 = noise; E-CAR /
+    FlowAR: stage index / (stages − 1)) lies in [lo, hi]; elsewhere no unconditional branch
+    runs. None = everywhere."""
     noise_scale: float = 1.0
     """Euler-Maruyama only: diffusion coefficient multiplier."""
 
@@ -243,6 +247,12 @@ def _validate_choices(cfg: Config) -> None:
         raise ConfigError("flow.class_dropout must be in [0, 1)")
     if cfg.sample.steps < 1:
         raise ConfigError("sample.steps must be >= 1")
+    iv = cfg.sample.cfg_interval
+    if iv is not None and (
+        not isinstance(iv, (list, tuple)) or len(iv) != 2
+        or not all(isinstance(v, (int, float)) for v in iv) or not 0 <= iv[0] <= iv[1] <= 1
+    ):
+        raise ConfigError(f"sample.cfg_interval must be [lo, hi] with 0 <= lo <= hi <= 1, got {iv!r}")
 
 
 SECTIONS = {

@@ -29,7 +29,7 @@ def stage_step_counts(sample: SampleConfig, num_stages: int) -> list[int]:
 def stage_guidance(sample: SampleConfig, num_stages: int) -> list[float]:
     """Guidance scale per stage; a ``linear`` schedule ramps from 1 (first) to cfg (last)."""
     return [
-        guidance_scale(sample.cfg, sample.cfg_schedule, s / max(1, num_stages - 1))
+        guidance_scale(sample.cfg, sample.cfg_schedule, s / max(1, num_stages - 1), sample.cfg_interval)
         for s in range(num_stages)
     ]
 
@@ -54,6 +54,8 @@ def generate_multistage(
     dev = labels.device
     steps = stage_step_counts(sample, S)
     scales = stage_guidance(sample, S)
+    # the AR pass carries the null-label half while any later stage still guides; after the
+    # last guided stage it (and its KV cache) drops to the conditional half
     guide = any(sc != 1.0 for sc in scales)
     y = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guide else labels
     cache = model.new_cache() if use_cache else None
@@ -64,6 +66,13 @@ def generate_multistage(
     cond = torch.zeros_like(start)  # the AR input of stage 1: nothing decided yet
     ends = []
     for s in range(S):
+        if guide and all(sc == 1.0 for sc in scales[s:]):
+            guide, y = False, labels
+            if use_cache:
+                for kv in cache:
+                    kv.keep(B)
+            else:
+                prefix = [p[:B] for p in prefix]
         ar_in = torch.cat([cond, cond]) if guide else cond
         if use_cache:
             z = model.condition_step(ar_in, s, y, cache)

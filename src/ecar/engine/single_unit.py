@@ -31,7 +31,7 @@ def generate_single_unit(
         return model(x, t.expand(x.shape[0]), y)
 
     null = torch.full_like(labels, model.null_class)
-    scale_fn = lambda t: guidance_scale(sample.cfg, sample.cfg_schedule, float(t))  # noqa: E731
+    scale_fn = lambda t: guidance_scale(sample.cfg, sample.cfg_schedule, float(t), sample.cfg_interval)  # noqa: E731
     v = guided(model_fn, labels, null, scale_fn)
     grid = time_grid(sample.steps, device=labels.device)
     out = integrate(sample.sampler, v, x, grid, generator, sample.noise_scale)

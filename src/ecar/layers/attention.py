@@ -23,6 +23,11 @@ class KVCache:
             self.v = torch.cat([self.v, v], dim=2)
         return self.k, self.v
 
+    def keep(self, batch: int) -> None:
+        """Keep only the first ``batch`` rows (e.g. drop the unconditional half after guidance ends)."""
+        if self.k is not None:
+            self.k, self.v = self.k[:batch], self.v[:batch]
+
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.shape[2]
 

@@ -50,6 +50,11 @@ class ECARConfig(TransformerConfig):
     head_heads: int = 4
     stage_weights: list[float] | None = field(default=None)
     """Loss weight per stage (None = every stage counts equally)."""
+    prediction: str = "v"
+    """What the head outputs: ``v`` (the stage velocity b_s − a_s) or ``x`` (the stage's end
+    state b_s; the velocity is then (x̂ − x_u) / (1 − u), clamped at 1 − u >= 0.05 —
+    "let denoising models denoise", Li & He, arXiv 2511.13720). The loss is on the velocity
+    either way."""
     head_batch_mul: int = 1
     """Training only: draws of (start, end, u) per token the head sees per AR pass (MAR's
     diffusion batch multiplier; 1 = one draw)."""
@@ -60,12 +65,29 @@ class ECARConfig(TransformerConfig):
         super().validate()
         if self.mode not in ("ecar", "flowar"):
             raise ConfigError(f"model.mode={self.mode!r}; choose ecar or flowar")
+        if self.prediction not in ("v", "x"):
+            raise ConfigError(f"model.prediction={self.prediction!r}; choose v or x")
         if self.head not in ("mlp", "transformer"):
             raise ConfigError(f"model.head={self.head!r}; choose mlp or transformer")
         if not isinstance(self.head_batch_mul, int) or self.head_batch_mul < 1:
             raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {self.head_batch_mul!r}")
         if self.head == "transformer" and (self.head_width % self.head_heads or self.head_width % 4):
             raise ConfigError("model.head_width must be divisible by model.head_heads and 4")
+
+
+X_PRED_MIN_GAP = 0.05
+"""x-prediction divides by 1 − u; clamped here so the loss weight stays bounded near u = 1."""
+
+
+def x_to_velocity(x_hat: torch.Tensor, x_u: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Velocity of the straight path through x_u that ends at x̂: (x̂ − x_u) / (1 − u).
+
+    x_hat, x_u: (B, ...); u: scalar, (B,) or (B, N) for token tensors (B, N, D).
+    """
+    u = torch.as_tensor(u, dtype=x_u.dtype, device=x_u.device)
+    if u.dim() >= 1:
+        u = u.reshape(*u.shape, *([1] * (x_u.dim() - u.dim())))
+    return (x_hat - x_u) / (1 - u).clamp_min(X_PRED_MIN_GAP)
 
 
 class TokenHead(nn.Module):
@@ -242,13 +264,20 @@ class ECAR(nn.Module):
         """Head velocity for stage s. x_tokens (B, g_s², D_tok), u scalar/(B,)/(B, N),
         zc = :meth:`head_condition` of the stage's AR outputs (B, g_s², head_width)."""
         pos = getattr(self, f"hpos{s}") if self.cfg.head == "transformer" else None
-        return self.head(x_tokens, u, zc, pos=pos)
+        return self._as_velocity(self.head(x_tokens, u, zc, pos=pos), x_tokens, u)
 
     def velocity_all(self, x_tokens: torch.Tensor, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Head over the tokens of all stages at once (training). u: (B, N_total)."""
         zc = self.head.project(z)
         if self.cfg.head == "mlp":
-            return self.head(x_tokens, u, zc)
+            return self._as_velocity(self.head(x_tokens, u, zc), x_tokens, u)
         ids = self.stage_ids(x_tokens.device)[1:]
         pos = torch.cat([getattr(self, f"hpos{s}") for s in range(self.num_stages)], dim=1)
-        return self.head(x_tokens, u, zc, mask=self.head_mask(ids), pos=pos)
+        out = self.head(x_tokens, u, zc, mask=self.head_mask(ids), pos=pos)
+        return self._as_velocity(out, x_tokens, u)
+
+    def _as_velocity(self, out: torch.Tensor, x_tokens: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Head output -> velocity (identity for ``prediction: v``)."""
+        if self.cfg.prediction == "v":
+            return out
+        return x_to_velocity(out, x_tokens, u)

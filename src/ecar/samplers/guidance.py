@@ -12,11 +12,18 @@ from typing import Callable
 import torch
 
 
-def guidance_scale(scale: float, schedule: str, progress: float) -> float:
+def guidance_scale(
+    scale: float, schedule: str, progress: float, interval: list[float] | None = None
+) -> float:
     """Scale at sampling progress ``progress`` in [0, 1].
 
     ``constant``: ``scale`` throughout. ``linear``: ramps from 1 (start) to ``scale`` (end).
+    ``interval`` = [lo, hi]: guidance only where lo <= progress <= hi, scale 1 (no
+    unconditional branch, half the cost) elsewhere — guidance in a limited interval
+    (Kynkäänniemi et al., arXiv 2404.07724).
     """
+    if interval is not None and not interval[0] <= float(progress) <= interval[1]:
+        return 1.0
     if schedule == "constant":
         return float(scale)
     if schedule == "linear":
