@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Score one trained run at chosen sampler settings (exploration; no timing).
+
+    python benchmarks/score_settings.py RUN_DIR OUT.jsonl euler:8,6,4,4 euler:4 \\
+        [--seeds 0] [--n 500] [--cfg 2] [--interval 0,0.7]
+
+Each setting is ``SAMPLER:STEPS`` (one number for DiT, one per stage for E-CAR / FlowAR).
+FID (mean ± std over ``--seeds``, ``--n`` samples each) and precision/recall with the
+shipped feature net of the run's dataset, against its held-out split; GFLOPs per image
+(attention and guidance included). One JSON line per setting is appended to OUT.jsonl with
+the command that produced it. ``--interval`` sets ``sample.cfg_interval`` (omit: the run's
+own setting). Used for docs/ecar.md's Fashion-MNIST experiments
+(``benchmarks/results/fashion_settings.jsonl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+
+import torch
+
+from ecar.build import load_for_inference
+from ecar.eval.cost import count_flops
+from ecar.eval.evaluate import default_feature_net, evaluate_seeds, reference_stats
+from ecar.eval.features import ClassifierFeatureExtractor, load_classifier
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run")
+    p.add_argument("out")
+    p.add_argument("settings", nargs="+", metavar="SAMPLER:STEPS")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--cfg", type=float, default=None)
+    p.add_argument("--interval", default=None, metavar="LO,HI")
+    a = p.parse_args()
+    L = load_for_inference(a.run, torch.device("cpu"))
+    name = default_feature_net(L.cfg.data.name)
+    net, meta = load_classifier(name)
+    ext = ClassifierFeatureExtractor(net, name, meta=meta)
+    ref = reference_stats(L.cfg, ext, progress=False)
+    command = "python benchmarks/score_settings.py " + " ".join(shlex.quote(v) for v in sys.argv[1:])
+    for setting in a.settings:
+        sampler, steps = setting.split(":")
+        steps = [int(v) for v in steps.split(",")]
+        kw = {"stage_steps": steps} if len(steps) > 1 else {"steps": steps[0], "stage_steps": None}
+        if a.cfg is not None:
+            kw["cfg"] = a.cfg
+        if a.interval is not None:
+            kw["cfg_interval"] = [float(v) for v in a.interval.split(",")]
+        s = dataclasses.replace(L.cfg.sample, sampler=sampler, **kw)
+        t = time.time()
+        r = evaluate_seeds(L.model, L.cfg, L.autoencoder, seeds=tuple(int(v) for v in a.seeds.split(",")),
+                           n=a.n, metrics=("fid", "pr"), features=ext, reference=ref, sample=s, progress=False)
+        row = {"run": a.run, "setting": setting, "cfg": s.cfg, "cfg_interval": s.cfg_interval,
+               "train_steps": L.step, "fid": round(r["fid_mean"], 2), "fid_std": round(r["fid_std"] or 0, 2),
+               "seeds": a.seeds, "n": a.n, "precision": round(r["precision"], 3), "recall": round(r["recall"], 3),
+               "reference_split": r["reference_split"],
+               "gflops_per_image": round(count_flops(L.model, L.cfg, s, batch=2), 3),
+               "seconds": round(time.time() - t), "command": command}
+        print(json.dumps(row), flush=True)
+        with open(a.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
