@@ -27,7 +27,7 @@ import torch
 from ecar.build import load_for_inference
 from ecar.eval.cost import count_flops
 from ecar.eval.evaluate import default_feature_net, evaluate_seeds, reference_stats
-from ecar.eval.features import ClassifierFeatureExtractor, load_classifier
+from ecar.eval.features import ClassifierFeatureExtractor, load_classifier, load_feature_net
 
 
 def main() -> None:
@@ -39,12 +39,18 @@ def main() -> None:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--cfg", type=float, default=None)
     p.add_argument("--interval", default=None, metavar="LO,HI")
+    p.add_argument("--features", default=None,
+                   help="feature net (default: the dataset's shipped net; 'inception' for Inception FID)")
+    p.add_argument("--ref-max", type=int, default=None, help="use at most this many reference images")
     a = p.parse_args()
     L = load_for_inference(a.run, torch.device("cpu"))
-    name = default_feature_net(L.cfg.data.name)
-    net, meta = load_classifier(name)
-    ext = ClassifierFeatureExtractor(net, name, meta=meta)
-    ref = reference_stats(L.cfg, ext, progress=False)
+    name = a.features or default_feature_net(L.cfg.data.name)
+    if name == "inception":
+        ext = load_feature_net("inception")
+    else:
+        net, meta = load_classifier(name)
+        ext = ClassifierFeatureExtractor(net, name, meta=meta)
+    ref = reference_stats(L.cfg, ext, max_images=a.ref_max, progress=False)
     command = "python benchmarks/score_settings.py " + " ".join(shlex.quote(v) for v in sys.argv[1:])
     for setting in a.settings:
         sampler, steps = setting.split(":")
@@ -58,7 +64,7 @@ def main() -> None:
         t = time.time()
         r = evaluate_seeds(L.model, L.cfg, L.autoencoder, seeds=tuple(int(v) for v in a.seeds.split(",")),
                            n=a.n, metrics=("fid", "pr"), features=ext, reference=ref, sample=s, progress=False)
-        row = {"run": a.run, "setting": setting, "cfg": s.cfg, "cfg_interval": s.cfg_interval,
+        row = {"run": a.run, "setting": setting, "features": name, "reference_images": ref["n_images"], "cfg": s.cfg, "cfg_interval": s.cfg_interval,
                "train_steps": L.step, "fid": round(r["fid_mean"], 2), "fid_std": round(r["fid_std"] or 0, 2),
                "seeds": a.seeds, "n": a.n, "precision": round(r["precision"], 3), "recall": round(r["recall"], 3),
                "reference_split": r["reference_split"],
