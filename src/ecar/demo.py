@@ -37,8 +37,9 @@ model:
   head_width: 128
   head_depth: 3
   windows: [0.75, 0.95]   # stage ends tau_1, tau_2 (tau_3 = 1); chosen by experiment, docs/ecar.md
+  stage_weights: [1, 4, 16]   # every token alike: the fine stage's grain decides the FID
 flow:
-  time_sampling: logit_normal
+  time_sampling: uniform      # logit-normal leaves u = 0 (each stage's first step) untrained
   class_dropout: 0.1
 sample:
   sampler: euler
