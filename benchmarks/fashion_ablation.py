@@ -42,9 +42,10 @@ import torch
 
 from ecar.build import load_for_inference
 from ecar.data import build_dataset
+from ecar.engine.multistage import stage_guidance
 from ecar.eval.cost import count_flops
 from ecar.eval.evaluate import evaluate_seeds, quantize, reference_stats
-from ecar.eval.features import ClassifierFeatureExtractor, load_classifier
+from ecar.eval.features import load_feature_net
 from ecar.eval.metrics import feature_stats, frechet_distance
 from ecar.flow.multistage import jump, stage_targets, upsample
 from ecar.samplers import guided, integrate, time_grid
@@ -122,8 +123,7 @@ def main() -> None:
     p.add_argument("--json", default="benchmarks/results/fashion_ablation.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    net, meta = load_classifier("fashion")
-    ext = ClassifierFeatureExtractor(net, "fashion", meta=meta)
+    ext = load_feature_net("fashion")
     path = Path(args.json)
     doc = json.loads(path.read_text()) if path.exists() else {"rows": []}
     for spec in args.variant:
@@ -139,15 +139,15 @@ def main() -> None:
             sample = dataclasses.replace(sample, sampler="euler", steps=args.dit_steps)
         r = evaluate_seeds(L.model, L.cfg, L.autoencoder, seeds=(0,), n=args.n, metrics=("fid", "pr"),
                            features=ext, reference=ref, sample=sample, progress=False)
-        if multistage:
-            scales = [sample.cfg if s < L.model.num_stages - 1 else 1.0 for s in range(L.model.num_stages)]
         row = {"variant": name, "overrides": overrides, "train_steps": L.step, "n": args.n,
                "stage_steps": sample.stage_steps, "cfg": sample.cfg, "cfg_interval": sample.cfg_interval,
                "fid": round(r["fid_mean"], 2), "precision": round(r["precision"], 3),
                "recall": round(r["recall"], 3), "reference_split": r["reference_split"],
                "gflops_per_image": round(count_flops(L.model, L.cfg, sample, batch=2), 3),
                "steps": None if multistage else sample.steps,
-               **(teacher_forced_fids(L, ext, ref, args.n, scales) if multistage else {}), "seconds": round(time.time() - t0),
+               **(teacher_forced_fids(L, ext, ref, args.n, stage_guidance(sample, L.model.num_stages))
+                  if multistage else {}),
+               "seconds": round(time.time() - t0),
                "command": f"python benchmarks/fashion_ablation.py --config {args.config} --steps {args.steps} "
                           f"--n {args.n} --dit-steps {args.dit_steps} --variant '{spec}'"}
         row["extra"] = []
@@ -165,7 +165,7 @@ def main() -> None:
             row["command"] += " --extra " + " ".join(args.extra)
         print(json.dumps(row), flush=True)
         doc["rows"] = [x for x in doc["rows"] if x["variant"] != name] + [row]
-        doc["feature_net"] = meta
+        doc["feature_net"] = ext.meta
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc, indent=1) + "\n")
 

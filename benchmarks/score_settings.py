@@ -27,7 +27,7 @@ import torch
 from ecar.build import load_for_inference
 from ecar.eval.cost import count_flops
 from ecar.eval.evaluate import default_feature_net, evaluate_seeds, reference_stats
-from ecar.eval.features import ClassifierFeatureExtractor, load_classifier, load_feature_net
+from ecar.eval.features import load_feature_net
 
 
 def main() -> None:
@@ -45,11 +45,7 @@ def main() -> None:
     a = p.parse_args()
     L = load_for_inference(a.run, torch.device("cpu"))
     name = a.features or default_feature_net(L.cfg.data.name)
-    if name == "inception":
-        ext = load_feature_net("inception")
-    else:
-        net, meta = load_classifier(name)
-        ext = ClassifierFeatureExtractor(net, name, meta=meta)
+    ext = load_feature_net(name)
     ref = reference_stats(L.cfg, ext, max_images=a.ref_max, progress=False)
     command = "python benchmarks/score_settings.py " + " ".join(shlex.quote(v) for v in sys.argv[1:])
     for setting in a.settings:

@@ -68,8 +68,9 @@ def _sampler_overrides(args) -> dict:
             lo, hi = (float(v) for v in args.cfg_interval.split(","))
         except ValueError:
             raise UsageError(f"--cfg-interval takes LO,HI (two numbers), got {args.cfg_interval!r}") from None
-        if not 0 <= lo <= hi <= 1:
-            raise UsageError(f"--cfg-interval needs 0 <= LO <= HI <= 1, got {args.cfg_interval!r}")
+        from ecar.config import check_cfg_interval
+
+        check_cfg_interval([lo, hi], "--cfg-interval")
         over["cfg_interval"] = [lo, hi]
     return {k: v for k, v in over.items() if v is not None}
 

@@ -247,12 +247,16 @@ def _validate_choices(cfg: Config) -> None:
         raise ConfigError("flow.class_dropout must be in [0, 1)")
     if cfg.sample.steps < 1:
         raise ConfigError("sample.steps must be >= 1")
-    iv = cfg.sample.cfg_interval
+    check_cfg_interval(cfg.sample.cfg_interval)
+
+
+def check_cfg_interval(iv, where: str = "sample.cfg_interval") -> None:
+    """Raise :class:`ConfigError` unless ``iv`` is None or [lo, hi] with 0 <= lo <= hi <= 1."""
     if iv is not None and (
         not isinstance(iv, (list, tuple)) or len(iv) != 2
         or not all(isinstance(v, (int, float)) for v in iv) or not 0 <= iv[0] <= iv[1] <= 1
     ):
-        raise ConfigError(f"sample.cfg_interval must be [lo, hi] with 0 <= lo <= hi <= 1, got {iv!r}")
+        raise ConfigError(f"{where} must be [lo, hi] with 0 <= lo <= hi <= 1, got {iv!r}")
 
 
 SECTIONS = {
