@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ecar.eval.bench_report import summarize
+from ecar.bench.report import summarize
 
 
 def main() -> None:

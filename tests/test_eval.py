@@ -12,7 +12,7 @@ from PIL import Image
 
 from ecar.cli import main
 from ecar.config import SampleConfig
-from ecar.eval.bench import run_bench, sweep_settings
+from ecar.bench import run_bench, sweep_settings
 from ecar.eval.evaluate import (
     VALID_METRICS,
     apply_sample_overrides,
