@@ -7,11 +7,30 @@ is printed as one ``error:`` line with what to do, and the process exits non-zer
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shlex
 import sys
 import textwrap
 from pathlib import Path
+
+import torch
+
+from ecar.bench import run_bench
+from ecar.build import load_for_inference
+from ecar.checkpoint import CONFIG_FILE, CheckpointError
+from ecar.config import config_from_dict, config_to_yaml, load_config, load_yaml, merge_overrides
+from ecar.data import DataError
+from ecar.demo import DEFAULT_MINUTES, run_demo
+from ecar.device import pick_device
+from ecar.engine.visualize import stages_strip
+from ecar.errors import ConfigError
+from ecar.eval.evaluate import evaluate_checkpoint
+from ecar.generate import generate_images, labels_for
+from ecar.imageio import save_grid, save_images, save_png, to_uint8
+from ecar.methods import apply_sample_overrides, flag_overrides, sampler_flags
+from ecar.train.trainer import TrainingDiverged, TrainingInterrupted, train
 
 EXIT_USAGE, EXIT_FAIL, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -49,8 +68,6 @@ def _add_train(sub) -> None:
 def _add_sampler_args(p) -> None:
     """Flags that override the recipe's shipped sampler settings (sample, eval): one per
     sampling setting of the registered methods (:func:`ecar.methods.sampler_flags`)."""
-    from ecar.methods import sampler_flags
-
     for f in sampler_flags():
         p.add_argument(f.flag, dest=f.dest, type=f.type, choices=f.choices, metavar=f.metavar,
                        help=f.help)
@@ -138,11 +155,6 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    import json
-
-    from ecar.eval.evaluate import evaluate_checkpoint
-    from ecar.methods import flag_overrides
-
     if args.n < 2:
         raise UsageError("--n must be >= 2")
     seeds = _parse_ints(args.seeds, "--seeds")
@@ -203,10 +215,6 @@ def _add_bench(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    import shlex
-
-    from ecar.bench import run_bench
-
     try:
         sweep = [float(v) for v in args.sweep.split(",") if v.strip()]
     except ValueError:
@@ -258,8 +266,6 @@ def _add_demo(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from ecar.demo import DEFAULT_MINUTES, run_demo
-
     minutes = DEFAULT_MINUTES if args.minutes is None else args.minutes
     if minutes <= 0:
         raise UsageError("--minutes must be > 0")
@@ -307,10 +313,6 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_train(args) -> int:
-    from ecar.checkpoint import CONFIG_FILE
-    from ecar.config import config_from_dict, load_config, load_yaml, merge_overrides
-    from ecar.train.trainer import train
-
     if args.config is None and not args.resume:
         raise UsageError("--config is required (or --resume with --out of an existing run)")
     if args.out is None:
@@ -340,13 +342,6 @@ def _parse_ints(text: str | None, what: str) -> list[int] | None:
 
 
 def cmd_sample(args) -> int:
-    from ecar.build import load_for_inference
-    from ecar.device import pick_device
-    from ecar.engine.visualize import stages_strip
-    from ecar.generate import generate_images, labels_for
-    from ecar.imageio import save_grid, save_images, save_png, to_uint8
-    from ecar.methods import apply_sample_overrides, flag_overrides
-
     if args.n < 1:
         raise UsageError("--n must be >= 1")
     device = pick_device(args.device)
@@ -375,10 +370,6 @@ def cmd_sample(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from ecar.build import load_for_inference
-    from ecar.config import config_to_yaml
-    import torch
-
     loaded = load_for_inference(args.ckpt, torch.device("cpu"))
     params = sum(p.numel() for p in loaded.model.parameters())
     print(f"checkpoint: {args.ckpt}")
@@ -411,11 +402,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(args.verbose)
-    from ecar.checkpoint import CheckpointError
-    from ecar.data import DataError
-    from ecar.errors import ConfigError
-    from ecar.train.trainer import TrainingDiverged, TrainingInterrupted
-
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError) as e:
