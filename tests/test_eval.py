@@ -99,6 +99,18 @@ def test_sample_overrides_reach_the_sampler(tiny_run, shared_cache):
         apply_sample_overrides(SampleConfig(), ["steps=0"])
 
 
+def test_cli_sample_and_eval_validate_sampler_flags_alike(tiny_run, tmp_path, capsys):
+    """`ecar sample` and `ecar eval` take the same flags through the same validation: a
+    setting the checkpoint's method does not have is an error naming the valid ones."""
+    for cmd in (["sample", "--out", str(tmp_path / "g.png")], ["eval", "--n", "8"]):
+        assert main([*cmd, "--ckpt", str(tiny_run), "--stage-steps", "2,2"]) == 2
+        err = capsys.readouterr().err
+        assert "sample.stage_steps" in err and "for method dit" in err and "Valid keys of 'sample'" in err
+        assert main([*cmd, "--ckpt", str(tiny_run), "--steps", "0"]) == 2
+        assert "sample.steps must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
+
+
 def test_unknown_metric_names_the_valid_ones():
     with pytest.raises(ValueError, match="fid, is, pr"):
         evaluate_model(None, None, None, metrics=("fid", "kid"))
