@@ -25,6 +25,7 @@ import torch
 from ecar.build import LatentSpec, build_model, load_for_inference
 from ecar.config import load_config
 from ecar.eval.cost import measure_cost
+from ecar.methods import method_of
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ["digits_dit.yaml", "digits_ecar.yaml", "digits_flowar.yaml"]
@@ -49,14 +50,14 @@ def main() -> None:
             model, _ = build_model(cfg, LatentSpec(1, 16, 10))
             model.eval()
         cost = measure_cost(model, cfg)
-        s = cfg.sample
+        s, method = cfg.sample, method_of(cfg.model)
         rows.append({
             "recipe": recipe,
             "model": cfg.model.name,
-            "mode": getattr(cfg.model, "mode", "dit"),
+            "mode": method.name,
             "params": sum(p.numel() for p in model.parameters()),
             "sampler": s.sampler,
-            "steps": s.stage_steps if s.stage_steps else s.steps,
+            "steps": method.step_counts(model, s),
             "cfg": s.cfg,
             **cost.as_dict(),
         })

@@ -42,12 +42,12 @@ import torch
 
 from ecar.build import load_for_inference
 from ecar.data import build_dataset
-from ecar.engine.multistage import stage_guidance
 from ecar.eval.cost import count_flops
 from ecar.eval.evaluate import evaluate_seeds, quantize, reference_stats
 from ecar.eval.features import load_feature_net
 from ecar.eval.metrics import feature_stats, frechet_distance
-from ecar.flow.multistage import jump, stage_targets, upsample
+from ecar.flow.pyramid import jump, stage_targets, upsample
+from ecar.methods.ecar import stage_guidance
 from ecar.samplers import guided, integrate, time_grid
 
 
@@ -140,7 +140,7 @@ def main() -> None:
         r = evaluate_seeds(L.model, L.cfg, L.autoencoder, seeds=(0,), n=args.n, metrics=("fid", "pr"),
                            features=ext, reference=ref, sample=sample, progress=False)
         row = {"variant": name, "overrides": overrides, "train_steps": L.step, "n": args.n,
-               "stage_steps": sample.stage_steps, "cfg": sample.cfg, "cfg_interval": sample.cfg_interval,
+               "stage_steps": getattr(sample, "stage_steps", None), "cfg": sample.cfg, "cfg_interval": sample.cfg_interval,
                "fid": round(r["fid_mean"], 2), "precision": round(r["precision"], 3),
                "recall": round(r["recall"], 3), "reference_split": r["reference_split"],
                "gflops_per_image": round(count_flops(L.model, L.cfg, sample, batch=2), 3),

@@ -22,7 +22,7 @@ import time
 import torch
 
 from ecar.build import load_for_inference
-from ecar.eval.bench_report import summarize
+from ecar.bench.report import summarize
 from ecar.eval.cost import count_flops
 from ecar.eval.evaluate import evaluate_seeds, reference_stats
 from ecar.eval.features import ClassifierFeatureExtractor, load_classifier

@@ -56,7 +56,9 @@ def main() -> None:
             kw["cfg"] = a.cfg
         if a.interval is not None:
             kw["cfg_interval"] = [float(v) for v in a.interval.split(",")]
-        s = dataclasses.replace(L.cfg.sample, sampler=sampler, **kw)
+        known = {f.name for f in dataclasses.fields(L.cfg.sample)}  # DiT has no stage_steps
+        s = dataclasses.replace(L.cfg.sample, sampler=sampler,
+                                **{k: v for k, v in kw.items() if k in known or v is not None})
         t = time.time()
         r = evaluate_seeds(L.model, L.cfg, L.autoencoder, seeds=tuple(int(v) for v in a.seeds.split(",")),
                            n=a.n, metrics=("fid", "pr"), features=ext, reference=ref, sample=s, progress=False)

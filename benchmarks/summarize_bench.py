@@ -3,7 +3,7 @@
 
     python benchmarks/summarize_bench.py benchmarks/results/digits_bench/bench.json
 
-Runs :func:`ecar.eval.bench_report.summarize` (Pareto frontiers, equal-quality cost
+Runs :func:`ecar.bench.report.summarize` (Pareto frontiers, equal-quality cost
 ratios with bounds, verdicts at equal cost) on the rows of a bench.json. Rows written
 before FID was averaged over seeds carry only ``fid``: it is used as the mean with an
 unknown (zero) spread, and the output says so.
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ecar.eval.bench_report import summarize
+from ecar.bench.report import summarize
 
 
 def main() -> None:

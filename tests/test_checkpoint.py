@@ -5,7 +5,7 @@ import torch
 
 from ecar.build import LatentSpec, build_model, load_for_inference
 from ecar.config import load_config
-from ecar.train.checkpoint import (
+from ecar.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_state_into,

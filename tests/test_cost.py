@@ -223,8 +223,8 @@ def test_ecar_sampling_counts_attention_of_every_stage(head):
 @pytest.mark.parametrize("name", ["dit-tiny", "ecar-tiny"])
 def test_flops_per_image_do_not_depend_on_the_batch(name):
     cfg, model = _model(name, **{"model.patch": 4})
-    stage_steps = [2, 2, 2] if name.startswith("ecar") else None
-    s = dataclasses.replace(cfg.sample, steps=3, stage_steps=stage_steps, cfg=2.0)
+    per_stage = {"stage_steps": [2, 2, 2]} if name.startswith("ecar") else {}
+    s = dataclasses.replace(cfg.sample, steps=3, cfg=2.0, **per_stage)
     per_image = [count_flops(model, cfg, s, batch=n) for n in (1, 2, 5)]
     assert per_image[0] > 0
     assert per_image[1] == pytest.approx(per_image[0], rel=1e-12)

@@ -5,7 +5,8 @@ import torch
 
 from ecar.build import LatentSpec, build_model
 from ecar.config import load_config
-from ecar.engine.multistage import generate_multistage, stage_step_counts
+from ecar.engine.multistage import StageSampleConfig, generate_multistage
+from ecar.methods.ecar import ECAR_METHOD, stage_step_counts
 from ecar.models.ecar import ECAR
 
 
@@ -22,13 +23,18 @@ def _model(mode="ecar", head="mlp", **extra):
     return cfg, model.eval()
 
 
+def _stages(model, sample):
+    """The loop's per-stage settings, as the E-CAR method resolves them."""
+    return ECAR_METHOD.stage_settings(model, sample)
+
+
 @pytest.mark.parametrize("mode,head", [("ecar", "mlp"), ("flowar", "mlp"), ("ecar", "transformer")])
 def test_kv_cache_equals_full_recompute(mode, head):
     cfg, model = _model(mode, head)
     labels = torch.tensor([0, 3, 7])
-    a = generate_multistage(model, cfg, labels, cfg.sample, torch.Generator().manual_seed(5),
+    a = generate_multistage(model, labels, _stages(model, cfg.sample), torch.Generator().manual_seed(5),
                             return_stages=True, use_cache=True)
-    b = generate_multistage(model, cfg, labels, cfg.sample, torch.Generator().manual_seed(5),
+    b = generate_multistage(model, labels, _stages(model, cfg.sample), torch.Generator().manual_seed(5),
                             return_stages=True, use_cache=False)
     assert len(a["stages"]) == model.num_stages == 4
     for x, y in zip(a["stages"], b["stages"]):
@@ -48,7 +54,7 @@ def test_guidance_interval_drops_the_null_branch_after_the_last_guided_stage():
 
     def run(sample, use_cache=True):
         with FlopCounterMode(display=False) as fc:
-            out = generate_multistage(model, cfg, labels, sample, torch.Generator().manual_seed(5),
+            out = generate_multistage(model, labels, _stages(model, sample), torch.Generator().manual_seed(5),
                                       return_stages=True, use_cache=use_cache)
         return out["stages"], fc.get_total_flops()
 
@@ -102,7 +108,7 @@ def test_guidance_scale_one_skips_uncond_and_changes_nothing_else():
     cfg, model = _model()
     cfg.sample.cfg = 1.0
     labels = torch.tensor([1, 2])
-    out = generate_multistage(model, cfg, labels, cfg.sample, torch.Generator().manual_seed(0))
+    out = generate_multistage(model, labels, _stages(model, cfg.sample), torch.Generator().manual_seed(0))
     assert torch.isfinite(out["latents"]).all() and out["latents"].shape == (2, 2, 16, 16)
 
 
@@ -111,3 +117,11 @@ def test_stage_steps_validation():
     cfg.sample.stage_steps = [1, 2]
     with pytest.raises(ValueError, match="one per stage"):
         stage_step_counts(cfg.sample, model.num_stages)
+
+
+def test_stage_settings_are_checked():
+    _, model = _model()
+    with pytest.raises(ValueError, match="per stage"):
+        StageSampleConfig((2, 2), (1.0,))
+    with pytest.raises(ValueError, match="4 stages"):
+        generate_multistage(model, torch.tensor([1]), StageSampleConfig((2, 2), (1.0, 1.0)))

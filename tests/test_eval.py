@@ -12,7 +12,7 @@ from PIL import Image
 
 from ecar.cli import main
 from ecar.config import SampleConfig
-from ecar.eval.bench import run_bench, sweep_settings
+from ecar.bench import run_bench, sweep_settings
 from ecar.eval.evaluate import (
     VALID_METRICS,
     apply_sample_overrides,
@@ -97,6 +97,18 @@ def test_sample_overrides_reach_the_sampler(tiny_run, shared_cache):
         evaluate_checkpoint(tiny_run, n=16, device="cpu", sample_overrides={"stepz": 3})
     with pytest.raises(ValueError, match="steps must be >= 1"):
         apply_sample_overrides(SampleConfig(), ["steps=0"])
+
+
+def test_cli_sample_and_eval_validate_sampler_flags_alike(tiny_run, tmp_path, capsys):
+    """`ecar sample` and `ecar eval` take the same flags through the same validation: a
+    setting the checkpoint's method does not have is an error naming the valid ones."""
+    for cmd in (["sample", "--out", str(tmp_path / "g.png")], ["eval", "--n", "8"]):
+        assert main([*cmd, "--ckpt", str(tiny_run), "--stage-steps", "2,2"]) == 2
+        err = capsys.readouterr().err
+        assert "sample.stage_steps" in err and "for method dit" in err and "Valid keys of 'sample'" in err
+        assert main([*cmd, "--ckpt", str(tiny_run), "--steps", "0"]) == 2
+        assert "sample.steps must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
 
 
 def test_unknown_metric_names_the_valid_ones():

@@ -5,7 +5,7 @@ import torch
 
 from ecar.build import LatentSpec, build_model
 from ecar.config import load_config
-from ecar.models.registry import model_names
+from ecar.methods import model_names
 
 
 def _tiny_batch(patch: int, stages: int = 2):
@@ -19,8 +19,8 @@ def test_registry_entry_forward_backward(name):
     torch.manual_seed(0)
     cfg = load_config(None, [f"model.name={name}"])
     x, y, size = _tiny_batch(cfg.model.patch)
-    model, fam = build_model(cfg, LatentSpec(3, size, 4))
-    objective = fam.objective(model, cfg)
+    model, method = build_model(cfg, LatentSpec(3, size, 4))
+    objective = method.objective(model, cfg.flow)
     losses = objective(x, y, torch.Generator().manual_seed(1))
     assert torch.isfinite(losses["loss"])
     losses["loss"].backward()
@@ -30,7 +30,7 @@ def test_registry_entry_forward_backward(name):
     model.eval()
     sample = cfg.sample
     sample.steps, sample.cfg = 1, 1.5
-    out = fam.generate(model, cfg, y, sample, torch.Generator().manual_seed(2))
+    out = method.generate(model, sample, y, torch.Generator().manual_seed(2))
     assert out["latents"].shape == x.shape and torch.isfinite(out["latents"]).all()
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ecar.flow.multistage import (
+from ecar.flow.pyramid import (
     StageSchedule,
     downsample,
     jump,
@@ -115,7 +115,7 @@ def test_naive_upsample_would_be_wrong():
 
 def test_extra_head_draws_share_the_condition_and_are_fresh():
     """stage_pair given the same previous end state: same jump statistics, new noise."""
-    from ecar.flow.multistage import stage_pair
+    from ecar.flow.pyramid import stage_pair
 
     sched = StageSchedule.build([2, 4, 8], [0.5, 0.8])
     x = torch.randn(4, 1, 8, 8)
@@ -140,8 +140,8 @@ def test_head_batch_mul_trains_on_several_draws_per_ar_pass():
         cfg = load_config("configs/digits_ecar.yaml", ["model.hidden=32", "model.heads=2", "model.depth=1",
                                                       f"model.head_batch_mul={mul}"])
         torch.manual_seed(0)
-        model, fam = build_model(cfg, LatentSpec(1, 16, 10))
-        obj = fam.objective(model, cfg)
+        model, method = build_model(cfg, LatentSpec(1, 16, 10))
+        obj = method.objective(model, cfg.flow)
         x, y = torch.randn(5, 1, 16, 16), torch.arange(5)
         return obj(x, y, torch.Generator().manual_seed(seed))
 
@@ -154,7 +154,7 @@ def test_head_batch_mul_trains_on_several_draws_per_ar_pass():
 
 
 def test_x_prediction_velocity_is_the_straight_path_velocity():
-    from ecar.models.ecar import x_to_velocity
+    from ecar.models.heads import x_to_velocity
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(3, 5, 4, generator=g), torch.randn(3, 5, 4, generator=g)
@@ -174,12 +174,12 @@ def test_x_prediction_trains_and_samples():
     cfg = load_config("configs/digits_ecar.yaml", ["model.hidden=32", "model.heads=2", "model.depth=1",
                                                   "model.prediction=x", "model.head=transformer"])
     torch.manual_seed(0)
-    model, fam = build_model(cfg, LatentSpec(1, 16, 10))
-    losses = fam.objective(model, cfg)(torch.randn(4, 1, 16, 16), torch.arange(4), torch.Generator().manual_seed(1))
+    model, method = build_model(cfg, LatentSpec(1, 16, 10))
+    losses = method.objective(model, cfg.flow)(torch.randn(4, 1, 16, 16), torch.arange(4), torch.Generator().manual_seed(1))
     assert torch.isfinite(losses["loss"])
     losses["loss"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
-    out = fam.generate(model.eval(), cfg, torch.arange(3), cfg.sample, torch.Generator().manual_seed(2))
+    out = method.generate(model.eval(), cfg.sample, torch.arange(3), torch.Generator().manual_seed(2))
     assert torch.isfinite(out["latents"]).all()
     with pytest.raises(ConfigError, match="prediction"):
         load_config("configs/digits_ecar.yaml", ["model.prediction=eps"])

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ecar.eval.bench_report import summarize
+from ecar.bench.report import summarize
 from ecar.eval.pareto import Point, cost_at_fid, equal_quality_ratio, fid_at_cost, pareto_frontier
 
 # A baseline whose FID falls as it spends more: (cost, fid)

@@ -7,11 +7,30 @@ is printed as one ``error:`` line with what to do, and the process exits non-zer
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shlex
 import sys
 import textwrap
 from pathlib import Path
+
+import torch
+
+from ecar.bench import run_bench
+from ecar.build import load_for_inference
+from ecar.checkpoint import CONFIG_FILE, CheckpointError
+from ecar.config import config_from_dict, config_to_yaml, load_config, load_yaml, merge_overrides
+from ecar.data import DataError
+from ecar.demo import DEFAULT_MINUTES, run_demo
+from ecar.device import pick_device
+from ecar.engine.visualize import stages_strip
+from ecar.errors import ConfigError
+from ecar.eval.evaluate import evaluate_checkpoint
+from ecar.generate import generate_images, labels_for
+from ecar.imageio import save_grid, save_images, save_png, to_uint8
+from ecar.methods import apply_sample_overrides, flag_overrides, sampler_flags
+from ecar.train.trainer import TrainingDiverged, TrainingInterrupted, train
 
 EXIT_USAGE, EXIT_FAIL, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -47,32 +66,11 @@ def _add_train(sub) -> None:
 
 
 def _add_sampler_args(p) -> None:
-    """Flags that override the recipe's shipped sampler settings (sample, eval)."""
-    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none)")
-    p.add_argument("--cfg-schedule", choices=["constant", "linear"], help="guidance schedule")
-    p.add_argument("--cfg-interval", metavar="LO,HI",
-                   help="guide only while the sampling progress (DiT: time, 0 = noise; E-CAR: "
-                        "stage / (stages - 1)) is in [LO, HI]; no unconditional pass elsewhere")
-    p.add_argument("--steps", type=int, help="integration steps (per stage for E-CAR/FlowAR)")
-    p.add_argument("--stage-steps", help="E-CAR/FlowAR: comma-separated steps per stage")
-    p.add_argument("--sampler", choices=["euler", "heun", "euler_maruyama"], help="integrator")
-
-
-def _sampler_overrides(args) -> dict:
-    over = {"cfg": args.cfg, "cfg_schedule": args.cfg_schedule, "steps": args.steps,
-            "sampler": args.sampler, "stage_steps": _parse_ints(args.stage_steps, "--stage-steps")}
-    if args.steps is not None and args.steps < 1:
-        raise UsageError("--steps must be >= 1")
-    if args.cfg_interval is not None:
-        try:
-            lo, hi = (float(v) for v in args.cfg_interval.split(","))
-        except ValueError:
-            raise UsageError(f"--cfg-interval takes LO,HI (two numbers), got {args.cfg_interval!r}") from None
-        from ecar.config import check_cfg_interval
-
-        check_cfg_interval([lo, hi], "--cfg-interval")
-        over["cfg_interval"] = [lo, hi]
-    return {k: v for k, v in over.items() if v is not None}
+    """Flags that override the recipe's shipped sampler settings (sample, eval): one per
+    sampling setting of the registered methods (:func:`ecar.methods.sampler_flags`)."""
+    for f in sampler_flags():
+        p.add_argument(f.flag, dest=f.dest, type=f.type, choices=f.choices, metavar=f.metavar,
+                       help=f.help)
 
 
 def _add_sample(sub) -> None:
@@ -157,17 +155,13 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    import json
-
-    from ecar.eval.evaluate import evaluate_checkpoint
-
     if args.n < 2:
         raise UsageError("--n must be >= 2")
     seeds = _parse_ints(args.seeds, "--seeds")
     try:
         res = evaluate_checkpoint(
             args.ckpt, n=args.n, metrics=args.metrics, features=args.features, seed=args.seed,
-            device=args.device, batch_size=args.batch_size, sample_overrides=_sampler_overrides(args),
+            device=args.device, batch_size=args.batch_size, sample_overrides=flag_overrides(args),
             use_ema=not args.no_ema, seeds=seeds, reference_split=args.reference_split,
         )
     except ValueError as e:
@@ -221,10 +215,6 @@ def _add_bench(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    import shlex
-
-    from ecar.eval.bench import run_bench
-
     try:
         sweep = [float(v) for v in args.sweep.split(",") if v.strip()]
     except ValueError:
@@ -276,8 +266,6 @@ def _add_demo(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from ecar.demo import DEFAULT_MINUTES, run_demo
-
     minutes = DEFAULT_MINUTES if args.minutes is None else args.minutes
     if minutes <= 0:
         raise UsageError("--minutes must be > 0")
@@ -325,10 +313,6 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_train(args) -> int:
-    from ecar.config import config_from_dict, load_config, load_yaml, merge_overrides
-    from ecar.train.checkpoint import CONFIG_FILE
-    from ecar.train.trainer import train
-
     if args.config is None and not args.resume:
         raise UsageError("--config is required (or --resume with --out of an existing run)")
     if args.out is None:
@@ -358,18 +342,11 @@ def _parse_ints(text: str | None, what: str) -> list[int] | None:
 
 
 def cmd_sample(args) -> int:
-    import dataclasses
-
-    from ecar.build import load_for_inference
-    from ecar.engine import generate_images, labels_for
-    from ecar.imageio import save_grid, save_images, save_png, to_uint8
-    from ecar.train.distributed import pick_device
-
     if args.n < 1:
         raise UsageError("--n must be >= 1")
     device = pick_device(args.device)
     loaded = load_for_inference(args.ckpt, device, use_ema=not args.no_ema)
-    sample = dataclasses.replace(loaded.cfg.sample, **_sampler_overrides(args))
+    sample = apply_sample_overrides(loaded.cfg.sample, flag_overrides(args))
     try:
         labels = labels_for(args.n, loaded.num_classes, _parse_ints(args.classes, "--classes"))
     except ValueError as e:
@@ -387,22 +364,17 @@ def cmd_sample(args) -> int:
         paths = save_images(images, args.out)
         print(f"wrote {len(paths)} images to {args.out}/")
     if args.stages_out:
-        from ecar.engine.visualize import stages_strip
-
         save_png(stages_strip(out["stages"], max_rows=min(8, args.n)), args.stages_out)
         print(f"wrote the stage strip to {args.stages_out}")
     return 0
 
 
 def cmd_info(args) -> int:
-    from ecar.build import load_for_inference
-    from ecar.config import config_to_yaml
-    import torch
-
     loaded = load_for_inference(args.ckpt, torch.device("cpu"))
     params = sum(p.numel() for p in loaded.model.parameters())
     print(f"checkpoint: {args.ckpt}")
-    print(f"model:      {loaded.cfg.model.name} (family {loaded.family.name})")
+    m = loaded.method
+    print(f"model:      {loaded.cfg.model.name} (method {m.name}, family {m.family})")
     print(f"parameters: {params:,} ({params / 1e6:.2f} M)")
     print(f"step:       {loaded.step}")
     print(f"data:       {loaded.cfg.data.name} ({loaded.cfg.data.channels}×{loaded.cfg.data.resolution}², "
@@ -430,23 +402,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(args.verbose)
-    from ecar.config import ConfigError
-    from ecar.train.checkpoint import CheckpointError
-    from ecar.train.trainer import TrainingDiverged, TrainingInterrupted
-
-    data_errors: tuple = ()
-    try:
-        from ecar.data import DataError
-
-        data_errors = (DataError,)
-    except ImportError:
-        pass
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (CheckpointError, TrainingDiverged, *data_errors) as e:
+    except (CheckpointError, TrainingDiverged, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAIL
     except TrainingInterrupted as e:

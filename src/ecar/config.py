@@ -2,28 +2,41 @@
 
 A recipe is a YAML mapping with the sections of :class:`Config`. Every key is checked:
 an unknown key is an error that names the valid keys of its section, and a value of the
-wrong type is an error that names the expected type. The fully resolved config (registry
-defaults merged in) is saved inside every checkpoint as ``config.yaml``.
+wrong type is an error that names the expected type (:mod:`ecar.schema`). The fully
+resolved config (registry defaults merged in) is saved inside every checkpoint as
+``config.yaml``.
 
-The ``model`` section is special: ``model.name`` picks an entry of the model registry
-(:mod:`ecar.models.registry`); the entry fixes the family (``dit``, ``ecar``) and its
-dataclass, whose fields may then be overridden in the recipe or on the command line.
+Each section's dataclass lives with the code that reads it: ``flow`` is
+:class:`ecar.flow.FlowConfig`, ``autoencoder`` :class:`ecar.autoencoders.AutoencoderConfig`;
+``data`` and ``train`` are here. Two sections belong to the method (:mod:`ecar.methods`):
+``model.name`` picks an entry of the model registry, which fixes the method and its config
+dataclass, whose fields may then be overridden in the recipe or on the command line; the
+``sample`` section is that method's sampling settings (a
+:class:`ecar.samplers.SampleConfig` subclass). A sampling setting of another method given
+as null counts as not set (checkpoints written before the split store them so).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ecar.autoencoders import AutoencoderConfig
+from ecar.errors import ConfigError
+from ecar.flow import FlowConfig
+from ecar.methods import resolve_model_config, resolve_sample_config
+from ecar.samplers import SampleConfig, check_cfg_interval
+from ecar.schema import check_choice, dataclass_from_dict, parse_override
 
-class ConfigError(ValueError):
-    """A recipe or override that does not fit the config tree (message says what to do)."""
+__all__ = [
+    "AutoencoderConfig", "Config", "ConfigError", "DataConfig", "FlowConfig", "SampleConfig",
+    "TrainConfig", "check_cfg_interval", "config_from_dict", "config_to_dict", "config_to_yaml",
+    "dataclass_from_dict", "load_config", "load_yaml", "merge_overrides", "parse_override",
+]
 
 
 @dataclass
@@ -47,51 +60,6 @@ class DataConfig:
     """Number of images in the procedural ``shapes`` dataset (generated on the fly)."""
     seed: int = 0
     """Seed of the dataset itself (the ``shapes`` renderer)."""
-
-
-@dataclass
-class AutoencoderConfig:
-    """Image <-> latent map. ``identity`` models pixels in [-1, 1]."""
-
-    name: str = "identity"
-    path: str | None = None
-    """Directory of pretrained weights for autoencoders that need them."""
-    scale: float = 1.0
-    """Latents are multiplied by this after encoding (and divided before decoding)."""
-
-
-@dataclass
-class FlowConfig:
-    """Flow-matching training choices shared by all families."""
-
-    time_sampling: str = "logit_normal"
-    """``uniform`` or ``logit_normal`` (SD3-style, density on the middle of the path)."""
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    class_dropout: float = 0.1
-    """Probability of replacing the label by the null class (enables classifier-free guidance)."""
-
-
-@dataclass
-class SampleConfig:
-    """Sampler settings shipped with a recipe (the CLI may override them)."""
-
-    sampler: str = "euler"
-    """``euler`` | ``heun`` | ``euler_maruyama``."""
-    steps: int = 50
-    """DiT: integration steps over [0, 1]. E-CAR/FlowAR: steps per stage unless ``stage_steps``."""
-    stage_steps: list[int] | None = None
-    """E-CAR/FlowAR: explicit step count for each stage (coarse to fine)."""
-    cfg: float = 1.0
-    """Classifier-free guidance scale (1 = no guidance)."""
-    cfg_schedule: str = "constant"
-    """``constant`` or ``linear`` (ramps from 1 to ``cfg`` over time / stages)."""
-    cfg_interval: list[float] | None = None
-    """[lo, hi]: guide only where the sampling progress (DiT: time t, 0 = noise; E-CAR /
-    FlowAR: stage index / (stages − 1)) lies in [lo, hi]; elsewhere no unconditional branch
-    runs. None = everywhere."""
-    noise_scale: float = 1.0
-    """Euler-Maruyama only: diffusion coefficient multiplier."""
 
 
 @dataclass
@@ -132,6 +100,14 @@ class TrainConfig:
     tensorboard: bool = True
     """Also log to TensorBoard when the ``tensorboard`` package is installed."""
 
+    def validate(self) -> None:
+        check_choice("train.schedule", self.schedule, ("cosine", "constant"))
+        check_choice("train.precision", self.precision, ("fp32", "bf16"))
+        if self.max_minutes < 0:
+            raise ConfigError("train.max_minutes must be >= 0 (0 = no time budget)")
+        if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("train.max_steps, train.batch_size and train.grad_accum must be >= 1")
+
 
 @dataclass
 class Config:
@@ -140,141 +116,27 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     model: Any = None
-    """A family dataclass (e.g. :class:`ecar.models.dit.DiTConfig`) chosen by ``model.name``."""
+    """The method's model dataclass (e.g. :class:`ecar.models.dit.DiTConfig`) chosen by ``model.name``."""
     flow: FlowConfig = field(default_factory=FlowConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    sample: Any = None
+    """The method's sampling settings (a :class:`ecar.samplers.SampleConfig` subclass)."""
     train: TrainConfig = field(default_factory=TrainConfig)
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check/convert ``value`` to annotation ``tp``; raise ConfigError naming ``where``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin in (list, tuple):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        inner = args[0] if args else Any
-        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    raise ConfigError(f"{where}: unsupported config type {tp!r}")
-
-
-def dataclass_from_dict(cls: type, data: dict | None, where: str, base: Any = None) -> Any:
-    """Build dataclass ``cls`` from ``data``, starting from ``base`` (or the defaults).
-
-    Unknown keys raise :class:`ConfigError` listing the valid keys of the section.
-    """
-    obj = dataclasses.replace(base) if base is not None else cls()
-    if data is None:
-        return obj
-    if not isinstance(data, dict):
-        raise ConfigError(f"section '{where}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key, value in data.items():
-        if key not in names:
-            raise ConfigError(
-                f"unknown key '{where}.{key}'. Valid keys of '{where}': {', '.join(names)}"
-            )
-        setattr(obj, key, _coerce(value, hints[key], f"{where}.{key}"))
-    if hasattr(obj, "validate"):
-        obj.validate()
-    return obj
-
-
-def _validate_choices(cfg: Config) -> None:
-    checks = [
-        ("flow.time_sampling", cfg.flow.time_sampling, ("uniform", "logit_normal")),
-        ("sample.sampler", cfg.sample.sampler, ("euler", "heun", "euler_maruyama")),
-        ("sample.cfg_schedule", cfg.sample.cfg_schedule, ("constant", "linear")),
-        ("train.schedule", cfg.train.schedule, ("cosine", "constant")),
-        ("train.precision", cfg.train.precision, ("fp32", "bf16")),
-    ]
-    for where, value, valid in checks:
-        if value not in valid:
-            raise ConfigError(f"{where}={value!r} is not valid; choose one of: {', '.join(valid)}")
-    t = cfg.train
-    if t.max_minutes < 0:
-        raise ConfigError("train.max_minutes must be >= 0 (0 = no time budget)")
-    if t.max_steps < 1 or t.batch_size < 1 or t.grad_accum < 1:
-        raise ConfigError("train.max_steps, train.batch_size and train.grad_accum must be >= 1")
-    if not 0.0 <= cfg.flow.class_dropout < 1.0:
-        raise ConfigError("flow.class_dropout must be in [0, 1)")
-    if cfg.sample.steps < 1:
-        raise ConfigError("sample.steps must be >= 1")
-    check_cfg_interval(cfg.sample.cfg_interval)
-
-
-def check_cfg_interval(iv, where: str = "sample.cfg_interval") -> None:
-    """Raise :class:`ConfigError` unless ``iv`` is None or [lo, hi] with 0 <= lo <= hi <= 1."""
-    if iv is not None and (
-        not isinstance(iv, (list, tuple)) or len(iv) != 2
-        or not all(isinstance(v, (int, float)) for v in iv) or not 0 <= iv[0] <= iv[1] <= 1
-    ):
-        raise ConfigError(f"{where} must be [lo, hi] with 0 <= lo <= hi <= 1, got {iv!r}")
 
 
 SECTIONS = {
     "data": DataConfig,
     "autoencoder": AutoencoderConfig,
     "flow": FlowConfig,
-    "sample": SampleConfig,
     "train": TrainConfig,
 }
+"""Sections with a fixed dataclass; ``model`` and ``sample`` are the method's."""
 
 
 def config_from_dict(raw: dict) -> Config:
     """Resolve a raw mapping (recipe + overrides merged) into a validated :class:`Config`."""
-    from ecar.models.registry import resolve_model_config
-
     if not isinstance(raw, dict):
         raise ConfigError("a config must be a YAML mapping of sections")
-    valid = list(SECTIONS) + ["model"]
+    valid = [f.name for f in dataclasses.fields(Config)]
     for key in raw:
         if key not in valid:
             raise ConfigError(f"unknown section '{key}'. Valid sections: {', '.join(valid)}")
@@ -282,22 +144,8 @@ def config_from_dict(raw: dict) -> Config:
     for name, cls in SECTIONS.items():
         setattr(cfg, name, dataclass_from_dict(cls, raw.get(name), name))
     cfg.model = resolve_model_config(raw.get("model"))
-    _validate_choices(cfg)
+    cfg.sample = resolve_sample_config(cfg.model, raw.get("sample"))
     return cfg
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``'train.lr=3e-4'`` -> (['train', 'lr'], 0.0003). Values are parsed as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like section.key=value")
-    key, _, value = text.partition("=")
-    parts = key.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"override key '{key}' must look like section.key (e.g. train.lr)")
-    parsed = yaml.safe_load(value) if value.strip() != "" else None
-    if isinstance(parsed, str) and parsed.lower() in ("none", "null"):
-        parsed = None
-    return parts, parsed
 
 
 def merge_overrides(raw: dict, overrides: list[str]) -> dict:

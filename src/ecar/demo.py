@@ -17,7 +17,14 @@ from pathlib import Path
 import torch
 import yaml
 
+from ecar.build import load_for_inference
 from ecar.config import Config, config_from_dict, merge_overrides
+from ecar.engine.visualize import stages_strip
+from ecar.eval.cost import measure_cost
+from ecar.eval.evaluate import evaluate_model
+from ecar.generate import generate_images
+from ecar.imageio import save_grid, save_png, to_uint8
+from ecar.train.trainer import train
 
 log = logging.getLogger("ecar.demo")
 
@@ -72,13 +79,6 @@ def run_demo(
     fid_samples: int = 1000,
 ) -> dict:
     """Train, sample, measure; returns the metrics written to ``out/metrics.json``."""
-    from ecar.build import load_for_inference
-    from ecar.engine import generate_images
-    from ecar.engine.visualize import stages_strip
-    from ecar.eval.cost import measure_cost
-    from ecar.imageio import save_grid, save_png, to_uint8
-    from ecar.train.trainer import train
-
     out = Path(out)
     run = out / "run"
     if run.exists():
@@ -97,15 +97,16 @@ def run_demo(
     pick = torch.arange(k) * 10  # one sample of each class
     save_png(stages_strip([s[pick] for s in result["stages"]], max_rows=k), out / "stages.png")
     cost = measure_cost(loaded.model, loaded.cfg)  # the one timing protocol (ecar.eval.cost)
+    method = loaded.method
     metrics = {
         "model": loaded.cfg.model.name,
-        "mode": loaded.cfg.model.mode,
+        "mode": method.name,
         "params": sum(p.numel() for p in loaded.model.parameters()),
         "train_steps": summary["step"],
         "train_seconds": round(summary["train_seconds"], 1),
         "gflops_per_image": cost.gflops_per_image,
         "seconds_per_image": cost.seconds_per_image,
-        "stage_steps": loaded.cfg.sample.stage_steps,
+        "stage_steps": method.step_counts(loaded.model, loaded.cfg.sample),
         "cfg": loaded.cfg.sample.cfg,
     }
     metrics.update(_fid(loaded, fid_samples))
@@ -117,10 +118,6 @@ def run_demo(
 def _fid(loaded, n: int) -> dict:
     """FID against the digits held-out split (default reference) with the shipped digits net."""
     if n <= 0:
-        return {}
-    try:
-        from ecar.eval.evaluate import evaluate_model
-    except ImportError:  # evaluation layer not installed in this build
         return {}
     res = evaluate_model(loaded.model, loaded.cfg, loaded.autoencoder, n=n, metrics=("fid",),
                          seed=0, progress=False)

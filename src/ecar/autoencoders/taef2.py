@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ecar.config import AutoencoderConfig, ConfigError
+from ecar.autoencoders.base import AutoencoderConfig
+from ecar.errors import ConfigError
 from ecar.serialization import state_mismatch
 
 ENCODER_FILE = "taef2_encoder.safetensors"

@@ -3,43 +3,43 @@
 Per stage s: the AR transformer runs once on the stage's input (earlier stages come from
 the KV cache), then the head integrates the stage's tokens over u ∈ [0, 1] in K_s steps,
 then the jump re-noises the upsampled result into the next stage's start state
-(:func:`ecar.flow.multistage.jump`). Guidance doubles the batch (conditional + null
+(:func:`ecar.flow.pyramid.jump`). Guidance doubles the batch (conditional + null
 label) through the transformer and mixes the two head velocities with a per-stage scale.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ecar.config import Config, SampleConfig
-from ecar.flow.multistage import jump, upsample
-from ecar.samplers import guidance_scale, guided, integrate, time_grid
+from ecar.flow.pyramid import jump, upsample
+from ecar.samplers import guided, integrate, time_grid
 
 
-def stage_step_counts(sample: SampleConfig, num_stages: int) -> list[int]:
-    steps = list(sample.stage_steps) if sample.stage_steps else [sample.steps] * num_stages
-    if len(steps) != num_stages or min(steps) < 1:
-        raise ValueError(
-            f"sample.stage_steps needs {num_stages} positive entries (one per stage), got {steps}"
-        )
-    return steps
+@dataclass(frozen=True)
+class StageSampleConfig:
+    """What the multistage loop needs per stage, resolved by the method from its settings
+    (:mod:`ecar.methods.ecar`): integration steps and guidance scale of every stage
+    (coarse to fine), the integrator and its SDE noise."""
 
+    steps: tuple[int, ...]
+    guidance: tuple[float, ...]
+    sampler: str = "euler"
+    noise_scale: float = 1.0
 
-def stage_guidance(sample: SampleConfig, num_stages: int) -> list[float]:
-    """Guidance scale per stage; a ``linear`` schedule ramps from 1 (first) to cfg (last)."""
-    return [
-        guidance_scale(sample.cfg, sample.cfg_schedule, s / max(1, num_stages - 1), sample.cfg_interval)
-        for s in range(num_stages)
-    ]
+    def __post_init__(self) -> None:
+        if len(self.steps) != len(self.guidance) or min(self.steps, default=0) < 1:
+            raise ValueError(f"StageSampleConfig needs one step count >= 1 and one guidance scale "
+                             f"per stage, got steps {list(self.steps)}, guidance {list(self.guidance)}")
 
 
 @torch.no_grad()
 def generate_multistage(
     model: nn.Module,
-    cfg: Config,
     labels: torch.Tensor,
-    sample: SampleConfig,
+    stages: StageSampleConfig,
     generator: torch.Generator | None = None,
     return_stages: bool = False,
     use_cache: bool = True,
@@ -52,8 +52,9 @@ def generate_multistage(
     sched = model.schedule
     S, B, C = model.num_stages, labels.shape[0], model.channels
     dev = labels.device
-    steps = stage_step_counts(sample, S)
-    scales = stage_guidance(sample, S)
+    if len(stages.steps) != S:
+        raise ValueError(f"the model has {S} stages but the settings give {len(stages.steps)}")
+    steps, scales = stages.steps, stages.guidance
     # the AR pass carries the null-label half while any later stage still guides; after the
     # last guided stage it (and its KV cache) drops to the conditional half
     guide = any(sc != 1.0 for sc in scales)
@@ -87,8 +88,8 @@ def generate_multistage(
 
         v = guided(head_fn, z_c, z_u, lambda t, sc=scales[s]: sc)
         tokens = integrate(
-            sample.sampler, v, model.stage_tokens(start), time_grid(steps[s], device=dev),
-            generator, sample.noise_scale,
+            stages.sampler, v, model.stage_tokens(start), time_grid(steps[s], device=dev),
+            generator, stages.noise_scale,
         )
         end = model.stage_latent(tokens, s)
         ends.append(end)

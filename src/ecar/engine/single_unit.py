@@ -5,14 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ecar.config import Config, SampleConfig
-from ecar.samplers import guidance_scale, guided, integrate, time_grid
+from ecar.samplers import SampleConfig, guidance_scale, guided, integrate, time_grid
 
 
 @torch.no_grad()
 def generate_single_unit(
     model: nn.Module,
-    cfg: Config,
     labels: torch.Tensor,
     sample: SampleConfig,
     generator: torch.Generator | None = None,

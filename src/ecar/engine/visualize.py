@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ecar.flow.multistage import upsample
+from ecar.flow.pyramid import upsample
 from ecar.imageio import make_grid, to_uint8, auto_scale
 
 

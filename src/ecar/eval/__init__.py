@@ -1,15 +1,15 @@
-"""Evaluation: feature networks, FID / IS / precision-recall, generation cost, benchmarks.
+"""Evaluation: feature networks, FID / IS / precision-recall, generation cost.
 
 * :mod:`ecar.eval.metrics` — pure metric functions on feature arrays.
-* :mod:`ecar.eval.features` — feature networks (shipped digits/shapes classifiers, FID Inception).
-* :mod:`ecar.eval.evaluate` — sample a model and measure it against cached training-split
-  reference statistics (:func:`evaluate_model`, :func:`evaluate_checkpoint`).
+* :mod:`ecar.eval.features` — feature networks (shipped digits/shapes/fashion classifiers, FID Inception).
+* :mod:`ecar.eval.evaluate` — sample a model and measure it against cached reference-split
+  statistics (:func:`evaluate_model`, :func:`evaluate_checkpoint`).
 * :mod:`ecar.eval.cost` — FLOPs and wall-clock time of a sampling call.
-* :mod:`ecar.eval.bench` — same-budget training of several recipes, quality vs cost sweep,
-  ``bench.json`` / ``bench.md`` / ``bench.png`` (matplotlib is imported only to plot).
+* :mod:`ecar.eval.pareto` — Pareto frontiers and equal-quality cost ratios.
+
+The benchmark that trains and compares recipes is :mod:`ecar.bench` (above this package).
 """
 
-from ecar.eval.bench import DEFAULT_SWEEP, bench_table_markdown, plot_bench, run_bench, sweep_settings
 from ecar.eval.evaluate import (
     VALID_METRICS,
     default_cache_dir,
@@ -23,9 +23,7 @@ from ecar.eval.evaluate import (
 from ecar.eval.metrics import fid_from_features, frechet_distance, inception_score, precision_recall
 
 __all__ = [
-    "DEFAULT_SWEEP",
     "VALID_METRICS",
-    "bench_table_markdown",
     "default_cache_dir",
     "default_feature_net",
     "evaluate_checkpoint",
@@ -35,9 +33,6 @@ __all__ = [
     "fid_of_images",
     "frechet_distance",
     "inception_score",
-    "plot_bench",
     "precision_recall",
     "reference_stats",
-    "run_bench",
-    "sweep_settings",
 ]

@@ -8,7 +8,7 @@ and every model: :func:`measure_cost` with its defaults.
   FLOPs per image do not depend on the batch anyway (every counted op is per image;
   tests/test_cost.py checks it), time per image does — which is why the batch is fixed.
 * **FLOPs** are counted with PyTorch's ``FlopCounterMode`` over one full call of the
-  family's generation loop, guidance included, in latent space (decoding excluded):
+  method's generation loop, guidance included, in latent space (decoding excluded):
   matmuls, convolutions and attention; elementwise work is not counted, as in the papers we
   compare with. Attention is counted on every device: importing this module imports
   :mod:`ecar.eval.flops`, which gives the CPU SDPA kernels (which torch leaves at 0) the
@@ -35,8 +35,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import ecar.eval.flops  # noqa: F401  (registers the attention FLOP formulas torch lacks)
-from ecar.config import Config, SampleConfig
-from ecar.models.registry import family_of
+from ecar.config import Config
+from ecar.generate import labels_for
+from ecar.methods import method_of
+from ecar.samplers import SampleConfig
 
 TIMING_BATCH = 64
 """Images per sampling call for FLOP counting and timing, the same for every model."""
@@ -73,17 +75,15 @@ def _sync(device: torch.device) -> None:
 
 def _sampling_call(model: nn.Module, cfg: Config, sample: SampleConfig | None, batch: int):
     """``run(seed)``: one generation call of ``batch`` images (labels cycling over classes)."""
-    from ecar.engine.api import labels_for
-
     if batch < 1:
         raise ValueError(f"cost batch must be >= 1, got {batch}")
     sample = sample or cfg.sample
-    fam = family_of(cfg.model)
+    method = method_of(cfg.model)
     device = next(model.parameters()).device
     labels = labels_for(batch, cfg.data.num_classes).to(device)
 
     def run(seed: int) -> None:
-        fam.generate(model, cfg, labels, sample, torch.Generator(device=device).manual_seed(seed))
+        method.generate(model, sample, labels, torch.Generator(device=device).manual_seed(seed))
 
     return run, device
 

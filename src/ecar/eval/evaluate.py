@@ -2,8 +2,8 @@
 
 Pipeline (one code path for generated and real images)
 -----------------------------------------------------
-1. **Images.** Generated images come from :func:`ecar.engine.generate_images`, ``n`` of
-   them with labels cycling through every class (:func:`ecar.engine.labels_for`), in
+1. **Images.** Generated images come from :func:`ecar.generate.generate_images`, ``n`` of
+   them with labels cycling through every class (:func:`ecar.generate.labels_for`), in
    blocks of ``batch_size``; block ``i`` is sampled with seed ``seed·1_000_003 + i``, so the
    numbers are a pure function of (model, sampler settings, ``n``, ``seed``, ``batch_size``)
    and memory stays bounded by one block plus the features.
@@ -38,7 +38,6 @@ evaluation over several seeds and reports the mean and standard deviation.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -53,9 +52,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ecar.config import Config, SampleConfig
+from ecar.build import build_data, load_for_inference
+from ecar.config import Config
+from ecar.data import build_dataset
+from ecar.device import pick_device
 from ecar.eval.features import ClassifierFeatureExtractor, FeatureExtractor, InceptionFeatureExtractor, load_feature_net
 from ecar.eval.metrics import feature_stats, frechet_distance, inception_score, precision_recall
+from ecar.generate import generate_images, labels_for
+from ecar.methods import apply_sample_overrides, method_of, total_steps
+from ecar.samplers import SampleConfig
 from ecar.serialization import atomic_write
 
 __all__ = [
@@ -240,13 +245,8 @@ def _safe(text: str) -> str:
 def _build_split(source, split: str | None) -> Any:
     """A dataset object from an ImageDataset, or ``split`` (default
     :func:`default_reference_split`) of a Config's data section or of a dataset name."""
-    from ecar.data import build_dataset
-
     if isinstance(source, Config):
-        from ecar.build import build_data
-
-        cfg = dataclasses.replace(source, data=dataclasses.replace(source.data))
-        return build_data(cfg, split or default_reference_split(cfg.data.name))
+        return build_data(source.data, split or default_reference_split(source.data.name))
     if isinstance(source, str):
         return build_dataset(source, split=split or default_reference_split(source))
     if hasattr(source, "fingerprint") and hasattr(source, "__getitem__"):
@@ -381,26 +381,17 @@ def _parse_metrics(metrics: Sequence[str] | str) -> list[str]:
 def sampler_info(model: nn.Module, cfg: Config, sample: SampleConfig | None = None) -> dict:
     """Sampler settings as recorded next to metrics.
 
-    ``steps`` is an int for one-unit models (DiT) and the list of per-stage step counts for
-    multistage models (E-CAR / FlowAR); ``total_steps`` is their sum (integration steps per
-    image; guidance evaluates the conditional and null branches in the same batched pass).
+    ``family`` and ``mode`` are the method's family and name; ``steps`` is what the
+    method's :meth:`~ecar.methods.Method.step_counts` reports (an int for one-unit models
+    such as DiT, the list of per-stage counts for E-CAR / FlowAR); ``total_steps`` is their
+    sum (integration steps per image; guidance evaluates the conditional and null branches
+    in the same batched pass).
     """
-    from ecar.models.registry import family_of
-
     sample = sample or cfg.sample
-    fam = family_of(cfg.model)
-    info: dict[str, Any] = {"family": fam.name, "mode": getattr(cfg.model, "mode", fam.name),
-                            "sampler": sample.sampler}
-    num_stages = getattr(model, "num_stages", None)
-    if fam.name == "dit" or num_stages is None:
-        info["steps"] = int(sample.steps)
-        info["total_steps"] = int(sample.steps)
-    else:
-        from ecar.engine.multistage import stage_step_counts
-
-        steps = stage_step_counts(sample, num_stages)
-        info["steps"] = steps
-        info["total_steps"] = int(sum(steps))
+    method = method_of(cfg.model)
+    steps = method.step_counts(model, sample)
+    info: dict[str, Any] = {"family": method.family, "mode": method.name, "sampler": sample.sampler,
+                            "steps": steps, "total_steps": total_steps(steps)}
     info["cfg"] = sample.cfg
     info["cfg_schedule"] = sample.cfg_schedule
     if sample.sampler == "euler_maruyama":
@@ -454,8 +445,6 @@ def evaluate_model(
         raise ValueError(f"precision/recall need n > k={PR_K} samples, got n={n}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    from ecar.engine import generate_images, labels_for
-
     t0 = time.perf_counter()
     sample = sample or cfg.sample
     device = next(model.parameters()).device
@@ -566,34 +555,6 @@ def evaluate_seeds(
     return out
 
 
-def apply_sample_overrides(sample: SampleConfig, overrides: dict | Sequence[str] | None) -> SampleConfig:
-    """A copy of ``sample`` with overrides applied.
-
-    ``overrides`` is a dict ``{field: value}`` (``None`` values are ignored, convenient for
-    optional CLI flags) or a list of ``"key=value"`` / ``"sample.key=value"`` strings.
-    Unknown fields raise ``ValueError`` naming the valid ones.
-    """
-    from ecar.config import ConfigError, dataclass_from_dict, parse_override
-
-    if not overrides:
-        return dataclasses.replace(sample)
-    if not isinstance(overrides, dict):
-        items = {}
-        for text in overrides:
-            text = text if text.startswith("sample.") else f"sample.{text}"
-            (_, k), v = parse_override(text)
-            items[k] = v
-        overrides = items
-    data = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        new = dataclass_from_dict(SampleConfig, data, "sample", base=sample)
-    except ConfigError as e:
-        raise ValueError(str(e)) from None
-    if new.steps < 1:
-        raise ValueError("sample.steps must be >= 1")
-    return new
-
-
 def evaluate_checkpoint(
     ckpt_dir: str | Path,
     n: int = 1000,
@@ -615,9 +576,6 @@ def evaluate_checkpoint(
     The result also records ``ckpt``, ``model`` (registry name), ``train_step``, ``params``
     and ``ema``.
     """
-    from ecar.build import load_for_inference
-    from ecar.train.distributed import pick_device
-
     dev = device if isinstance(device, torch.device) else pick_device(device)
     loaded = load_for_inference(str(ckpt_dir), dev, use_ema=use_ema)
     sample = apply_sample_overrides(loaded.cfg.sample, sample_overrides)

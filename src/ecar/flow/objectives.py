@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ecar.config import FlowConfig
+from ecar.errors import ConfigError
 from ecar.flow.paths import interpolate, target_velocity
-from ecar.flow.time import sample_time
+from ecar.flow.pyramid import stage_pair, stage_targets
+from ecar.flow.time import TIME_SAMPLINGS, sample_time
+from ecar.schema import check_choice
+
+
+@dataclass
+class FlowConfig:
+    """Flow-matching training choices shared by all methods (the ``flow`` section of a recipe)."""
+
+    time_sampling: str = "logit_normal"
+    """``uniform`` or ``logit_normal`` (SD3-style, density on the middle of the path)."""
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    class_dropout: float = 0.1
+    """Probability of replacing the label by the null class (enables classifier-free guidance)."""
+
+    def validate(self) -> None:
+        check_choice("flow.time_sampling", self.time_sampling, TIME_SAMPLINGS)
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise ConfigError("flow.class_dropout must be in [0, 1)")
 
 
 def drop_labels(
@@ -56,7 +77,7 @@ class MultistageObjective(nn.Module):
 
     With ``model.head_batch_mul = m > 1`` the head sees m independent draws of (a_s, b_s, u)
     per token for the same AR pass (MAR's "diffusion batch multiplier", arXiv 2406.11838
-    §5.1): z is reused, the extra draws come from :func:`ecar.flow.multistage.stage_pair`
+    §5.1): z is reused, the extra draws come from :func:`ecar.flow.pyramid.stage_pair`
     given the same previous end state, so they are exact samples of the stage's conditional
     targets. The AR pass dominates a step's cost, so this buys the head (and the gradient
     into z) m× the samples for little time.
@@ -75,8 +96,6 @@ class MultistageObjective(nn.Module):
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        from ecar.flow.multistage import stage_pair, stage_targets
-
         m, f = self.model, self.flow
         S, B, M = m.num_stages, x.shape[0], self.head_batch_mul
         targets = stage_targets(x, m.schedule, generator)

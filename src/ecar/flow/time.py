@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+"""Names :func:`sample_time` accepts."""
+
 
 def sample_time(
     n: int,

@@ -1,5 +1,12 @@
-"""Model families (one file each) and the registry of named sizes."""
+"""Networks: pure ``nn.Module``s, one file per network, and the heads they share.
 
-from ecar.models.registry import FAMILIES, ENTRIES, Family, family_of, model_names
+Named sizes and how each network is trained and sampled live in :mod:`ecar.methods`.
+"""
 
-__all__ = ["ENTRIES", "FAMILIES", "Family", "family_of", "model_names"]
+from ecar.models.base import LatentSpec, TransformerConfig
+from ecar.models.dit import DiT, DiTConfig
+from ecar.models.ecar import ECAR, ECARConfig
+from ecar.models.heads import TokenHead, x_to_velocity
+
+__all__ = ["DiT", "DiTConfig", "ECAR", "ECARConfig", "LatentSpec", "TokenHead", "TransformerConfig",
+           "x_to_velocity"]

@@ -13,29 +13,7 @@ from torch import nn
 
 from ecar.layers import AdaLNBlock, FinalLayer, LabelEmbedder, TimestepEmbedder, grid_positions
 from ecar.layers import patchify, unpatchify
-
-
-@dataclass
-class TransformerConfig:
-    """Fields every transformer family shares (registry entries fill them; recipes override)."""
-
-    name: str = ""
-    hidden: int = 64
-    depth: int = 2
-    heads: int = 4
-    patch: int = 2
-    mlp_ratio: float = 4.0
-    qk_norm: bool = False
-
-    def validate(self) -> None:
-        from ecar.config import ConfigError
-
-        if self.hidden % self.heads or self.hidden % 4:
-            raise ConfigError(
-                f"model.hidden={self.hidden} must be divisible by model.heads={self.heads} and by 4"
-            )
-        if min(self.depth, self.patch, self.heads) < 1:
-            raise ConfigError("model.depth, model.patch and model.heads must be >= 1")
+from ecar.models.base import TransformerConfig
 
 
 @dataclass

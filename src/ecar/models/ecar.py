@@ -14,22 +14,15 @@ The head predicts the velocity of a stage's tokens from (x_u, u, z): per-token a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from ecar.models.dit import TransformerConfig
-from ecar.layers import (
-    AdaLNBlock,
-    AdaLNResBlock,
-    FinalLayer,
-    KVCache,
-    LabelEmbedder,
-    TimestepEmbedder,
-    grid_positions,
-    patchify,
-    unpatchify,
-)
+from ecar.errors import ConfigError
+from ecar.layers import AdaLNBlock, KVCache, LabelEmbedder, grid_positions, patchify, unpatchify
+from ecar.models.base import TransformerConfig
+from ecar.models.heads import HEAD_KINDS, TokenHead, x_to_velocity
 
 
 @dataclass
@@ -60,14 +53,12 @@ class ECARConfig(TransformerConfig):
     diffusion batch multiplier; 1 = one draw)."""
 
     def validate(self) -> None:
-        from ecar.config import ConfigError
-
         super().validate()
         if self.mode not in ("ecar", "flowar"):
             raise ConfigError(f"model.mode={self.mode!r}; choose ecar or flowar")
         if self.prediction not in ("v", "x"):
             raise ConfigError(f"model.prediction={self.prediction!r}; choose v or x")
-        if self.head not in ("mlp", "transformer"):
+        if self.head not in HEAD_KINDS:
             raise ConfigError(f"model.head={self.head!r}; choose mlp or transformer")
         if not isinstance(self.head_batch_mul, int) or self.head_batch_mul < 1:
             raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {self.head_batch_mul!r}")
@@ -75,86 +66,24 @@ class ECARConfig(TransformerConfig):
             raise ConfigError("model.head_width must be divisible by model.head_heads and 4")
 
 
-X_PRED_MIN_GAP = 0.05
-"""x-prediction divides by 1 − u; clamped here so the loss weight stays bounded near u = 1."""
-
-
-def x_to_velocity(x_hat: torch.Tensor, x_u: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Velocity of the straight path through x_u that ends at x̂: (x̂ − x_u) / (1 − u).
-
-    x_hat, x_u: (B, ...); u: scalar, (B,) or (B, N) for token tensors (B, N, D).
-    """
-    u = torch.as_tensor(u, dtype=x_u.dtype, device=x_u.device)
-    if u.dim() >= 1:
-        u = u.reshape(*u.shape, *([1] * (x_u.dim() - u.dim())))
-    return (x_hat - x_u) / (1 - u).clamp_min(X_PRED_MIN_GAP)
-
-
-class TokenHead(nn.Module):
-    """Velocity of a stage's tokens. x: (B, N, D_tok), u: (B,) or (B, N), z: (B, N, hidden)."""
-
-    def __init__(self, cfg: ECARConfig, token_dim: int, cond_dim: int):
-        super().__init__()
-        w = cfg.head_width
-        self.kind = cfg.head
-        self.inp = nn.Linear(token_dim, w)
-        self.t_embed = TimestepEmbedder(w)
-        self.z_proj = nn.Linear(cond_dim, w)
-        if self.kind == "mlp":
-            self.blocks = nn.ModuleList(AdaLNResBlock(w) for _ in range(cfg.head_depth))
-        else:
-            self.blocks = nn.ModuleList(
-                AdaLNBlock(w, cfg.head_heads, cfg.mlp_ratio) for _ in range(cfg.head_depth)
-            )
-        self.final = FinalLayer(w, token_dim)
-
-    def project(self, z: torch.Tensor) -> torch.Tensor:
-        """AR output (B, N, hidden) -> head condition (B, N, w); constant over a stage's steps."""
-        return self.z_proj(z)
-
-    def forward(
-        self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor, mask: torch.Tensor | None = None,
-        pos: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """zc: projected condition from :meth:`project`."""
-        b = x.shape[0]
-        if u.dim() == 0:
-            u = u.expand(b)
-        t = self.t_embed(u.reshape(-1)).reshape(b, -1, zc.shape[-1])  # (B, 1 or N, w)
-        c = zc + t
-        h = self.inp(x)
-        if self.kind == "mlp":
-            for blk in self.blocks:
-                h = blk(h, c)
-        else:
-            if pos is not None:
-                h = h + pos
-            for blk in self.blocks:
-                h = blk(h, c, mask=mask)
-        return self.final(h, c)
-
-
 class ECAR(nn.Module):
-    """Stage-causal AR transformer with a flow-matching head over C×size×size latents."""
+    """Stage-causal AR transformer with a flow-matching head over C×size×size latents.
 
-    def __init__(self, cfg: ECARConfig, channels: int, size: int, num_classes: int):
+    ``schedule`` is the stage pyramid (:class:`ecar.flow.pyramid.StageSchedule`): the
+    network reads only its latent sides ``schedule.sizes`` (coarse to fine, the last one
+    ``size``) and keeps it as ``self.schedule`` for the objective and the generation loop.
+    """
+
+    def __init__(self, cfg: ECARConfig, channels: int, size: int, num_classes: int, schedule: Any):
         super().__init__()
-        from ecar.flow.multistage import StageSchedule, default_stage_sizes
-
         self.cfg, self.channels, self.size, self.num_classes = cfg, channels, size, num_classes
         p = cfg.patch
         if size % p:
             raise ValueError(f"latent size {size} is not divisible by model.patch={p}")
         grid = size // p
-        sizes = (
-            [g * p for g in cfg.stages] if cfg.stages else default_stage_sizes(size, p)
-        )
-        if sizes[-1] != size:
-            raise ValueError(
-                f"the last stage grid ({sizes[-1] // p}) must equal the full token grid {grid} "
-                f"(latent {size} / patch {p})"
-            )
-        self.schedule = StageSchedule.build(sizes, cfg.windows, flowar=cfg.mode == "flowar")
+        sizes = list(schedule.sizes)
+        self.check_stage_sizes(sizes, size, p)
+        self.schedule = schedule
         self.grids = [n // p for n in sizes]
         token_dim = channels * p * p
         self.token_dim = token_dim
@@ -172,13 +101,23 @@ class ECAR(nn.Module):
             AdaLNBlock(cfg.hidden, cfg.heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(cfg.hidden, eps=1e-6)
-        self.head = TokenHead(cfg, token_dim, cfg.hidden)
+        self.head = TokenHead(token_dim, cfg.hidden, cfg.head_width, cfg.head_depth, kind=cfg.head,
+                              heads=cfg.head_heads, mlp_ratio=cfg.mlp_ratio)
         nn.init.xavier_uniform_(self.embed.weight)
         nn.init.zeros_(self.embed.bias)
         nn.init.normal_(self.y_embed.table.weight, std=0.02)
         nn.init.normal_(self.stage_embed.weight, std=0.02)
 
     # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def check_stage_sizes(sizes: list[int], size: int, patch: int) -> None:
+        """Raise ValueError unless the finest stage is the whole latent (``size``)."""
+        if sizes[-1] != size:
+            raise ValueError(
+                f"the last stage grid ({sizes[-1] // patch}) must equal the full token grid "
+                f"{size // patch} (latent {size} / patch {patch})"
+            )
+
     @property
     def null_class(self) -> int:
         return self.num_classes

@@ -1,6 +1,6 @@
-"""ODE/SDE integrators and classifier-free guidance."""
+"""ODE/SDE integrators, classifier-free guidance and the sampler settings every method shares."""
 
-from ecar.samplers.guidance import guidance_scale, guided
+from ecar.samplers.guidance import GUIDANCE_SCHEDULES, guidance_scale, guided
 from ecar.samplers.ode import (
     SAMPLERS,
     euler,
@@ -10,9 +10,14 @@ from ecar.samplers.ode import (
     integrate,
     time_grid,
 )
+from ecar.samplers.settings import SAMPLER_NAMES, SampleConfig, check_cfg_interval
 
 __all__ = [
+    "GUIDANCE_SCHEDULES",
     "SAMPLERS",
+    "SAMPLER_NAMES",
+    "SampleConfig",
+    "check_cfg_interval",
     "euler",
     "euler_maruyama",
     "evaluations_per_step",

@@ -11,6 +11,9 @@ from typing import Callable
 
 import torch
 
+GUIDANCE_SCHEDULES = ("constant", "linear")
+"""Schedules :func:`guidance_scale` accepts."""
+
 
 def guidance_scale(
     scale: float, schedule: str, progress: float, interval: list[float] | None = None
@@ -29,7 +32,7 @@ def guidance_scale(
     if schedule == "linear":
         p = min(max(float(progress), 0.0), 1.0)
         return 1.0 + (float(scale) - 1.0) * p
-    raise ValueError(f"unknown guidance schedule '{schedule}' (constant | linear)")
+    raise ValueError(f"unknown guidance schedule '{schedule}' ({' | '.join(GUIDANCE_SCHEDULES)})")
 
 
 def guided(

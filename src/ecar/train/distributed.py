@@ -8,6 +8,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ecar.device import pick_device
+
+__all__ = ["DistInfo", "all_reduce_max", "all_reduce_mean", "barrier", "cleanup", "init_distributed",
+           "pick_device"]
+
 
 @dataclass
 class DistInfo:
@@ -19,23 +24,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> cuda:local_rank if CUDA is available, else mps, else cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device={name} but CUDA is not available; use device=cpu or auto")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    return dev
 
 
 def init_distributed(device_name: str = "auto") -> DistInfo:

@@ -1,4 +1,4 @@
-"""The training loop shared by every family.
+"""The training loop shared by every method.
 
 One code path: single-process CPU, or ``torchrun`` (DDP; gloo on CPU, NCCL on GPU). The
 objective (network + loss) is wrapped by DDP here and nowhere else; EMA, checkpoints,
@@ -9,6 +9,7 @@ and times it would have drawn without the interruption.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,12 +23,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from ecar.build import build_data, build_model, latent_spec
+from ecar import checkpoint as ckpt
 from ecar.autoencoders import build_autoencoder
+from ecar.build import build_data, build_model, latent_spec, resolved_data
 from ecar.config import Config, ConfigError
-from ecar.engine import generate_images, labels_for
+from ecar.generate import generate_images, labels_for
 from ecar.imageio import save_grid, to_uint8
-from ecar.train import checkpoint as ckpt
 from ecar.train.data_order import BatchStream
 from ecar.train.distributed import DistInfo, all_reduce_max, all_reduce_mean, cleanup, init_distributed
 from ecar.train.ema import ema_decay, make_ema, update_ema
@@ -135,7 +136,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     """Train ``cfg`` into run directory ``out``; returns a summary dict (rank 0's view).
 
     Raises :class:`TrainingDiverged` on a non-finite loss, :class:`TrainingInterrupted` on
-    Ctrl-C (after saving), :class:`ecar.train.checkpoint.CheckpointError` on a bad resume.
+    Ctrl-C (after saving), :class:`ecar.checkpoint.CheckpointError` on a bad resume.
     """
     dist_info = init_distributed(cfg.train.device)
     try:
@@ -148,12 +149,13 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
     t = cfg.train
     device = di.device
     torch.manual_seed(t.seed + di.rank)
-    dataset = build_data(cfg, "train")
+    dataset = build_data(cfg.data, "train")
+    cfg = dataclasses.replace(cfg, data=resolved_data(cfg.data, dataset))  # recorded in checkpoints
     ae = build_autoencoder(cfg.autoencoder, cfg.data.channels).to(device).eval()
-    model, fam = build_model(cfg, latent_spec(cfg, ae))
+    model, method = build_model(cfg, latent_spec(cfg, ae))
     model.to(device)
     ema = make_ema(model)
-    objective = fam.objective(model, cfg).to(device)
+    objective = method.objective(model, cfg.flow).to(device)
     opt = torch.optim.AdamW(
         model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay
     )

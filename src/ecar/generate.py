@@ -1,4 +1,4 @@
-"""Batched, seeded image generation for any family (used by training previews, CLI, eval)."""
+"""Batched, seeded image generation for any method (training previews, CLI, eval, demo)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ecar.config import Config, SampleConfig
-from ecar.models.registry import family_of
+from ecar.config import Config
+from ecar.methods import method_of
+from ecar.samplers import SampleConfig
+
+__all__ = ["generate_images", "labels_for"]
 
 
 def labels_for(n: int, num_classes: int, classes: list[int] | None = None) -> torch.Tensor:
@@ -31,13 +34,14 @@ def generate_images(
     progress: bool = False,
     return_stages: bool = False,
 ) -> dict:
-    """Generate one image per label.
+    """Generate one image per label with ``cfg.model``'s method.
 
-    Returns ``images`` (N, C, H, W) in [-1, 1] on the CPU and, with ``return_stages``,
-    ``stages``: a list over stages of (N, C, H_s, W_s) decoded images (coarse to fine).
+    ``sample`` defaults to the recipe's ``cfg.sample``. Returns ``images`` (N, C, H, W) in
+    [-1, 1] on the CPU and, with ``return_stages``, ``stages``: a list over units of
+    (N, C, H_s, W_s) decoded images (coarse to fine).
     """
     sample = sample or cfg.sample
-    fam = family_of(cfg.model)
+    method = method_of(cfg.model)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     images, stages = [], []
@@ -45,7 +49,7 @@ def generate_images(
     model.eval()
     chunks = list(torch.split(labels, batch_size))
     for y in tqdm(chunks, desc="sampling", disable=not progress or len(chunks) < 2, leave=False):
-        out = fam.generate(model, cfg, y.to(device), sample, gen, return_stages=return_stages)
+        out = method.generate(model, sample, y.to(device), gen, return_stages=return_stages)
         images.append(autoencoder.decode(out["latents"]).float().cpu())
         if return_stages:
             stages.append([autoencoder.decode(s).float().cpu() for s in out["stages"]])

@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
 from ecar.config import Config, ConfigError, config_from_dict, config_to_yaml
+from ecar.methods import method_of
 from ecar.serialization import atomic_write, state_mismatch
 
 MODEL_FILE = "model.safetensors"
@@ -49,13 +50,11 @@ def save_checkpoint(
     train_state: dict[str, Any],
 ) -> Path:
     """Write the four files of a checkpoint into ``directory`` (atomically, state file last)."""
-    from ecar.models.registry import family_of
-
     directory = Path(directory)
     # one metadata key holding sorted JSON: safetensors stores a hash map, whose order (and so
     # the file's bytes) would otherwise vary between two saves of the same weights
     meta = {"ecar": json.dumps(
-        {"step": step, "family": family_of(cfg.model).name, "model": cfg.model.name}, sort_keys=True
+        {"step": step, "family": method_of(cfg.model).family, "model": cfg.model.name}, sort_keys=True
     )}
     atomic_write(directory / MODEL_FILE, _state_bytes(model, meta))
     atomic_write(directory / EMA_FILE, _state_bytes(ema, meta))
@@ -91,8 +90,6 @@ def read_config(directory: str | Path) -> Config:
 
 
 def _load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("ecar", "{}")
@@ -121,9 +118,7 @@ def load_checkpoint(directory: str | Path, with_ema: bool = True) -> Checkpoint:
                 f"{directory}: {MODEL_FILE} (step {meta.get('step')}) and {EMA_FILE} "
                 f"(step {ema_meta.get('step')}) disagree; the last save was interrupted"
             )
-    from ecar.models.registry import family_of
-
-    family = family_of(cfg.model).name
+    family = method_of(cfg.model).family
     if meta.get("family") and meta["family"] != family:
         raise CheckpointError(
             f"{directory}: weights are of model family '{meta['family']}' but config.yaml "

@@ -6,14 +6,15 @@ samplers and step counts, and writes ``bench.json``, ``bench.md`` and ``bench.pn
 
 Sweep
 -----
-One rule for every family: a sweep point is a sampler (``samplers``, default Euler and
-Heun) and a **multiplier of the model's own shipped step counts** (``step_sweep``).
+One rule for every method: a sweep point is a sampler (``samplers``, default Euler and
+Heun) and a **multiplier of the model's own shipped step counts** (``step_sweep``), applied
+by the method (:meth:`ecar.methods.Method.scale_steps`): every count becomes
+``max(1, round(f · shipped))``, so the recipe's allocation across units is kept.
 
-* DiT (one unit): ``sample.steps = max(1, round(f · shipped steps))``.
-* E-CAR / FlowAR (family ``ecar``): every stage's count is scaled,
-  ``stage_steps[s] = max(1, round(f · shipped[s]))`` (shipped = ``sample.stage_steps``, or
-  ``sample.steps`` for every stage), so the recipe's allocation across stages is kept;
-  [10, 8, 6] × (0.1, 0.2, 0.5, 2) gives [1, 1, 1], [2, 2, 1], [5, 4, 3], [20, 16, 12].
+* DiT (one unit): ``sample.steps`` is scaled.
+* E-CAR / FlowAR mode: every stage's count is scaled (shipped = ``sample.stage_steps``, or
+  ``sample.steps`` for every stage); [10, 8, 6] × (0.1, 0.2, 0.5, 2) gives [1, 1, 1],
+  [2, 2, 1], [5, 4, 3], [20, 16, 12].
 
 Rounding is half-up; points that round to the shipped setting or to an earlier point are
 evaluated once. Guidance scale and schedule stay as shipped. A Heun step costs two
@@ -29,7 +30,7 @@ sampling ``seeds`` (``fid_mean``, ``fid_std``, ``fid_per_seed``…; ``fid`` = ``
 ``seconds_per_image`` (:func:`ecar.eval.cost.measure_cost`, one protocol for every model),
 ``params``, ``train_steps``, ``train_seconds``. The headline is not a ratio at shipped
 step counts but the **equal-quality cost ratio** along each model's Pareto frontier
-(:mod:`ecar.eval.bench_report`, :mod:`ecar.eval.pareto`), stored per model in
+(:mod:`ecar.bench.report`, :mod:`ecar.eval.pareto`), stored per model in
 ``bench.json["methods"]``.
 """
 
@@ -39,9 +40,9 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
-import math
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -50,8 +51,18 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-from ecar.config import Config
-from ecar.eval.bench_report import bench_table_markdown, headline_markdown, plot_bench, summarize
+from ecar import __version__ as ECAR_VERSION
+from ecar import checkpoint as ckpt_mod
+from ecar.bench.report import bench_table_markdown, headline_markdown, plot_bench, summarize
+from ecar.build import load_for_inference
+from ecar.config import Config, load_config
+from ecar.device import pick_device
+from ecar.eval.cost import measure_cost
+from ecar.eval.evaluate import default_feature_net, evaluate_seeds, reference_stats
+from ecar.eval.features import load_feature_net
+from ecar.methods import method_of
+from ecar.samplers import SAMPLER_NAMES
+from ecar.train.trainer import train
 
 __all__ = ["DEFAULT_SAMPLERS", "DEFAULT_SEEDS", "DEFAULT_SWEEP", "bench_table_markdown",
            "plot_bench", "run_bench", "sweep_settings"]
@@ -64,36 +75,25 @@ DEFAULT_SAMPLERS: tuple[str, ...] = ("euler", "heun")
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 
 
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
-
 def sweep_settings(model: torch.nn.Module, cfg: Config, step_sweep: Sequence[float],
                    samplers: Sequence[str] | None = None) -> list[dict]:
     """Sampler settings to evaluate: the shipped one first, then sampler × step multiplier.
 
     ``samplers`` defaults to the shipped sampler only. Returns a list of ``{"setting":
-    "shipped" | "<sampler> steps=…", "scale": factor or None, "sample": SampleConfig}``
-    with duplicates (after rounding) removed.
+    "shipped" | "<sampler> steps=…", "scale": factor or None, "sample": the method's sample
+    settings}`` with duplicates (after rounding) removed.
     """
-    from ecar.models.registry import family_of
-    from ecar.samplers import SAMPLERS
-
     shipped = cfg.sample
     samplers = list(dict.fromkeys(samplers or [shipped.sampler]))
     for name in samplers:
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-    fam = family_of(cfg.model)
-    multistage = fam.name != "dit" and hasattr(model, "num_stages")
-    if multistage:
-        from ecar.engine.multistage import stage_step_counts
+        if name not in SAMPLER_NAMES:
+            raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLER_NAMES)}")
+    method = method_of(cfg.model)
 
-        base = stage_step_counts(shipped, model.num_stages)
-        seen = {(shipped.sampler, *base)}
-    else:
-        base = shipped.steps
-        seen = {(shipped.sampler, base)}
+    def key(sampler: str, counts: int | list[int]) -> tuple:
+        return (sampler, *counts) if isinstance(counts, list) else (sampler, counts)
+
+    seen = {key(shipped.sampler, method.step_counts(model, shipped))}
     out = [{"setting": "shipped", "scale": None, "sample": dataclasses.replace(shipped)}]
     factors = sorted(float(v) for v in step_sweep)
     for f in factors:
@@ -101,20 +101,14 @@ def sweep_settings(model: torch.nn.Module, cfg: Config, step_sweep: Sequence[flo
             raise ValueError(f"step_sweep factors must be > 0, got {f}")
     for name in samplers:
         for f in factors:
-            if multistage:
-                steps = [max(1, _round_half_up(k * f)) for k in base]
-                sample = dataclasses.replace(shipped, sampler=name, stage_steps=steps)
-                label = f"{name} steps=" + ",".join(str(k) for k in steps)
-                key = (name, *steps)
-            else:
-                steps = max(1, _round_half_up(base * f))
-                sample = dataclasses.replace(shipped, sampler=name, steps=steps)
-                label = f"{name} steps={steps}"
-                key = (name, steps)
-            if key in seen:
+            sample = dataclasses.replace(method.scale_steps(model, shipped, f), sampler=name)
+            counts = method.step_counts(model, sample)
+            k = key(name, counts)
+            if k in seen:
                 continue
-            seen.add(key)
-            out.append({"setting": label, "scale": f, "sample": sample})
+            seen.add(k)
+            label = ",".join(str(c) for c in counts) if isinstance(counts, list) else str(counts)
+            out.append({"setting": f"{name} steps={label}", "scale": f, "sample": sample})
     return out
 
 
@@ -236,16 +230,6 @@ def run_bench(
     Returns:
         The rows (also in ``bench.json``), ordered by model, shipped setting first.
     """
-    from ecar.build import load_for_inference
-    from ecar.config import load_config
-    from ecar.eval.cost import measure_cost
-    from ecar.eval.evaluate import default_feature_net, evaluate_seeds, reference_stats
-    from ecar.eval.features import load_feature_net
-    from ecar.models.registry import family_of
-    from ecar.train import checkpoint as ckpt_mod
-    from ecar.train.distributed import pick_device
-    from ecar.train.trainer import train
-
     configs, ckpts = list(configs or []), list(ckpts or [])
     if not configs and not ckpts:
         raise ValueError("run_bench needs at least one recipe (configs) or checkpoint (ckpts)")
@@ -303,7 +287,7 @@ def run_bench(
                  "batch_size": batch_size, "cost_batch": cost_batch, "cost_repeats": cost_repeats,
                  "seeds": seeds, "samplers": samplers, "reference_split": reference_split},
         "torch": torch.__version__,
-        "ecar": _ecar_version(),
+        "ecar": ECAR_VERSION,
         "python": platform.python_version(),
         "device": _device_name(dev),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -329,8 +313,6 @@ def run_bench(
         if train_steps is None:
             train_steps = loaded.step
         model, lcfg = loaded.model, loaded.cfg
-        fam = family_of(lcfg.model)
-        mode = getattr(lcfg.model, "mode", fam.name)
         params = sum(p.numel() for p in model.parameters())
         feat_name = features or default_feature_net(lcfg.data.name)
         if feat_name not in extractors:
@@ -356,7 +338,7 @@ def run_bench(
                                  reference=reference)
             cost = measure_cost(model, lcfg, st["sample"], **cost_kw)
             row = {
-                "name": name, "family": fam.name, "mode": mode, "model": lcfg.model.name,
+                "name": name, "family": res["family"], "mode": res["mode"], "model": lcfg.model.name,
                 "setting": st["setting"], "step_scale": st["scale"], "params": params,
                 "train_steps": train_steps, "train_seconds": train_seconds,
                 "steps": res["steps"], "total_steps": res["total_steps"],
@@ -384,19 +366,8 @@ def run_bench(
     return rows
 
 
-def _ecar_version() -> str:
-    try:
-        import ecar
-
-        return ecar.__version__
-    except Exception:  # noqa: BLE001
-        return "unknown"
-
-
 def _rebuild_command(configs, ckpts, train_minutes, out, overrides, n_eval, step_sweep, device,
                      seeds, samplers) -> str:
-    import shlex
-
     parts = ["ecar", "bench"]
     if configs:
         parts += ["--configs", *configs]

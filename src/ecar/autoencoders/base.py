@@ -1,0 +1,44 @@
+"""The autoencoder config and the identity map (pixel space)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class AutoencoderConfig:
+    """Image <-> latent map. ``identity`` models pixels in [-1, 1]."""
+
+    name: str = "identity"
+    path: str | None = None
+    """Directory of pretrained weights for autoencoders that need them."""
+    scale: float = 1.0
+    """Latents are multiplied by this after encoding (and divided before decoding)."""
+
+
+class IdentityAutoencoder(nn.Module):
+    """Pixels are the latent: encode/decode are the identity (times ``scale``)."""
+
+    downsample = 1
+
+    def __init__(self, image_channels: int, scale: float = 1.0):
+        super().__init__()
+        self.image_channels = image_channels
+        self.scale = scale
+
+    def latent_channels(self) -> int:
+        return self.image_channels
+
+    def latent_size(self, resolution: int) -> int:
+        return resolution
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [-1, 1] -> latents."""
+        return images * self.scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents -> (B, C, H, W) images in [-1, 1] (not clamped)."""
+        return latents / self.scale

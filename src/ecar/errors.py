@@ -1,0 +1,7 @@
+"""Errors a user can cause and fix; they sit at the bottom of the import graph."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the config tree (message says what to do)."""

@@ -1,0 +1,77 @@
+"""Flow-matching heads shared by the autoregressive networks (E-CAR now, MAR later).
+
+A head predicts the velocity of a unit's tokens from (x_u, u, z): the tokens' current state,
+the flow time and the condition vectors the AR transformer produced for them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ecar.layers import AdaLNBlock, AdaLNResBlock, FinalLayer, TimestepEmbedder
+
+X_PRED_MIN_GAP = 0.05
+"""x-prediction divides by 1 − u; clamped here so the loss weight stays bounded near u = 1."""
+
+HEAD_KINDS = ("mlp", "transformer")
+
+
+def x_to_velocity(x_hat: torch.Tensor, x_u: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Velocity of the straight path through x_u that ends at x̂: (x̂ − x_u) / (1 − u).
+
+    x_hat, x_u: (B, ...); u: scalar, (B,) or (B, N) for token tensors (B, N, D).
+    """
+    u = torch.as_tensor(u, dtype=x_u.dtype, device=x_u.device)
+    if u.dim() >= 1:
+        u = u.reshape(*u.shape, *([1] * (x_u.dim() - u.dim())))
+    return (x_hat - x_u) / (1 - u).clamp_min(X_PRED_MIN_GAP)
+
+
+class TokenHead(nn.Module):
+    """Velocity of a unit's tokens. x: (B, N, D_tok), u: (B,) or (B, N), z: (B, N, cond_dim).
+
+    ``kind="mlp"``: per-token residual MLP with adaLN on (u, z) (MAR, arXiv 2406.11838 §3.3);
+    ``kind="transformer"``: adaLN transformer blocks over the unit's tokens (``heads``
+    attention heads; an optional mask restricts attention, e.g. to one stage).
+    """
+
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, kind: str = "mlp",
+                 heads: int = 4, mlp_ratio: float = 4.0):
+        super().__init__()
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"head kind {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+        self.kind = kind
+        self.inp = nn.Linear(token_dim, width)
+        self.t_embed = TimestepEmbedder(width)
+        self.z_proj = nn.Linear(cond_dim, width)
+        if kind == "mlp":
+            self.blocks = nn.ModuleList(AdaLNResBlock(width) for _ in range(depth))
+        else:
+            self.blocks = nn.ModuleList(AdaLNBlock(width, heads, mlp_ratio) for _ in range(depth))
+        self.final = FinalLayer(width, token_dim)
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """AR output (B, N, cond_dim) -> head condition (B, N, width); constant over a unit's steps."""
+        return self.z_proj(z)
+
+    def forward(
+        self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor, mask: torch.Tensor | None = None,
+        pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """zc: projected condition from :meth:`project`."""
+        b = x.shape[0]
+        if u.dim() == 0:
+            u = u.expand(b)
+        t = self.t_embed(u.reshape(-1)).reshape(b, -1, zc.shape[-1])  # (B, 1 or N, w)
+        c = zc + t
+        h = self.inp(x)
+        if self.kind == "mlp":
+            for blk in self.blocks:
+                h = blk(h, c)
+        else:
+            if pos is not None:
+                h = h + pos
+            for blk in self.blocks:
+                h = blk(h, c, mask=mask)
+        return self.final(h, c)
