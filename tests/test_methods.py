@@ -58,7 +58,8 @@ def _tiny(method: str, *over: str):
 
 
 def test_registry_holds_dit_ecar_and_flowar_mode():
-    assert list(METHODS) == ["dit", "ecar", "flowar"]
+    # the first three, in this order; methods added later (MAR, xAR …) register after them
+    assert list(METHODS)[:3] == ["dit", "ecar", "flowar"]
     assert METHODS["ecar"].family == METHODS["flowar"].family == "ecar" and DIT.family == "dit"
 
 
