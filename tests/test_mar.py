@@ -116,7 +116,7 @@ def test_more_iterations_than_tokens_are_clamped():
 
 
 def test_training_mask_ratios_are_the_truncated_normal():
-    r = mask_ratios(200_000, 0.7, torch.Generator().manual_seed(0))
+    r = mask_ratios(200_000, "truncated_normal", 0.7, torch.Generator().manual_seed(0))
     assert r.min() >= 0.7 and r.max() <= 1.0
     # mean of N(1, 0.25²) truncated to [0.7, 1]: 1 − 0.25·(φ(0) − φ(−1.2)) / (Φ(0) − Φ(−1.2))
     phi = lambda v: math.exp(-v * v / 2) / math.sqrt(2 * math.pi)  # noqa: E731
@@ -128,6 +128,28 @@ def test_training_mask_ratios_are_the_truncated_normal():
     masks = random_masks(ratios, 16, torch.Generator().manual_seed(1))
     assert masks.sum(1).tolist() == [12, 12, 16, 16, 1]  # ⌈r·N⌉, at least 1
     assert not torch.equal(masks[0], masks[1])  # a random subset per image
+
+
+def test_cosine_mask_ratios_are_the_ratios_the_sampler_visits():
+    """MaskGIT's cos(π/2·u): P(r <= c) = 1 − (2/π)·arccos(c), all of (0, 1]."""
+    r = mask_ratios(200_000, "cosine", generator=torch.Generator().manual_seed(0))
+    assert r.min() > 0 and r.max() <= 1
+    for c in (0.1, 0.5, 0.9):
+        assert abs((r <= c).double().mean().item() - (1 - 2 / math.pi * math.acos(c))) < 5e-3
+    with pytest.raises(ValueError, match="cosine"):
+        mask_ratios(3, "uniform")
+    cfg, model, m = _tiny("model.masking=cosine")
+    masks = []
+    cond = model.condition
+    model.condition = lambda tok, msk, yy: (masks.append(msk), cond(tok, msk, yy))[1]
+    try:
+        m.objective(model, cfg.flow)(torch.randn(64, 1, 16, 16), torch.zeros(64, dtype=torch.long),
+                                     torch.Generator().manual_seed(0))
+    finally:
+        del model.condition
+    assert masks[0].sum(1).min() < 8  # far below MAR's 0.7 · 16
+    with pytest.raises(ConfigError, match="model.masking"):
+        load_config(None, ["model.name=mar-tiny", "model.masking=linear"])
 
 
 def test_orders_are_permutations():

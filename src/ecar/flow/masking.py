@@ -22,7 +22,7 @@ from ecar.flow.objectives import FlowConfig, drop_labels
 from ecar.flow.paths import interpolate, target_velocity
 from ecar.flow.time import sample_time
 
-__all__ = ["MASK_RATIO_MEAN", "MASK_RATIO_STD", "MaskedFlowObjective", "cosine_unmask_counts",
+__all__ = ["MASKINGS", "MASK_RATIO_MEAN", "MASK_RATIO_STD", "MaskedFlowObjective", "cosine_unmask_counts",
            "mask_ratios", "random_masks", "random_orders"]
 
 MASK_RATIO_MEAN = 1.0
@@ -31,16 +31,28 @@ MASK_RATIO_STD = 0.25
 """Std of the training masking ratio's normal (MAR)."""
 
 
-def mask_ratios(n: int, low: float = 0.7, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu") -> torch.Tensor:
-    """(n,) masking ratios from N(1, 0.25²) truncated to [low, 1], by inverse-CDF sampling
-    (one uniform draw per ratio, so a seeded generator gives the same ratios on any device).
+MASKINGS = ("truncated_normal", "cosine")
+"""Training masking-ratio distributions :func:`mask_ratios` accepts."""
+
+
+def mask_ratios(n: int, kind: str = "truncated_normal", low: float = 0.7,
+                generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n,) training masking ratios, float64, one uniform draw each (so a seeded generator
+    gives the same ratios on any device).
+
+    ``truncated_normal`` (MAR): N(1, 0.25²) truncated to [low, 1], by inverse CDF.
+    ``cosine`` (MaskGIT): cos(π/2·u), u ~ U(0, 1) — the ratios the cosine sampling schedule
+    visits, (0, 1] (``low`` is not used).
     """
+    if kind not in MASKINGS:
+        raise ValueError(f"unknown masking {kind!r}; choose one of {', '.join(MASKINGS)}")
+    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    if kind == "cosine":
+        return torch.cos(math.pi / 2 * u)
     if not 0.0 < low <= 1.0:
         raise ValueError(f"the lowest masking ratio must be in (0, 1], got {low}")
     lo = torch.special.ndtr(torch.tensor((low - MASK_RATIO_MEAN) / MASK_RATIO_STD, dtype=torch.float64))
     hi = torch.special.ndtr(torch.tensor((1.0 - MASK_RATIO_MEAN) / MASK_RATIO_STD, dtype=torch.float64))
-    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
     p = lo.to(u.device) + (hi - lo).to(u.device) * u
     r = MASK_RATIO_MEAN + MASK_RATIO_STD * torch.special.ndtri(p)
     return r.clamp(low, 1.0)
@@ -94,8 +106,8 @@ class MaskedFlowObjective(nn.Module):
 
     The network (:class:`ecar.models.mar.MAR`) provides ``tokens(x)`` (B, N, D),
     ``condition(tokens, mask, y)`` (B, N, hidden) — which never reads a masked token's value —
-    ``head_condition(z)`` and ``velocity(x_t, t, zc)``; its config gives ``mask_ratio_min``
-    and ``head_batch_mul``. The loss is the MSE between the head's velocity and x − ε, averaged
+    ``head_condition(z)`` and ``velocity(x_t, t, zc)``; its config gives ``masking``,
+    ``mask_ratio_min`` and ``head_batch_mul``. The loss is the MSE between the head's velocity and x − ε, averaged
     over the masked tokens of the batch (and their dims): the head is evaluated on masked
     tokens only, so unmasked tokens cannot enter it. With ``head_batch_mul = m`` every masked
     token is drawn m times with independent (t, ε) for one transformer pass (MAR §5.1).
@@ -111,7 +123,7 @@ class MaskedFlowObjective(nn.Module):
     ) -> dict[str, torch.Tensor]:
         m = self.model
         tokens = m.tokens(x)
-        ratios = mask_ratios(tokens.shape[0], m.cfg.mask_ratio_min, generator, x.device)
+        ratios = mask_ratios(tokens.shape[0], m.cfg.masking, m.cfg.mask_ratio_min, generator, x.device)
         mask = random_masks(ratios, tokens.shape[1], generator)
         y = drop_labels(y, self.flow.class_dropout, m.null_class, generator)
         return self.masked_loss(tokens, y, mask, generator)

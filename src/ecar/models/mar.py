@@ -43,8 +43,12 @@ class MARConfig(TransformerConfig):
     head_batch_mul: int = 1
     """Training only: draws of (t, ε) per masked token per transformer pass (MAR's diffusion
     batch multiplier, 4 in the paper)."""
+    masking: str = "truncated_normal"
+    """Training only: the distribution of the masking ratio: ``truncated_normal`` (MAR:
+    N(1, 0.25²) truncated to [mask_ratio_min, 1]) or ``cosine`` (MaskGIT: cos(π/2·u), u
+    uniform — the ratios the cosine sampling schedule visits)."""
     mask_ratio_min: float = 0.7
-    """Training only: the masking ratio is N(1, 0.25²) truncated to [mask_ratio_min, 1]."""
+    """Training only: lower end of the truncated normal."""
 
     def validate(self) -> None:
         super().validate()
@@ -52,6 +56,8 @@ class MARConfig(TransformerConfig):
             raise ConfigError("model.head_width and model.head_depth must be >= 1")
         if not isinstance(self.head_batch_mul, int) or self.head_batch_mul < 1:
             raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {self.head_batch_mul!r}")
+        if self.masking not in ("truncated_normal", "cosine"):
+            raise ConfigError(f"model.masking={self.masking!r}; choose truncated_normal or cosine")
         if not 0.0 < self.mask_ratio_min <= 1.0:
             raise ConfigError(f"model.mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
 
