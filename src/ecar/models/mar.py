@@ -1,0 +1,126 @@
+"""MAR: a bidirectional transformer over the token grid with learned mask tokens, and a
+per-token flow-matching head (Li et al., arXiv 2406.11838; docs/mar.md).
+
+Sequence layout: [class token] + the N = g×g tokens of the latent, in raster order. A token
+whose value is known enters as its linear embedding, a masked one as the learned mask token
+(its value is never read); both get a learned position embedding. Every position attends to
+every other (no causal mask), the class enters as the class token and through adaLN, and
+the output at each grid position, plus a learned per-position embedding for the head (MAR's
+``diffusion_pos_embed``), is the condition z of that token's head. The head is the shared
+per-token adaLN MLP (:class:`ecar.models.heads.TokenHead`, ``kind="mlp"``), the one E-CAR
+uses.
+
+MAR's network is an MAE-style encoder (visible tokens only) + decoder (all positions);
+this module is one transformer over all positions — the choice and its reason are in
+docs/mar.md. A pure ``nn.Module``: masking, loss, guidance and the unmasking loop live in
+:mod:`ecar.flow.masking`, :mod:`ecar.engine.masked` and :mod:`ecar.methods.mar`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ecar.errors import ConfigError
+from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions, patchify, unpatchify
+from ecar.models.base import TransformerConfig
+from ecar.models.heads import TokenHead
+
+__all__ = ["MAR", "MARConfig"]
+
+
+@dataclass
+class MARConfig(TransformerConfig):
+    """MAR architecture (transformer fields from TransformerConfig), its head and its masking."""
+
+    name: str = "mar-tiny"
+    head_width: int = 128
+    """Width of the per-token MLP head (MAR: 1024 for B, 1280 for L)."""
+    head_depth: int = 3
+    """Residual adaLN blocks of the head (MAR: 3 by default, 6 for B, 8 for L)."""
+    head_batch_mul: int = 1
+    """Training only: draws of (t, ε) per masked token per transformer pass (MAR's diffusion
+    batch multiplier, 4 in the paper)."""
+    masking: str = "truncated_normal"
+    """Training only: the distribution of the masking ratio: ``truncated_normal`` (MAR:
+    N(1, 0.25²) truncated to [mask_ratio_min, 1]) or ``cosine`` (MaskGIT: cos(π/2·u), u
+    uniform — the ratios the cosine sampling schedule visits)."""
+    mask_ratio_min: float = 0.7
+    """Training only: lower end of the truncated normal."""
+
+    def validate(self) -> None:
+        super().validate()
+        if min(self.head_width, self.head_depth) < 1:
+            raise ConfigError("model.head_width and model.head_depth must be >= 1")
+        if not isinstance(self.head_batch_mul, int) or self.head_batch_mul < 1:
+            raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {self.head_batch_mul!r}")
+        if self.masking not in ("truncated_normal", "cosine"):
+            raise ConfigError(f"model.masking={self.masking!r}; choose truncated_normal or cosine")
+        if not 0.0 < self.mask_ratio_min <= 1.0:
+            raise ConfigError(f"model.mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
+
+
+class MAR(nn.Module):
+    """Bidirectional masked transformer + per-token head over C×size×size latents.
+
+    Tokens are (B, N, D) with N = (size / patch)², D = C·patch².
+    """
+
+    def __init__(self, cfg: MARConfig, channels: int, size: int, num_classes: int):
+        super().__init__()
+        if size % cfg.patch:
+            raise ValueError(f"latent size {size} is not divisible by model.patch={cfg.patch}")
+        self.cfg, self.channels, self.size, self.num_classes = cfg, channels, size, num_classes
+        self.grid = size // cfg.patch
+        self.num_tokens = self.grid**2
+        self.token_dim = channels * cfg.patch**2
+        h = cfg.hidden
+
+        self.embed = nn.Linear(self.token_dim, h)
+        self.mask_token = nn.Parameter(torch.zeros(h))
+        # learned, started at the 2-D sin-cos grid so that small budgets need not learn the geometry
+        self.pos = nn.Parameter(grid_positions(self.grid, h)[None].clone())
+        self.y_embed = LabelEmbedder(num_classes, h)
+        self.blocks = nn.ModuleList(AdaLNBlock(h, cfg.heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(h, eps=1e-6)
+        self.head_pos = nn.Parameter(torch.zeros(1, self.num_tokens, h))
+        self.head = TokenHead(self.token_dim, h, cfg.head_width, cfg.head_depth, kind="mlp")
+        nn.init.xavier_uniform_(self.embed.weight)
+        nn.init.zeros_(self.embed.bias)
+        nn.init.normal_(self.mask_token, std=0.02)
+        nn.init.normal_(self.head_pos, std=0.02)
+        nn.init.normal_(self.y_embed.table.weight, std=0.02)
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def tokens(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, C, size, size) -> (B, N, D), raster order."""
+        return patchify(latent, self.cfg.patch)
+
+    def latent(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, C, size, size)."""
+        return unpatchify(tokens, self.cfg.patch, self.channels, self.size, self.size)
+
+    def condition(self, tokens: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N, D), mask (B, N) bool (True = masked: the value is not read),
+        y (B,) labels (null = num_classes) -> z (B, N, hidden), the head condition per token."""
+        h = self.embed(tokens)
+        h = torch.where(mask[..., None], self.mask_token.to(h.dtype), h) + self.pos
+        c = self.y_embed(y)
+        h = torch.cat([c[:, None], h], dim=1)
+        for blk in self.blocks:
+            h = blk(h, c)
+        return self.norm(h[:, 1:]) + self.head_pos
+
+    def head_condition(self, z: torch.Tensor) -> torch.Tensor:
+        """(…, hidden) -> (…, head_width): projected once per token, constant over its steps."""
+        return self.head.project(z)
+
+    def velocity(self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor) -> torch.Tensor:
+        """Head velocity of tokens x (B, n, D) at time u (scalar, (B,) or (B, n)) given their
+        projected conditions zc (B, n, head_width)."""
+        return self.head(x, u, zc)
