@@ -21,7 +21,6 @@ from ecar.flow.masking import MaskedFlowObjective, cosine_unmask_counts, mask_ra
 from ecar.generate import generate_images
 from ecar.methods import METHODS, apply_sample_overrides, method_of, sampler_flags, total_steps
 from ecar.methods.mar import MAR_METHOD, MARSampleConfig, iteration_guidance
-from ecar.models.mar import MAR
 from ecar.samplers import euler_maruyama, heun, integrate, time_grid
 from ecar.samplers.temperature import integrate_at_temperature
 
@@ -423,8 +422,11 @@ def test_tiny_digits_recipe_trains_samples_and_evaluates_through_the_cli(tmp_pat
     assert "method mar, family mar" in capsys.readouterr().out
 
 
-def test_fashion_recipe_builds():
+def test_fashion_recipe_trains_and_samples(tmp_path, fashion_mnist_dir):
     cfg = load_config(ROOT / "configs" / "fashion_mar.yaml")
     assert cfg.data.name == "fashion-mnist" and cfg.model.patch == 4 and type(cfg.sample) is MARSampleConfig
-    model = MAR_METHOD.build(cfg.model, LatentSpec(1, 32, 10))
-    assert isinstance(model, MAR) and model.num_tokens == 64
+    assert MAR_METHOD.build(cfg.model, LatentSpec(1, 32, 10)).num_tokens == 64
+    run = tmp_path / "run"
+    assert cli_main(["train", "--quiet", "--config", str(ROOT / "configs" / "fashion_mar.yaml"),
+                     "--out", str(run), *TINY]) == 0
+    assert cli_main(["sample", "--ckpt", str(run), "--n", "10", "--out", str(tmp_path / "g.png")]) == 0
