@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from ecar.autoencoders import IdentityAutoencoder
-from ecar.build import LatentSpec, build_model
+from ecar.bench.run import DEFAULT_SWEEP, sweep_settings
+from ecar.build import LatentSpec
 from ecar.cli import main as cli_main
 from ecar.config import ConfigError, load_config
 from ecar.engine.masked import MaskedSampleConfig, generate_masked
@@ -21,27 +22,17 @@ from ecar.flow.masking import MaskedFlowObjective, cosine_unmask_counts, mask_ra
 from ecar.generate import generate_images
 from ecar.methods import METHODS, apply_sample_overrides, method_of, sampler_flags, total_steps
 from ecar.methods.mar import MAR_METHOD, MARSampleConfig, iteration_guidance
-from ecar.models.mar import MAR
-from ecar.samplers import euler_maruyama, heun, integrate, time_grid
+from ecar.samplers import euler_maruyama, integrate, time_grid
 from ecar.samplers.temperature import integrate_at_temperature
+from test_methods import _tiny as _method_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = LatentSpec(1, 16, 10)
 
 
 def _tiny(*over: str):
-    """mar-tiny on 16×16×1 latents with patch 4 (16 tokens of dim 16), weights drawn so that no
-    zero-initialised layer (adaLN gates, the head's output) makes a comparison vacuous."""
-    cfg = load_config(None, ["model.name=mar-tiny", "model.patch=4", "sample.steps=3",
-                             "sample.iterations=5", "sample.cfg=2.0", *over])
-    cfg.data.resolution, cfg.data.channels, cfg.data.num_classes = 16, 1, 10
-    torch.manual_seed(0)
-    model, m = build_model(cfg, SPEC)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return cfg, model.eval(), m
+    """mar-tiny on 16×16×1 latents, patch 4 (16 tokens of dim 16), random weights (see
+    test_methods._tiny), 5 iterations × 3 head steps, cfg 2."""
+    return _method_tiny("mar", "sample.iterations=5", *over)
 
 
 def _gen(model, sample, labels, seed, **kw):
@@ -360,7 +351,6 @@ def test_tempered_euler_maruyama_scales_only_the_injected_noise(tau, s):
     torch.testing.assert_close(got, x, rtol=1e-5, atol=1e-6)
     if tau == 1.0:
         assert torch.equal(got, euler_maruyama(v, noise, grid, torch.Generator().manual_seed(1), s))
-    assert heun  # the ODE samplers are covered by test_temperature_scales_the_spread_of_an_ode_sampler
 
 
 # --------------------------------------------------------------------------- sweep and FLOPs
@@ -377,6 +367,16 @@ def test_step_counts_and_the_sweep_scale_iterations_and_head_steps():
     assert m.step_counts(model, m.scale_steps(model, cfg.sample, 0.01)) == [1]
     assert m.step_counts(model, apply_sample_overrides(cfg.sample, {"iterations": 99})) == [10] * 16
     assert total_steps(m.step_counts(model, double)) == 320
+
+
+def test_the_bench_sweeps_iterations_and_head_steps_of_the_recipe():
+    cfg = load_config(ROOT / "configs" / "digits_mar.yaml")
+    model = MAR_METHOD.build(cfg.model, LatentSpec(1, 16, 10))
+    points = sweep_settings(model, cfg, DEFAULT_SWEEP, ["euler", "heun"])
+    got = [(p["setting"].split()[0], p["sample"].sampler, p["sample"].iterations, p["sample"].steps) for p in points]
+    assert got[0] == ("shipped", "euler", 8, 10)
+    assert [g[2:] for g in got if g[1] == "heun"] == [(1, 1), (2, 2), (4, 5), (8, 10), (16, 20)]
+    assert [g[2:] for g in got[1:] if g[1] == "euler"] == [(1, 1), (2, 2), (4, 5), (16, 20)]  # 8 × 10 = shipped
 
 
 def test_flops_count_the_sampling_call_and_grow_with_iterations_and_steps():
@@ -423,8 +423,11 @@ def test_tiny_digits_recipe_trains_samples_and_evaluates_through_the_cli(tmp_pat
     assert "method mar, family mar" in capsys.readouterr().out
 
 
-def test_fashion_recipe_builds():
+def test_fashion_recipe_trains_and_samples(tmp_path, fashion_mnist_dir):
     cfg = load_config(ROOT / "configs" / "fashion_mar.yaml")
     assert cfg.data.name == "fashion-mnist" and cfg.model.patch == 4 and type(cfg.sample) is MARSampleConfig
-    model = MAR_METHOD.build(cfg.model, LatentSpec(1, 32, 10))
-    assert isinstance(model, MAR) and model.num_tokens == 64
+    assert MAR_METHOD.build(cfg.model, LatentSpec(1, 32, 10)).num_tokens == 64
+    run = tmp_path / "run"
+    assert cli_main(["train", "--quiet", "--config", str(ROOT / "configs" / "fashion_mar.yaml"),
+                     "--out", str(run), *TINY]) == 0
+    assert cli_main(["sample", "--ckpt", str(run), "--n", "10", "--out", str(tmp_path / "g.png")]) == 0
