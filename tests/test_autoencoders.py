@@ -109,14 +109,59 @@ def test_taef2_shapes_and_reconstruction(taef2):
 
 
 @needs_weights
-def test_taef2_path_from_env_and_default(monkeypatch):
+def test_taef2_path_from_env_and_per_user_dir(monkeypatch, tmp_path):
     from ecar.autoencoders.taef2 import resolve_weights_dir
 
     monkeypatch.setenv("ECAR_TAEF2_PATH", str(WEIGHTS))
     assert resolve_weights_dir(None) == WEIGHTS
     monkeypatch.delenv("ECAR_TAEF2_PATH")
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # repo root: ../shared/weights/taef2
-    assert resolve_weights_dir(None).resolve() == WEIGHTS.resolve()
+    # the per-user location under ecar's cache root, wherever the command runs
+    monkeypatch.setenv("ECAR_CACHE", str(tmp_path / "cache"))
+    user = tmp_path / "cache" / "weights" / "taef2"
+    user.mkdir(parents=True)
+    for name in ("taef2_encoder.safetensors", "taef2_decoder.safetensors"):
+        (user / name).symlink_to(WEIGHTS / name)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_weights_dir(None) == user
+    assert build_autoencoder(AutoencoderConfig(name="taef2"), 3).weights_dir == user
+
+
+def test_cache_root_order(monkeypatch, tmp_path):
+    from ecar.paths import cache_root, weights_dir
+
+    monkeypatch.delenv("ECAR_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "ecar"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "ecar"
+    monkeypatch.setenv("ECAR_CACHE", str(tmp_path / "mine"))
+    assert weights_dir("taef2") == tmp_path / "mine" / "weights" / "taef2"
+
+
+@needs_weights
+def test_taef2_loads_upstream_pth_files(tmp_path, taef2):
+    """Upstream ships .pth state dicts: they load (weights_only) and give the same network."""
+    from safetensors.torch import load_file
+
+    for name in ("taef2_encoder", "taef2_decoder"):
+        torch.save(load_file(str(WEIGHTS / f"{name}.safetensors")), tmp_path / f"{name}.pth")
+    from_pth = build_autoencoder(AutoencoderConfig(name="taef2", path=str(tmp_path), scale=1.0), 3)
+    x = smooth_image(32)
+    with torch.no_grad():
+        assert torch.equal(from_pth.encode(x), taef2.encode(x))
+    # a pickle that is not a plain state dict is refused, never executed
+    torch.save({"0.weight": torch.zeros(1), "obj": object()}, tmp_path / "taef2_encoder.pth")
+    with pytest.raises(RuntimeError, match="cannot read TAEF2 weights"):
+        build_autoencoder(AutoencoderConfig(name="taef2", path=str(tmp_path)), 3)
+
+
+def test_product_code_never_looks_beside_the_repository():
+    """Users have no ../shared: product code must not look there (tests and CI may)."""
+    src = Path(__file__).resolve().parents[1] / "src" / "ecar"
+    offenders = [str(p.relative_to(src)) for p in src.rglob("*.py") if '"shared"' in p.read_text()
+                 or "../shared" in p.read_text()]
+    assert offenders == []
 
 
 # --------------------------------------------------------------------------- TAEF2 (errors)
@@ -124,6 +169,7 @@ def test_taef2_path_from_env_and_default(monkeypatch):
 
 def test_taef2_missing_path_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("ECAR_TAEF2_PATH", raising=False)
+    monkeypatch.setenv("ECAR_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(ConfigError, match="autoencoder.path"):
         build_autoencoder(AutoencoderConfig(name="taef2", path=str(tmp_path / "nope")), 3)
     with pytest.raises(ConfigError, match="taef2_encoder.safetensors"):
@@ -132,11 +178,12 @@ def test_taef2_missing_path_errors(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="ECAR_TAEF2_PATH"):
         build_autoencoder(AutoencoderConfig(name="taef2"), 3)
     monkeypatch.delenv("ECAR_TAEF2_PATH")
-    deep = tmp_path / "a" / "b"
-    deep.mkdir(parents=True)
-    monkeypatch.chdir(deep)  # no ../shared/weights/taef2 here
-    with pytest.raises(ConfigError, match="autoencoder.path"):
+    # nothing configured: the message names the upstream project, its licence and where to put the files
+    with pytest.raises(ConfigError) as e:
         build_autoencoder(AutoencoderConfig(name="taef2"), 3)
+    msg = str(e.value)
+    assert "madebyollin/taesd" in msg and "MIT" in msg
+    assert str(tmp_path / "empty-cache" / "weights" / "taef2") in msg
 
 
 def test_taef2_needs_rgb(tmp_path):

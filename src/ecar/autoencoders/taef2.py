@@ -1,9 +1,13 @@
 """TAEF2: the tiny (~1.3 M + 1.3 M parameter) autoencoder distilled from the FLUX.2 VAE.
 
 Pretrained weights come from the public repository ``madebyollin/taesd`` (MIT licence), as two
-safetensors files in one directory::
+files in one directory, either upstream's ``.pth`` state dicts or safetensors copies of them::
 
+    taef2_encoder.pth           taef2_decoder.pth
     taef2_encoder.safetensors   taef2_decoder.safetensors
+
+The directory is ``autoencoder.path``, else ``$ECAR_TAEF2_PATH``, else the per-user
+``~/.cache/ecar/weights/taef2`` (:func:`resolve_weights_dir`).
 
 Each is the plain state dict of an ``nn.Sequential`` stack (keys ``0.weight``, ``11.pool.1.bias``,
 …). The modules below are written for this project; only their layer order and parameter names
@@ -20,10 +24,12 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from ecar.autoencoders.base import AutoencoderConfig
 from ecar.errors import ConfigError
+from ecar.paths import weights_dir
 from ecar.serialization import state_mismatch
 
 ENCODER_FILE = "taef2_encoder.safetensors"
@@ -110,47 +116,60 @@ def taef2_decoder() -> nn.Sequential:
 # --------------------------------------------------------------------------- weights
 
 
+def _weight_file(d: Path, safetensors_name: str) -> Path | None:
+    """The weights file for one half in ``d``: the safetensors file, else upstream's ``.pth``."""
+    for name in (safetensors_name, safetensors_name.replace(".safetensors", ".pth")):
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
 def resolve_weights_dir(path: str | None) -> Path:
     """Directory holding the TAEF2 weights.
 
-    Order: ``path`` (``autoencoder.path``), then ``$ECAR_TAEF2_PATH``, then
-    ``../shared/weights/taef2`` relative to the current directory if it exists.
-    Raises :class:`ConfigError` saying how to provide the weights when none is found.
+    Order: ``path`` (``autoencoder.path``), then ``$ECAR_TAEF2_PATH``, then the per-user
+    directory ``weights/taef2`` under ecar's cache root (:func:`ecar.paths.weights_dir`,
+    ``~/.cache/ecar/weights/taef2`` by default). Either the safetensors files or upstream's
+    ``taef2_encoder.pth`` / ``taef2_decoder.pth`` are accepted. Raises :class:`ConfigError`
+    that says where the weights come from and where to put them when none is found.
     """
+    user_dir = weights_dir("taef2")
     how = (
-        f"Download {ENCODER_FILE} and {DECODER_FILE} (converted from taef2_encoder.pth / "
-        f"taef2_decoder.pth of github.com/madebyollin/taesd) into one directory and set "
-        f"autoencoder.path=DIR (or the environment variable {ENV_VAR}=DIR)."
+        f"The weights are taef2_encoder.pth and taef2_decoder.pth of github.com/madebyollin/taesd "
+        f"(MIT licence; {ENCODER_FILE} / {DECODER_FILE} converted from them also work). Put both "
+        f"files in {user_dir} (the per-user location; $ECAR_CACHE moves it), or in any directory "
+        f"given by autoencoder.path=DIR or the environment variable {ENV_VAR}=DIR."
     )
     if path:
         d, source = Path(path).expanduser(), f"autoencoder.path={path!r}"
     elif os.environ.get(ENV_VAR):
         d, source = Path(os.environ[ENV_VAR]).expanduser(), f"{ENV_VAR}={os.environ[ENV_VAR]!r}"
     else:
-        d = Path("..") / "shared" / "weights" / "taef2"
+        d, source = user_dir, "the per-user weights directory"
         if not d.is_dir():
             raise ConfigError(
-                f"autoencoder 'taef2' needs pretrained weights, but autoencoder.path is not set, "
-                f"{ENV_VAR} is not set and '{d}' (relative to {Path.cwd()}) does not exist. {how}"
+                f"autoencoder 'taef2' needs pretrained weights: autoencoder.path and {ENV_VAR} "
+                f"are not set and '{d}' does not exist. {how}"
             )
-        source = f"default location '{d}'"
     if not d.is_dir():
         raise ConfigError(f"TAEF2 weights directory from {source} does not exist: '{d}'. {how}")
-    missing = [f for f in (ENCODER_FILE, DECODER_FILE) if not (d / f).is_file()]
+    missing = [f for f in (ENCODER_FILE, DECODER_FILE) if _weight_file(d, f) is None]
     if missing:
         raise ConfigError(
-            f"TAEF2 weights directory '{d}' (from {source}) lacks {', '.join(missing)}. {how}"
+            f"TAEF2 weights directory '{d}' (from {source}) lacks {', '.join(missing)} "
+            f"(or its .pth). {how}"
         )
     return d
 
 
 def _load_into(module: nn.Module, file: Path) -> None:
     """Load a safetensors state dict into ``module``; a RuntimeError says what does not fit."""
-    from safetensors.torch import load_file
-
     try:
-        state = load_file(str(file), device="cpu")
-    except Exception as e:  # safetensors' error class differs between versions
+        if file.suffix == ".pth":  # upstream's plain state dict; never unpickle arbitrary objects
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        else:
+            state = load_file(str(file), device="cpu")
+    except Exception as e:  # safetensors' and torch's error classes differ between versions
         raise RuntimeError(
             f"cannot read TAEF2 weights '{file}': {e}. Replace it with an intact copy of "
             f"{file.name} (a safetensors state dict)."
@@ -190,15 +209,18 @@ class TAEF2Autoencoder(nn.Module):
         self.decoder = taef2_decoder()
         self.weights_dir = None if weights_dir is None else Path(weights_dir)
         if self.weights_dir is not None:
-            _load_into(self.encoder, self.weights_dir / ENCODER_FILE)
-            _load_into(self.decoder, self.weights_dir / DECODER_FILE)
+            for module, name in ((self.encoder, ENCODER_FILE), (self.decoder, DECODER_FILE)):
+                file = _weight_file(self.weights_dir, name)
+                if file is None:
+                    raise ConfigError(f"TAEF2 weights directory '{self.weights_dir}' lacks {name} (or its .pth)")
+                _load_into(module, file)
         self.requires_grad_(False)
         super().train(False)
 
     @classmethod
     def from_config(cls, cfg: AutoencoderConfig, image_channels: int | None) -> "TAEF2Autoencoder":
         """Build from ``autoencoder.*``; weights from :func:`resolve_weights_dir` (``cfg.path``,
-        ``$ECAR_TAEF2_PATH``, ``../shared/weights/taef2``). Needs ``image_channels == 3``."""
+        ``$ECAR_TAEF2_PATH``, the per-user weights directory). Needs ``image_channels == 3``."""
         if image_channels != 3:
             raise ConfigError(
                 f"autoencoder 'taef2' needs RGB images but data.channels={image_channels}; "

@@ -21,7 +21,7 @@ Pipeline (one code path for generated and real images)
    otherwise) once per (dataset fingerprint and split, feature network, network weights)
    and caches mean,
    covariance and a deterministic subsample of at most 10,000 real feature vectors in an
-   ``.npz`` file under ``$ECAR_CACHE/refstats`` (default ``~/.cache/ecar/refstats``).
+   ``.npz`` file under ``$ECAR_CACHE/refstats`` (default ``~/.cache/ecar/refstats``; see :mod:`ecar.paths`).
    A cache file whose recorded key differs from the expected one is recomputed.
 5. **Metrics** (:mod:`ecar.eval.metrics`): ``fid`` against the reference-split Gaussian;
    ``is`` from the feature network's class probabilities, in 10 splits as usual but
@@ -42,7 +42,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -60,6 +59,7 @@ from ecar.eval.features import ClassifierFeatureExtractor, FeatureExtractor, Inc
 from ecar.eval.metrics import feature_stats, frechet_distance, inception_score, precision_recall
 from ecar.generate import generate_images, labels_for
 from ecar.methods import apply_sample_overrides, method_of, total_steps
+from ecar.paths import cache_root
 from ecar.samplers import SampleConfig
 from ecar.serialization import atomic_write
 
@@ -122,11 +122,9 @@ def default_reference_split(dataset_name: str) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$ECAR_CACHE/refstats`` when ``ECAR_CACHE`` is set (the root of ecar's caches),
-    else ``~/.cache/ecar/refstats``."""
-    root = os.environ.get("ECAR_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "ecar"
-    return base / "refstats"
+    """``refstats`` under the root of ecar's caches (``$ECAR_CACHE``, else
+    ``$XDG_CACHE_HOME/ecar``, else ``~/.cache/ecar``; :func:`ecar.paths.cache_root`)."""
+    return cache_root() / "refstats"
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
