@@ -11,7 +11,7 @@ from torch import nn
 from ecar.autoencoders import build_autoencoder
 from ecar.checkpoint import CheckpointError, load_checkpoint, load_state_into
 from ecar.config import Config, ConfigError, DataConfig
-from ecar.data import ImageDataset, build_dataset
+from ecar.data import HFlipped, ImageDataset, build_dataset, source_data_args
 from ecar.methods import Method, method_of
 from ecar.models.base import LatentSpec
 
@@ -19,12 +19,30 @@ __all__ = ["LatentSpec", "LoadedModel", "build_data", "build_model", "latent_spe
            "resolved_data"]
 
 
-def build_data(data: DataConfig, split: str = "train") -> ImageDataset:
-    """The dataset ``data`` names (the config is not modified; see :func:`resolved_data`)."""
-    ds = build_dataset(
-        data.name, split=split, resolution=data.resolution, channels=data.channels, seed=data.seed,
-        shapes_size=data.shapes_size,
-    )
+def build_data(data: DataConfig, split: str = "train", images: bool = False) -> ImageDataset:
+    """The dataset ``data`` names (the config is not modified; see :func:`resolved_data`).
+
+    ``data.hflip`` doubles the training split with mirror images. For ``latents:DIR`` the
+    training split is the cache itself (items are latents, mirror copies already in it if it
+    was encoded so); any other split, or ``images=True`` (what FID references need), builds
+    the image dataset the cache was encoded from.
+    """
+    source = source_data_args(data.name)
+    if source is not None and (images or split != "train"):
+        ds = build_dataset(source["name"], split=split, resolution=source["resolution"],
+                           channels=source["channels"], seed=source["seed"],
+                           shapes_size=source["shapes_size"])
+    else:
+        ds = build_dataset(
+            data.name, split=split, resolution=data.resolution, channels=data.channels, seed=data.seed,
+            shapes_size=data.shapes_size,
+        )
+    if source is not None and not images and split == "train":
+        if data.resolution is not None and data.resolution != ds.resolution:
+            raise ConfigError(f"data.resolution={data.resolution} but the latent cache '{data.name}' "
+                              f"was encoded from {ds.resolution}px images")
+    elif data.hflip and split == "train":
+        ds = HFlipped(ds)
     if data.num_classes is not None and data.num_classes != ds.num_classes:
         raise ConfigError(
             f"data.num_classes={data.num_classes} but dataset '{data.name}' has {ds.num_classes} classes"

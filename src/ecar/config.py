@@ -46,7 +46,9 @@ class DataConfig:
     name: str = "digits"
     """``digits`` | ``shapes`` | ``fashion-mnist`` (or ``fashion-mnist:DIR``, the folder of
     its IDX files; default ``$ECAR_FASHION_MNIST``, then the Debian package's
-    ``/usr/share/datasets/fashion-mnist``) | ``imagefolder:PATH``."""
+    ``/usr/share/datasets/fashion-mnist``) | ``imagefolder:PATH`` | ``latents:DIR`` (a cache
+    of training latents made by ``ecar cache-latents``; samples and FID use the images it
+    was encoded from)."""
     resolution: int | None = None
     """Image side in pixels; ``None`` keeps the dataset's native size (digits 16, shapes 32,
     fashion-mnist 32 = its 28×28 images padded by 2 px of black)."""
@@ -56,6 +58,10 @@ class DataConfig:
     """Filled in from the dataset when training starts (recorded in checkpoints)."""
     num_workers: int = 0
     """DataLoader worker processes (0 = load in the training process)."""
+    hflip: bool = False
+    """Train on every image and its left-right mirror image (the set doubles; a fixed copy,
+    not a random flip, so the data order stays deterministic). ``ecar cache-latents``
+    encodes both copies."""
     shapes_size: int = 50_000
     """Number of images in the procedural ``shapes`` dataset (generated on the fly)."""
     seed: int = 0

@@ -11,6 +11,7 @@ name                classes C     R    content
 ``shapes``          8       3     32   procedural seeded shapes; ``shapes_size`` / ≤ 5,000
 ``fashion-mnist``   10      1     32   Fashion-MNIST 28×28 padded to 32; 60,000 / 10,000 test
 ``imagefolder:P``   folders 3     —    user images, ``resolution`` required; all / every 10th
+``latents:DIR``     source  src.  src. latents of a source set, from ``ecar cache-latents``
 =================== ======= ===== ==== ===================================================
 
 ``fashion-mnist`` reads the original files (``fashion-mnist:DIR``, ``$ECAR_FASHION_MNIST``
@@ -19,10 +20,11 @@ or the Debian package ``dataset-fashion-mnist``); see :mod:`ecar.data.fashion_mn
 
 from __future__ import annotations
 
-from .base import DataError, ImageDataset
+from .base import DataError, HFlipped, ImageDataset
 from .digits import DigitsDataset
 from .fashion_mnist import FashionMNISTDataset
 from .imagefolder import ImageFolderDataset
+from .latents import LatentCacheDataset, source_data_args
 from .shapes import ShapesDataset
 
 __all__ = [
@@ -31,13 +33,16 @@ __all__ = [
     "DataError",
     "DigitsDataset",
     "FashionMNISTDataset",
+    "HFlipped",
     "ImageDataset",
+    "LatentCacheDataset",
     "ImageFolderDataset",
     "ShapesDataset",
     "build_dataset",
+    "source_data_args",
 ]
 
-DATASET_NAMES = ("digits", "shapes", "fashion-mnist[:DIR]", "imagefolder:PATH")
+DATASET_NAMES = ("digits", "shapes", "fashion-mnist[:DIR]", "imagefolder:PATH", "latents:DIR")
 SPLITS = ("train", "heldout")
 
 
@@ -54,7 +59,8 @@ def build_dataset(
 
     Args:
         name: ``"digits"``, ``"shapes"``, ``"fashion-mnist"`` (optionally
-            ``"fashion-mnist:DIR"``, the folder of its IDX files) or ``"imagefolder:PATH"``.
+            ``"fashion-mnist:DIR"``, the folder of its IDX files), ``"imagefolder:PATH"`` or
+            ``"latents:DIR"`` (a latent cache; training split only, items are latents).
         split: ``"train"`` or ``"heldout"``.
         resolution: image side; ``None`` keeps the native size (digits 16, shapes 32,
             fashion-mnist 32 = 28 padded); required for ``imagefolder``.
@@ -91,6 +97,10 @@ def build_dataset(
                 "(one subfolder per class)."
             )
         return ImageFolderDataset(path.strip(), resolution, split=split, channels=channels)
+    if kind == "latents":
+        if not path.strip():
+            raise DataError("latents needs a cache directory: data.name=latents:DIR (made by ecar cache-latents).")
+        return LatentCacheDataset(path.strip(), split=split)
     raise DataError(
         f"unknown dataset {name!r}; use one of {', '.join(DATASET_NAMES)} "
         "(e.g. data.name=imagefolder:/path/to/images for your own images)."

@@ -21,6 +21,7 @@ from ecar.imageio import to_uint8
 
 __all__ = [
     "DataError",
+    "HFlipped",
     "ImageDataset",
     "check_channels",
     "check_resolution",
@@ -104,3 +105,30 @@ class ImageDataset(Dataset):
             f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, len={len(self)}, "
             f"classes={self.num_classes}, channels={self.channels}, resolution={self.resolution})"
         )
+
+
+class HFlipped(ImageDataset):
+    """``base`` followed by the horizontal mirror image of each of its images (2·N items).
+
+    Item ``i < N`` is ``base[i]``; item ``N + i`` is ``base[i]`` flipped left-right, same
+    label. A fixed doubling rather than a random flip keeps the data order (and so a resumed
+    run, and a latent cache made by ``ecar cache-latents``) deterministic: ``data.hflip``.
+    """
+
+    def __init__(self, base: ImageDataset):
+        self.base = base
+        for attr in ("name", "split", "num_classes", "channels", "resolution", "class_names"):
+            setattr(self, attr, getattr(base, attr))
+
+    def __len__(self) -> int:
+        return 2 * len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        n = len(self.base)
+        if not 0 <= i < 2 * n:
+            raise IndexError(i)
+        x, y = self.base[i % n]
+        return (x.flip(-1) if i >= n else x), y
+
+    def _fingerprint_fields(self) -> dict[str, Any]:
+        return {"hflip": True, "base": self.base.fingerprint()}

@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from ecar.build import build_data, load_for_inference
 from ecar.config import Config
-from ecar.data import build_dataset
+from ecar.data import build_dataset, source_data_args
 from ecar.device import pick_device
 from ecar.eval.features import ClassifierFeatureExtractor, FeatureExtractor, InceptionFeatureExtractor, load_feature_net
 from ecar.eval.metrics import feature_stats, frechet_distance, inception_score, precision_recall
@@ -95,11 +95,18 @@ _QUANTIZATION = "uint8"
 # --------------------------------------------------------------------------- helpers
 
 
+def _image_dataset_name(dataset_name: str) -> str:
+    """The name of the image dataset behind ``dataset_name`` (a latent cache's source)."""
+    source = source_data_args(str(dataset_name))
+    return str(source["name"] if source is not None else dataset_name).strip()
+
+
 def default_feature_net(dataset_name: str) -> str:
     """Feature network used by default for a dataset: ``digits`` → ``"digits"``,
     ``shapes`` → ``"shapes"``, ``fashion-mnist`` (also ``fashion-mnist:DIR``) →
-    ``"fashion"``, anything else (``imagefolder:…``) → ``"inception"``."""
-    kind = str(dataset_name).strip().lower()
+    ``"fashion"``, anything else (``imagefolder:…``) → ``"inception"``; ``latents:DIR`` →
+    that of the images the cache was encoded from."""
+    kind = _image_dataset_name(dataset_name).lower()
     if kind.partition(":")[0] == "fashion-mnist":
         return "fashion"
     return kind if kind in ("digits", "shapes") else "inception"
@@ -115,9 +122,9 @@ def default_reference_split(dataset_name: str) -> str:
     trained on), ``shapes`` (5,000 renders from another seed stream), ``fashion-mnist``
     (the official 10,000 test images) — so the metric does not reward memorising the
     training images; ``train`` for ``imagefolder:…`` (its held-out split is a subset of
-    the training files).
+    the training files). ``latents:DIR``: that of the images the cache was encoded from.
     """
-    kind = str(dataset_name).strip().lower().partition(":")[0]
+    kind = _image_dataset_name(dataset_name).lower().partition(":")[0]
     return "heldout" if kind in _HELDOUT_REFERENCE else "train"
 
 
@@ -244,7 +251,7 @@ def _build_split(source, split: str | None) -> Any:
     """A dataset object from an ImageDataset, or ``split`` (default
     :func:`default_reference_split`) of a Config's data section or of a dataset name."""
     if isinstance(source, Config):
-        return build_data(source.data, split or default_reference_split(source.data.name))
+        return build_data(source.data, split or default_reference_split(source.data.name), images=True)
     if isinstance(source, str):
         return build_dataset(source, split=split or default_reference_split(source))
     if hasattr(source, "fingerprint") and hasattr(source, "__getitem__"):

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ecar import checkpoint as ckpt
 from ecar.autoencoders import build_autoencoder
 from ecar.build import build_data, build_model, latent_spec, resolved_data
+from ecar.latent_cache import check_cache_autoencoder
 from ecar.config import Config, ConfigError
 from ecar.generate import generate_images, labels_for
 from ecar.imageio import save_grid, to_uint8
@@ -152,6 +153,8 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
     dataset = build_data(cfg.data, "train")
     cfg = dataclasses.replace(cfg, data=resolved_data(cfg.data, dataset))  # recorded in checkpoints
     ae = build_autoencoder(cfg.autoencoder, cfg.data.channels).to(device).eval()
+    check_cache_autoencoder(dataset, ae, cfg.autoencoder)
+    encode = not getattr(dataset, "yields_latents", False)  # a latent cache is encoded already
     model, method = build_model(cfg, latent_spec(cfg, ae))
     model.to(device)
     ema = make_ema(model)
@@ -232,8 +235,9 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
             for micro in range(t.grad_accum):
                 x, y = next(batches)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.no_grad():
-                    x = ae.encode(x)
+                if encode:
+                    with torch.no_grad():
+                        x = ae.encode(x)
                 gen = step_generator(t.seed, step, micro, di.rank, device)
                 sync = micro == t.grad_accum - 1 or di.world == 1
                 with (nullcontext() if sync else wrapped.no_sync()), _autocast(device, t.precision):
