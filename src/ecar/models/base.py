@@ -53,7 +53,7 @@ class TransformerConfig:
         """
         if size < 1 or size % self.patch:
             raise ConfigError(
-                f"model.patch={self.patch} does not divide the latent side {size} (set by "
-                f"data.resolution and the autoencoder): choose a resolution whose latent is a "
+                f"the latent side {size} (set by data.resolution and the autoencoder) is not "
+                f"divisible by model.patch={self.patch}: choose a resolution whose latent is a "
                 f"multiple of {self.patch}, or another model.patch"
             )
