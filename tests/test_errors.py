@@ -225,6 +225,16 @@ def test_out_in_a_read_only_directory(tmp_path, capsys, dit_run):
         locked.chmod(0o700)
 
 
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="no sysfs here")
+def test_out_where_not_even_root_can_write(capsys, dit_run):
+    """The read-only case for every user, root included: sysfs refuses new folders."""
+    code, err = run(capsys, "train", "--quiet", "--config", DIT, "--out", "/sys/ecar-test-run", *FAST)
+    one_error(code, err, expected=(EXIT_FAIL, EXIT_USAGE))
+    code, err = run(capsys, "sample", "--ckpt", dit_run, "--n", "2", "--out", "/sys/ecar-test/g.png")
+    one_error(code, err, expected=(EXIT_FAIL, EXIT_USAGE))
+    assert not Path("/sys/ecar-test-run").exists()
+
+
 def test_sample_out_below_a_file_and_in_a_missing_path(tmp_path, capsys, dit_run):
     afile = tmp_path / "notes.txt"
     afile.write_text("mine\n")
