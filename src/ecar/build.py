@@ -66,8 +66,14 @@ def latent_spec(cfg: Config, autoencoder: nn.Module | None = None) -> LatentSpec
 
 
 def build_model(cfg: Config, spec: LatentSpec) -> tuple[nn.Module, Method]:
-    """The network ``cfg.model`` describes for ``spec``'s latents, and its method."""
+    """The network ``cfg.model`` describes for ``spec``'s latents, and its method.
+
+    The one place a model config meets its latent: a config that cannot model it (a patch
+    that does not divide it, stages that do not end at its grid) is a :class:`ConfigError`
+    naming the fields, raised by the model config's ``validate_latent``.
+    """
     method = method_of(cfg.model)
+    cfg.model.validate_latent(spec.size)
     return method.build(cfg.model, spec), method
 
 

@@ -20,9 +20,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
-from ecar.config import Config, ConfigError, config_from_dict, config_to_yaml
+from ecar.config import Config, ConfigError, config_from_dict, config_to_yaml, load_yaml
 from ecar.methods import method_of
-from ecar.serialization import atomic_write, state_mismatch
+from ecar.serialization import atomic_write, load_refusal, state_mismatch
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -83,8 +83,8 @@ def read_config(directory: str | Path) -> Config:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} has no {CONFIG_FILE}; is it an ecar checkpoint directory?")
-    try:
-        return config_from_dict(yaml.safe_load(path.read_text()))
+    try:  # load_yaml bounds the document: a config.yaml is user input too
+        return config_from_dict(load_yaml(path) or None)
     except (ConfigError, yaml.YAMLError) as e:
         raise CheckpointError(f"{path} does not hold a valid ecar config: {e}") from None
 
@@ -134,7 +134,7 @@ def load_train_state(directory: str | Path, expected_step: int) -> dict[str, Any
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise CheckpointError(f"{path} could not be read ({e}); the checkpoint is damaged") from None
+        raise CheckpointError(f"{path} could not be read ({load_refusal(e)}); the checkpoint is damaged") from None
     if state.get("step") != expected_step:
         raise CheckpointError(
             f"{path} is at step {state.get('step')} but the weights are at step {expected_step}; "

@@ -1,18 +1,25 @@
 """The ``ecar`` command: train, sample, info (and demo, eval, bench as they land).
 
-Every error a user can cause (bad config key, missing checkpoint, corrupt data, NaN loss)
-is printed as one ``error:`` line with what to do, and the process exits non-zero.
+One error path (:func:`main`, docs/errors.md): every error a user can cause (bad config
+key or value, bad flag, missing or damaged checkpoint, unreadable data, NaN loss, an OS
+error on a path they gave, a request too large for memory) is printed as one ``error:``
+line with what to do, and the process exits with the documented code (:data:`EXIT_CODES`);
+``--debug`` adds the traceback. Any other exception is a bug: its traceback stays visible,
+followed by a line that says how to report it.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import math
 import os
 import shlex
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 
 import torch
@@ -23,17 +30,42 @@ from ecar.checkpoint import CONFIG_FILE, CheckpointError
 from ecar.config import config_from_dict, config_to_yaml, load_config, load_yaml, merge_overrides
 from ecar.data import DataError
 from ecar.demo import DEFAULT_MINUTES, run_demo
-from ecar.device import pick_device
+from ecar.device import check_device_name, pick_device
 from ecar.engine.visualize import stages_strip
 from ecar.errors import ConfigError
 from ecar.eval.evaluate import evaluate_checkpoint
-from ecar.generate import generate_images, labels_for
+from ecar.generate import check_generation_fits, generate_images, labels_for
 from ecar.imageio import save_grid, save_images, save_png, to_uint8
 from ecar.latent_cache import DTYPES, cache_latents
 from ecar.methods import apply_sample_overrides, flag_overrides, sampler_flags
 from ecar.train.trainer import TrainingDiverged, TrainingInterrupted, train
 
-EXIT_USAGE, EXIT_FAIL, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_USAGE, EXIT_FAIL, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 70, 130
+EXIT_CODES = {
+    0: "success",
+    EXIT_FAIL: "the run failed on valid input: damaged checkpoint, unreadable data, training "
+               "diverged, an OS error on a path given (missing, no permission, disk full), out of memory",
+    EXIT_USAGE: "invalid input: a flag, a config file, key or value, a request too large for memory",
+    EXIT_BUG: "an unexpected error, a bug in ecar: the traceback is shown; please report it",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C / SIGTERM); training saved a checkpoint first",
+}
+"""Exit codes of ``ecar`` (docs/errors.md has the table and the common errors)."""
+
+MAX_MESSAGE = 2000
+"""Characters of an error message printed at most (the sources bound the values they quote)."""
+
+BUG_REPORT = (
+    "ecar: the error above is unexpected - a bug in ecar, not a mistake of yours. Please report "
+    "it (an issue of the ecar project) with the command you ran, this traceback and the output "
+    "of `python -m pip show ecar torch`."
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one error format: an ``error:`` line and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -287,7 +319,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ecar",
         formatter_class=_formatter,
         description="Efficient continuous-token autoregressive image generation (E-CAR) and baselines.",
@@ -302,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_demo(sub)
     _add_cache_latents(sub)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
+    for p in sub.choices.values():  # also after the command: `ecar train ... --debug`
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of every error")
     return parser
 
 
@@ -346,8 +382,9 @@ def _parse_ints(text: str | None, what: str) -> list[int] | None:
 def cmd_sample(args) -> int:
     if args.n < 1:
         raise UsageError("--n must be >= 1")
-    device = pick_device(args.device)
+    device = pick_device(args.device, where="--device")
     loaded = load_for_inference(args.ckpt, device, use_ema=not args.no_ema)
+    check_generation_fits(loaded.cfg, args.n, bool(args.stages_out), where="--n")
     sample = apply_sample_overrides(loaded.cfg.sample, flag_overrides(args))
     try:
         labels = labels_for(args.n, loaded.num_classes, _parse_ints(args.classes, "--classes"))
@@ -387,7 +424,86 @@ def cmd_info(args) -> int:
 
 
 class UsageError(ValueError):
-    pass
+    """A command-line flag that is not valid (exit code 2)."""
+
+
+_ARG_MINIMUM = {"n": 1, "batch_size": 1, "nrow": 1, "n_eval": 2, "fid_samples": 0, "seed": 0}
+"""Smallest valid value of the integer flags, by argparse dest (a flag a command lacks is skipped)."""
+
+_ARG_MINUTES = ("minutes", "train_minutes")
+"""Flags that are a time budget: a finite number of minutes > 0."""
+
+_SEED_LIMIT = 2**63
+"""Seeds are below 2**63 (what a torch generator accepts)."""
+
+
+def _check_args(args) -> None:
+    """Range checks of the plain flags, before any work (the sampler flags are config
+    settings and are checked by the schema; ``--device`` by its spelling here and its
+    availability when it is picked)."""
+    for dest, low in _ARG_MINIMUM.items():
+        value = getattr(args, dest, None)
+        if value is not None and value < low:
+            raise UsageError(f"--{dest.replace('_', '-')}={value} is not valid: it must be >= {low}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and seed >= _SEED_LIMIT:
+        raise UsageError(f"--seed={seed} is not valid: it must be below 2**63")
+    for dest in _ARG_MINUTES:
+        value = getattr(args, dest, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{dest.replace('_', '-')}={value} is not valid: it must be a number of minutes > 0")
+    device = getattr(args, "device", None)
+    if device is not None:
+        check_device_name(device, "--device")
+
+
+_OS_HINTS = {
+    errno.ENOENT: "check the path",
+    errno.EACCES: "no permission there: choose a path you can read / write",
+    errno.EPERM: "no permission there: choose a path you can read / write",
+    errno.EROFS: "that file system is read-only: choose another path",
+    errno.ENOTDIR: "a part of that path is a file, not a folder",
+    errno.EISDIR: "that path is a folder, a file was expected",
+    errno.EEXIST: "something else already exists at that path",
+    errno.ENOSPC: "the disk is full: free space or choose another path",
+    errno.ENAMETOOLONG: "the path is too long",
+    errno.ELOOP: "the path goes through a symbolic link loop",
+}
+
+
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory")
+"""How torch words a failed allocation (CPU: a RuntimeError from DefaultCPUAllocator)."""
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and any(s in str(e).lower() for s in _OUT_OF_MEMORY)
+
+
+def _error_code(e: BaseException) -> int | None:
+    """The exit code of an expected error, or None for an unexpected one (a bug)."""
+    if isinstance(e, (ConfigError, UsageError)):
+        return EXIT_USAGE
+    if isinstance(e, (CheckpointError, TrainingDiverged, DataError, OSError)) or _out_of_memory(e):
+        return EXIT_FAIL
+    return None
+
+
+def _error_text(e: BaseException) -> str:
+    """The ``error:`` line's text: bounded, with a hint for OS and memory errors."""
+    if _out_of_memory(e) and not isinstance(e, (CheckpointError, TrainingDiverged)):
+        text = ("out of memory; lower --batch-size (sampling, evaluation) or train.batch_size, "
+                "or ask for fewer images")
+    elif isinstance(e, OSError) and e.strerror:
+        where = "" if e.filename is None else f": '{e.filename}'"
+        if getattr(e, "filename2", None) is not None:
+            where += f" -> '{e.filename2}'"
+        hint = _OS_HINTS.get(e.errno)
+        text = f"{e.strerror}{where}" + (f" ({hint})" if hint else "")
+    else:
+        text = str(e) or type(e).__name__
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
 def _add_cache_latents(sub) -> None:
@@ -445,20 +561,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(args.verbose)
+    debug = bool(getattr(args, "debug", False))
     try:
+        _check_args(args)
         return COMMANDS[args.command](args)
-    except (ConfigError, UsageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (CheckpointError, TrainingDiverged, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAIL
     except TrainingInterrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("stopped: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - the one error path: expected -> one line, else a bug
+        code = _error_code(e)
+        if code is None or debug:
+            traceback.print_exc()
+        if code is None:
+            print(BUG_REPORT, file=sys.stderr)
+            return EXIT_BUG
+        print(f"error: {_error_text(e)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

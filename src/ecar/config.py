@@ -14,6 +14,14 @@ dataclass, whose fields may then be overridden in the recipe or on the command l
 ``sample`` section is that method's sampling settings (a
 :class:`ecar.samplers.SampleConfig` subclass). A sampling setting of another method given
 as null counts as not set (checkpoints written before the split store them so).
+
+Validation happens here, once, where a recipe enters (docs/errors.md): types and
+finiteness in :mod:`ecar.schema`, ranges and choices in each section's ``validate()``,
+relations between fields of one section there too. Two checks need more than the config
+and run where that becomes known, still as :class:`ConfigError`: whether the model fits
+the latent (``validate_latent`` of the model config, when the dataset fixes the image
+size) and whether a device is available (:func:`ecar.device.pick_device`; a checkpoint
+trained on CUDA must still load for sampling on a CPU).
 """
 
 from __future__ import annotations
@@ -26,17 +34,22 @@ from typing import Any
 import yaml
 
 from ecar.autoencoders import AutoencoderConfig
-from ecar.errors import ConfigError
+from ecar.device import check_device_name
+from ecar.errors import ConfigError, shown
 from ecar.flow import FlowConfig
 from ecar.methods import resolve_model_config, resolve_sample_config
 from ecar.samplers import SampleConfig, check_cfg_interval
-from ecar.schema import check_choice, dataclass_from_dict, parse_override
+from ecar.schema import check_choice, check_range, dataclass_from_dict, load_yaml_text, parse_override
 
 __all__ = [
     "AutoencoderConfig", "Config", "ConfigError", "DataConfig", "FlowConfig", "SampleConfig",
     "TrainConfig", "check_cfg_interval", "config_from_dict", "config_to_dict", "config_to_yaml",
     "dataclass_from_dict", "load_config", "load_yaml", "merge_overrides", "parse_override",
 ]
+
+
+SEED_LIMIT = 2**32
+"""Seeds are integers in [0, 2³²): what every generator of torch and numpy accepts."""
 
 
 @dataclass
@@ -66,6 +79,16 @@ class DataConfig:
     """Number of images in the procedural ``shapes`` dataset (generated on the fly)."""
     seed: int = 0
     """Seed of the dataset itself (the ``shapes`` renderer)."""
+
+    def validate(self) -> None:
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ConfigError(f"data.channels={shown(self.channels)} is not valid: use 1 (grey), 3 (RGB) "
+                              "or null (the dataset's own)")
+        check_range("data.resolution", self.resolution, 1, meaning="pixels; null = the dataset's own")
+        check_range("data.num_classes", self.num_classes, 1, meaning="null = from the dataset")
+        check_range("data.num_workers", self.num_workers, 0, meaning="0 = load in the training process")
+        check_range("data.shapes_size", self.shapes_size, 1)
+        check_range("data.seed", self.seed, 0, SEED_LIMIT, high_open=True)
 
 
 @dataclass
@@ -109,10 +132,25 @@ class TrainConfig:
     def validate(self) -> None:
         check_choice("train.schedule", self.schedule, ("cosine", "constant"))
         check_choice("train.precision", self.precision, ("fp32", "bf16"))
-        if self.max_minutes < 0:
-            raise ConfigError("train.max_minutes must be >= 0 (0 = no time budget)")
-        if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("train.max_steps, train.batch_size and train.grad_accum must be >= 1")
+        check_device_name(self.device, "train.device")
+        check_range("train.max_minutes", self.max_minutes, 0, meaning="0 = no time budget")
+        for name in ("max_steps", "batch_size", "grad_accum", "log_every"):
+            check_range(f"train.{name}", getattr(self, name), 1)
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"train.batch_size={self.batch_size} must be divisible by "
+                              f"train.grad_accum={self.grad_accum} (the batch is split into that many micro-batches)")
+        check_range("train.lr", self.lr, 0, low_open=True)
+        check_range("train.weight_decay", self.weight_decay, 0)
+        check_range("train.beta1", self.beta1, 0, 1, high_open=True)
+        check_range("train.beta2", self.beta2, 0, 1, high_open=True)
+        check_range("train.warmup_steps", self.warmup_steps, 0)
+        check_range("train.min_lr_ratio", self.min_lr_ratio, 0, 1, meaning="the cosine ends at min_lr_ratio·lr")
+        check_range("train.grad_clip", self.grad_clip, 0, meaning="0 = no clipping")
+        check_range("train.ema_decay", self.ema_decay, 0, 1, high_open=True,
+                    meaning="0 = EMA equals the weights; 0.999 is typical")
+        check_range("train.seed", self.seed, 0, SEED_LIMIT, high_open=True)
+        check_range("train.sample_every", self.sample_every, 0, meaning="0 = only at the end")
+        check_range("train.ckpt_every", self.ckpt_every, 0, meaning="0 = only at the end")
 
 
 @dataclass
@@ -141,11 +179,15 @@ SECTIONS = {
 def config_from_dict(raw: dict) -> Config:
     """Resolve a raw mapping (recipe + overrides merged) into a validated :class:`Config`."""
     if not isinstance(raw, dict):
-        raise ConfigError("a config must be a YAML mapping of sections")
+        raise ConfigError(f"a config must be a YAML mapping of sections, got {shown(raw)}")
     valid = [f.name for f in dataclasses.fields(Config)]
-    for key in raw:
+    for key, value in raw.items():
         if key not in valid:
-            raise ConfigError(f"unknown section '{key}'. Valid sections: {', '.join(valid)}")
+            name = key if isinstance(key, str) and len(key) <= 40 else shown(key)
+            raise ConfigError(f"unknown section '{name}'. Valid sections: {', '.join(valid)}")
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"section '{key}' must be a mapping of keys to values (e.g. "
+                              f"'{key}:' then indented 'key: value' lines), got {shown(value)}")
     cfg = Config()
     for name, cls in SECTIONS.items():
         setattr(cfg, name, dataclass_from_dict(cls, raw.get(name), name))
@@ -156,12 +198,17 @@ def config_from_dict(raw: dict) -> Config:
 
 def merge_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``key=value`` overrides to a raw recipe mapping (a copy is returned)."""
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a YAML mapping of sections, got {shown(raw)}")
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
     for text in overrides:
         (section, key), value = parse_override(text)
         sec = out.setdefault(section, {})
+        if sec is None:
+            sec = out[section] = {}
         if not isinstance(sec, dict):
-            raise ConfigError(f"section '{section}' is not a mapping")
+            raise ConfigError(f"section '{section}' is not a mapping (got {shown(sec)}), so "
+                              f"'{section}.{key}' cannot be set")
         if section == "model" and key == "name" and sec.get("name") != value:
             # a new model name drops overrides written for the previous entry
             sec = out[section] = {}
@@ -169,15 +216,38 @@ def merge_overrides(raw: dict, overrides: list[str]) -> dict:
     return out
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest recipe file read (recipes are a few kB; a bigger file is not a recipe)."""
+
+
 def load_yaml(path: str | Path) -> dict:
+    """The mapping of a recipe file; anything else (a list, a scalar, binary or non-UTF-8
+    bytes, a huge or hostile document) is a :class:`ConfigError` naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a folder; give a recipe file (e.g. configs/digits_ecar.yaml)")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist (recipes live in configs/)")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
-    return data or {}
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"config file '{path}' cannot be read: {e.strerror or e}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file '{path}' is larger than {MAX_CONFIG_BYTES >> 20} MiB; is it a recipe?")
+    if b"\0" in data:
+        raise ConfigError(f"config file '{path}' is a binary file, not a YAML recipe")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    raw = load_yaml_text(text, f"config file '{path}'")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, model:, "
+                          f"train:, ...), but its top level is a {type(raw).__name__}")
+    return raw
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

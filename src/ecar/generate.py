@@ -6,11 +6,36 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ecar.config import Config
+from ecar.config import Config, ConfigError
+from ecar.device import available_memory
 from ecar.methods import method_of
 from ecar.samplers import SampleConfig
 
-__all__ = ["generate_images", "labels_for"]
+__all__ = ["check_generation_fits", "generate_images", "generation_bytes", "labels_for"]
+
+
+def generation_bytes(cfg: Config, n: int, return_stages: bool = False) -> int:
+    """Host memory that :func:`generate_images` and its callers hold for ``n`` images at the
+    end: the decoded float32 batches and their concatenation (2 × 4 bytes per value), the
+    uint8 copy written to disk (1 byte) and the label (8 bytes); stages about double it."""
+    d = cfg.data
+    values = (d.channels or 3) * (d.resolution or 1) ** 2
+    per_image = 9 * values + 8
+    return int(n) * per_image * (2 if return_stages else 1)
+
+
+def check_generation_fits(cfg: Config, n: int, return_stages: bool = False, where: str = "--n") -> None:
+    """Raise :class:`ConfigError` with an estimate when ``n`` images cannot fit in the host
+    memory available now: refused before any work, instead of a ``MemoryError`` (or the
+    machine swapping) minutes later."""
+    need, free = generation_bytes(cfg, n, return_stages), available_memory()
+    if free is not None and need > free:
+        gib = 2**30
+        raise ConfigError(
+            f"{where}={n} images would need about {need / gib:,.1f} GiB of memory "
+            f"({generation_bytes(cfg, 1, return_stages):,} bytes per image) but about {free / gib:,.1f} GiB "
+            "is available: ask for fewer images per call (and vary --seed across calls)"
+        )
 
 
 def labels_for(n: int, num_classes: int, classes: list[int] | None = None) -> torch.Tensor:
@@ -19,7 +44,7 @@ def labels_for(n: int, num_classes: int, classes: list[int] | None = None) -> to
     bad = [c for c in pool if not 0 <= c < num_classes]
     if bad:
         raise ValueError(f"classes {bad} are out of range: this model has classes 0..{num_classes - 1}")
-    return torch.tensor([pool[i % len(pool)] for i in range(n)], dtype=torch.long)
+    return torch.tensor(pool, dtype=torch.long)[torch.arange(n) % len(pool)]
 
 
 @torch.no_grad()
@@ -40,6 +65,7 @@ def generate_images(
     [-1, 1] on the CPU and, with ``return_stages``, ``stages``: a list over units of
     (N, C, H_s, W_s) decoded images (coarse to fine).
     """
+    check_generation_fits(cfg, len(labels), return_stages, where="n")
     sample = sample or cfg.sample
     method = method_of(cfg.model)
     device = next(model.parameters()).device

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -36,6 +37,26 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def load_refusal(error: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, for a user, without torch's advice.
+
+    torch's message for a file holding objects beyond tensors and plain containers tells the
+    reader to retry with ``weights_only=False`` or to allowlist the offending globals; both
+    let the file run arbitrary code, and a file we refused is exactly the one not to trust.
+    So this keeps only what was refused (e.g. ``Unsupported global: GLOBAL posix.system``)
+    and says what to do instead, or the first line of any other failure.
+    """
+    text = str(error)
+    refused = re.search(r"(Unsupported (?:global|operand)[^\n]*?)(?:\.\s|\.$|\n|$)", text)
+    if refused or "weights_only" in text or "Weights only load failed" in text:
+        what = refused.group(1)[:200] if refused else "objects beyond tensors and plain data"
+        return (f"refused: {what}; ecar does not unpickle objects beyond tensors and plain data, "
+                "because loading them can run code from the file. It was not written by ecar or it "
+                "was altered: use a checkpoint from a source you trust")
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return first[:300]
 
 
 def state_mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> str | None:

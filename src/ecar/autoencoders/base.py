@@ -7,6 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ecar.schema import check_choice, check_range
+
+AUTOENCODER_NAMES = ("identity", "taef2")
+
 
 @dataclass
 class AutoencoderConfig:
@@ -17,6 +21,10 @@ class AutoencoderConfig:
     """Directory of pretrained weights for autoencoders that need them."""
     scale: float = 1.0
     """Latents are multiplied by this after encoding (and divided before decoding)."""
+
+    def validate(self) -> None:
+        check_choice("autoencoder.name", self.name, AUTOENCODER_NAMES)
+        check_range("autoencoder.scale", self.scale, 0, low_open=True)
 
 
 class IdentityAutoencoder(nn.Module):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +61,57 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _list_images(folder: Path, recursive: bool) -> list[Path]:
-    """Sorted image files of ``folder`` (hidden entries skipped)."""
-    if not recursive:
-        return sorted(p for p in folder.iterdir() if p.is_file() and _is_image(p.name))
+def _file_id(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` points to (links followed), None if it is unreadable."""
+    try:
+        st = os.stat(path)
+    except OSError:  # a dangling or looping link, a file removed meanwhile
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _list_images(folder: Path, recursive: bool, seen_dirs: set | None = None) -> list[Path]:
+    """Sorted image files of ``folder`` (hidden entries skipped), each file once.
+
+    Symbolic links are followed (a class folder may link to images elsewhere), but every
+    folder and every file is identified by (device, inode): a folder already visited is not
+    entered again and a file already listed is not listed again. So a link back to a parent
+    (a loop) ends the walk instead of repeating it — with two such links a naive walk is
+    exponential in the depth the OS allows — and an image reached by several paths counts
+    once (the first path in breadth-first, sorted order: the shallowest). ``seen_dirs``
+    holds folders not to enter (the dataset root, so a link to it is not a class's images).
+    """
+    seen_dirs = set() if seen_dirs is None else set(seen_dirs)
+    seen_files: set[tuple[int, int]] = set()
     out: list[Path] = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out.extend(Path(root) / f for f in files if _is_image(f))
+    start = _file_id(folder)
+    if start is None:
+        return out
+    seen_dirs.add(start)
+    queue = deque([folder])
+    while queue:
+        current = queue.popleft()
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+            except OSError:
+                continue
+            if is_dir and recursive:
+                key = _file_id(entry.path)
+                if key is not None and key not in seen_dirs:
+                    seen_dirs.add(key)
+                    queue.append(Path(entry.path))
+            elif is_file and _is_image(entry.name):
+                key = _file_id(entry.path)
+                if key is not None and key not in seen_files:
+                    seen_files.add(key)
+                    out.append(Path(entry.path))
     return sorted(out)
 
 
@@ -146,8 +190,9 @@ class ImageFolderDataset(ImageDataset):
         classes = sorted(
             p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
         )
+        root_id = {_file_id(self.root)} - {None}
         if classes:
-            per_class = [_list_images(self.root / c, recursive=True) for c in classes]
+            per_class = [_list_images(self.root / c, recursive=True, seen_dirs=root_id) for c in classes]
         else:
             classes, per_class = ["all"], [_list_images(self.root, recursive=False)]
         if not any(per_class):

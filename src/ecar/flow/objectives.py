@@ -11,7 +11,7 @@ from ecar.errors import ConfigError
 from ecar.flow.paths import interpolate, target_velocity
 from ecar.flow.pyramid import stage_pair, stage_targets
 from ecar.flow.time import TIME_SAMPLINGS, sample_time
-from ecar.schema import check_choice
+from ecar.schema import check_choice, check_range
 
 
 @dataclass
@@ -27,6 +27,7 @@ class FlowConfig:
 
     def validate(self) -> None:
         check_choice("flow.time_sampling", self.time_sampling, TIME_SAMPLINGS)
+        check_range("flow.logit_std", self.logit_std, 0, low_open=True)
         if not 0.0 <= self.class_dropout < 1.0:
             raise ConfigError("flow.class_dropout must be in [0, 1)")
 

@@ -65,8 +65,8 @@ def stage_step_counts(sample: ECARSampleConfig, num_stages: int) -> list[int]:
     """Steps per stage: ``stage_steps``, or ``steps`` for every stage."""
     steps = list(sample.stage_steps) if sample.stage_steps else [sample.steps] * num_stages
     if len(steps) != num_stages or min(steps) < 1:
-        raise ValueError(
-            f"sample.stage_steps needs {num_stages} positive entries (one per stage), got {steps}"
+        raise ConfigError(
+            f"sample.stage_steps needs {num_stages} entries >= 1 (one per stage of this model), got {steps}"
         )
     return steps
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ecar.engine.masked import MaskedSampleConfig, generate_masked
-from ecar.errors import ConfigError
+from ecar.errors import ConfigError, shown
 from ecar.flow import FlowConfig
 from ecar.flow.masking import MaskedFlowObjective, cosine_unmask_counts
 from ecar.methods.base import Method, scale_count
@@ -66,7 +66,7 @@ class MARSampleConfig(SampleConfig):
     def validate(self) -> None:
         super().validate()
         if not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ConfigError(f"sample.iterations must be an integer >= 1, got {self.iterations!r}")
+            raise ConfigError(f"sample.iterations must be an integer >= 1, got {shown(self.iterations)}")
         if not self.temperature >= 0:
             raise ConfigError(f"sample.temperature must be >= 0, got {self.temperature}")
 

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ecar.errors import ConfigError
+from ecar.errors import ConfigError, shown
 from ecar.methods.base import Method
 from ecar.methods.dit import DIT
 from ecar.methods.ecar import ECAR_METHOD, FLOWAR_METHOD
@@ -61,7 +61,7 @@ def method_of(model: Any) -> Method:
         for m in METHODS.values():
             if m.owns(model):
                 return m
-        raise ConfigError(f"unknown model.name '{model}'. Registered models: {', '.join(model_names())}")
+        raise ConfigError(f"unknown model.name {shown(model)}. Registered models: {', '.join(model_names())}")
     for m in METHODS.values():
         if m.accepts(model):
             return m
@@ -70,9 +70,14 @@ def method_of(model: Any) -> Method:
 
 def resolve_model_config(raw: dict | None) -> Any:
     """``{'name': 'dit-s/2', 'depth': 6}`` -> the method's config dataclass: entry + overrides."""
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"section 'model' must be a mapping of keys to values, got {shown(raw)}")
     raw = dict(raw or {})
     name = raw.pop("name", DEFAULT_MODEL)
-    method = method_of(str(name))
+    if not isinstance(name, str):
+        raise ConfigError(f"model.name must be the name of a registered model, got {shown(name)}. "
+                          f"Registered models: {', '.join(model_names())}")
+    method = method_of(name)
     return dataclass_from_dict(method.config_cls, raw, "model", base=method.entry_config(name))
 
 
@@ -91,6 +96,8 @@ def _sample_from_dict(cls: type, data: dict | None, base: Any = None) -> SampleC
     that is how checkpoints written before each method owned its settings stored them, and
     it lets one override (``sample.stage_steps=null``) go to recipes of several methods.
     """
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"section 'sample' must be a mapping of keys to values, got {shown(data)}")
     data = dict(data or {})
     own = field_names(cls)
     for key in list(data):
@@ -103,7 +110,8 @@ def _sample_from_dict(cls: type, data: dict | None, base: Any = None) -> SampleC
         names = _methods_with(cls)
         whose = f" for method {', '.join(names)}" if names else ""
         hint = f" ('{key}' is a setting of {', '.join(others)})" if others else ""
-        raise ConfigError(f"unknown key 'sample.{key}'{whose}{hint}. Valid keys of 'sample': {', '.join(own)}")
+        name = key if isinstance(key, str) and len(key) <= 40 else shown(key)
+        raise ConfigError(f"unknown key 'sample.{name}'{whose}{hint}. Valid keys of 'sample': {', '.join(own)}")
     return dataclass_from_dict(cls, data, "sample", base=base)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ecar.errors import ConfigError
+from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, KVCache, LabelEmbedder, grid_positions, patchify, unpatchify
 from ecar.models.base import TransformerConfig
 from ecar.models.heads import HEAD_KINDS, TokenHead, x_to_velocity
@@ -55,15 +55,72 @@ class ECARConfig(TransformerConfig):
     def validate(self) -> None:
         super().validate()
         if self.mode not in ("ecar", "flowar"):
-            raise ConfigError(f"model.mode={self.mode!r}; choose ecar or flowar")
+            raise ConfigError(f"model.mode={shown(self.mode)}; choose ecar or flowar")
         if self.prediction not in ("v", "x"):
-            raise ConfigError(f"model.prediction={self.prediction!r}; choose v or x")
+            raise ConfigError(f"model.prediction={shown(self.prediction)}; choose v or x")
         if self.head not in HEAD_KINDS:
-            raise ConfigError(f"model.head={self.head!r}; choose mlp or transformer")
+            raise ConfigError(f"model.head={shown(self.head)}; choose mlp or transformer")
         if not isinstance(self.head_batch_mul, int) or self.head_batch_mul < 1:
-            raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {self.head_batch_mul!r}")
+            raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {shown(self.head_batch_mul)}")
+        for name in ("head_width", "head_depth", "head_heads"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(f"model.{name}={shown(value)} is not valid: it must be >= 1")
         if self.head == "transformer" and (self.head_width % self.head_heads or self.head_width % 4):
             raise ConfigError("model.head_width must be divisible by model.head_heads and 4")
+        self._validate_stages()
+
+    def _validate_stages(self) -> None:
+        """``stages``, ``windows`` and ``stage_weights`` on their own and against each other:
+        what :class:`ecar.flow.pyramid.StageSchedule` would otherwise reject at build time."""
+        stages, windows, weights = self.stages, self.windows, self.stage_weights
+        if stages is not None:
+            if not stages or min(stages) < 1:
+                raise ConfigError(f"model.stages={shown(stages)} is not valid: token grids >= 1, coarse "
+                                  "to fine (e.g. [1, 2, 4, 8]), or null for 1, 2, 4, ... up to the full grid")
+            if any(b <= a or b % a for a, b in zip(stages, stages[1:])):
+                raise ConfigError(f"model.stages={shown(stages)} is not valid: each grid must be smaller "
+                                  "than the next and divide it (e.g. [1, 2, 4, 8])")
+        if windows is not None and self.mode == "ecar":
+            tau = list(windows) + [1.0]
+            if any(not 0.0 < t <= 1.0 for t in tau) or any(b <= a for a, b in zip(tau, tau[1:])):
+                raise ConfigError(f"model.windows={shown(windows)} is not valid: the interior window ends "
+                                  "must increase strictly inside (0, 1), e.g. [0.25, 0.5, 0.75]")
+            if stages is not None and len(windows) != len(stages) - 1:
+                raise ConfigError(f"model.windows has {len(windows)} entries but model.stages has "
+                                  f"{len(stages)} stages: give {len(stages) - 1} interior window ends")
+        if weights is not None:
+            if not weights or min(weights) < 0 or not sum(weights) > 0:
+                raise ConfigError(f"model.stage_weights={shown(weights)} is not valid: one weight >= 0 "
+                                  "per stage, not all 0 (or null for equal weights)")
+            if stages is not None and len(weights) != len(stages):
+                raise ConfigError(f"model.stage_weights has {len(weights)} entries for "
+                                  f"{len(stages)} stages (model.stages)")
+
+    def validate_latent(self, size: int) -> None:
+        """The patch tiles the latent and the stages end at its token grid (or, without
+        ``model.stages``, the grid is a power of two, as the default pyramid needs)."""
+        super().validate_latent(size)
+        grid = size // self.patch
+        if self.stages is None:
+            if grid & (grid - 1):
+                raise ConfigError(
+                    f"the token grid is {grid}×{grid} (latent {size} / model.patch={self.patch}), not a "
+                    "power of two, so the default stages 1, 2, 4, ... cannot reach it: set model.stages "
+                    f"(ending at {grid}) or another data.resolution / model.patch")
+            num_stages = grid.bit_length()
+        else:
+            if self.stages[-1] != grid:
+                raise ConfigError(
+                    f"model.stages={shown(self.stages)} must end at the full token grid {grid} "
+                    f"(latent {size} / model.patch={self.patch})")
+            num_stages = len(self.stages)
+        if self.mode == "ecar" and self.windows is not None and len(self.windows) != num_stages - 1:
+            raise ConfigError(f"model.windows has {len(self.windows)} entries for {num_stages} stages: "
+                              f"give {num_stages - 1} interior window ends")
+        if self.stage_weights is not None and len(self.stage_weights) != num_stages:
+            raise ConfigError(f"model.stage_weights has {len(self.stage_weights)} entries for "
+                              f"{num_stages} stages")
 
 
 class ECAR(nn.Module):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ecar.errors import ConfigError
+from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions, patchify, unpatchify
 from ecar.models.base import TransformerConfig
 from ecar.models.heads import TokenHead
@@ -55,9 +55,9 @@ class MARConfig(TransformerConfig):
         if min(self.head_width, self.head_depth) < 1:
             raise ConfigError("model.head_width and model.head_depth must be >= 1")
         if not isinstance(self.head_batch_mul, int) or self.head_batch_mul < 1:
-            raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {self.head_batch_mul!r}")
+            raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {shown(self.head_batch_mul)}")
         if self.masking not in ("truncated_normal", "cosine"):
-            raise ConfigError(f"model.masking={self.masking!r}; choose truncated_normal or cosine")
+            raise ConfigError(f"model.masking={shown(self.masking)}; choose truncated_normal or cosine")
         if not 0.0 < self.mask_ratio_min <= 1.0:
             raise ConfigError(f"model.mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
 

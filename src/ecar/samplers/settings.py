@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ecar.errors import ConfigError
+from ecar.errors import ConfigError, shown
 from ecar.samplers.guidance import GUIDANCE_SCHEDULES
 from ecar.samplers.ode import SAMPLERS
-from ecar.schema import check_choice, setting
+from ecar.schema import check_choice, check_range, setting
 
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 """Integrators by name (:data:`ecar.samplers.ode.SAMPLERS`); CLI choices and validation use this."""
@@ -28,7 +28,7 @@ def check_cfg_interval(iv, where: str = "sample.cfg_interval") -> None:
         not isinstance(iv, (list, tuple)) or len(iv) != 2
         or not all(isinstance(v, (int, float)) for v in iv) or not 0 <= iv[0] <= iv[1] <= 1
     ):
-        raise ConfigError(f"{where} must be [lo, hi] with 0 <= lo <= hi <= 1, got {iv!r}")
+        raise ConfigError(f"{where} must be [lo, hi] with 0 <= lo <= hi <= 1, got {shown(iv)}")
 
 
 @dataclass
@@ -53,4 +53,6 @@ class SampleConfig:
         check_choice("sample.cfg_schedule", self.cfg_schedule, GUIDANCE_SCHEDULES)
         if self.steps < 1:
             raise ConfigError("sample.steps must be >= 1")
+        check_range("sample.cfg", self.cfg, 0, meaning="1 = no guidance, 0 = unconditional, > 1 = guided")
+        check_range("sample.noise_scale", self.noise_scale, 0, meaning="0 = no noise")
         check_cfg_interval(self.cfg_interval)
