@@ -217,13 +217,46 @@ def test_multistage_protocol_equals_the_model_and_engine_calls(method):
     assert torch.equal(images, a["latents"])
 
 
+@pytest.mark.parametrize("name", list(METHODS))
+def test_on_unit_reports_each_unit_as_soon_as_it_exists(name):
+    """The engine's hook (what `ecar serve` streams): one call per entry of step_counts, in
+    order, with exactly the latents ``return_stages`` gives; the result does not change."""
+    cfg, model, m = _tiny(name)
+    y = torch.tensor([0, 4, 9])
+    seen: list[tuple[int, torch.Tensor]] = []
+    a = m.generate(model, cfg.sample, y, torch.Generator().manual_seed(3), return_stages=True,
+                   on_unit=lambda i, x: seen.append((i, x.clone())))
+    b = m.generate(model, cfg.sample, y, torch.Generator().manual_seed(3))
+    counts = m.step_counts(model, cfg.sample)
+    assert [i for i, _ in seen] == list(range(len(counts) if isinstance(counts, list) else 1))
+    assert len(seen) == len(a["stages"]) and all(torch.equal(x, s) for (_, x), s in zip(seen, a["stages"]))
+    assert torch.equal(seen[-1][1], a["latents"]) and torch.equal(a["latents"], b["latents"])
+    decoded: list[torch.Tensor] = []
+    out = generate_images(model, cfg, IdentityAutoencoder(1), y, seed=3,
+                          on_unit=lambda i, im: decoded.append(im))
+    assert len(decoded) == len(seen) and torch.equal(decoded[-1], out["images"])
+
+
+def test_a_raising_on_unit_stops_generation_and_restores_the_mode():
+    cfg, model, _ = _tiny("ecar")
+    model.train()
+
+    def stop(i, images):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_images(model, cfg, IdentityAutoencoder(1), torch.tensor([1, 2]), on_unit=stop)
+    assert model.training
+
+
 # --------------------------------------------------------------------------- no branches on methods
 
 
 def test_no_method_branches_outside_the_methods():
-    """eval/, bench/, train/, cli.py, demo.py and the runtime modules use the protocol only."""
+    """eval/, bench/, train/, serve/, cli.py, demo.py and the runtime modules use the protocol only."""
     src = ROOT / "src" / "ecar"
     files = [*src.glob("eval/*.py"), *src.glob("bench/*.py"), *src.glob("train/*.py")]
+    files += [*src.glob("serve/*.py")]
     files += [src / f for f in ("cli.py", "demo.py", "generate.py", "build.py", "checkpoint.py", "config.py")]
     names = "|".join(METHODS)
     patterns = [rf"==\s*[\"']({names})[\"']", rf"[\"']({names})[\"']\s*(==|in\b)", r"hasattr\(\s*(model|m)\b",

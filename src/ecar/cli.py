@@ -29,7 +29,7 @@ from ecar.build import load_for_inference
 from ecar.checkpoint import CONFIG_FILE, CheckpointError
 from ecar.config import config_from_dict, config_to_yaml, load_config, load_yaml, merge_overrides
 from ecar.data import DataError
-from ecar.demo import DEFAULT_MINUTES, run_demo
+from ecar.demo import DEFAULT_MINUTES, demo_checkpoint, run_demo
 from ecar.device import check_device_name, pick_device
 from ecar.engine.visualize import stages_strip
 from ecar.errors import ConfigError
@@ -38,6 +38,7 @@ from ecar.generate import check_generation_fits, generate_images, labels_for
 from ecar.imageio import save_grid, save_images, save_png, to_uint8
 from ecar.latent_cache import DTYPES, cache_latents
 from ecar.methods import apply_sample_overrides, flag_overrides, sampler_flags
+from ecar.serve import ServeError, load_slots, require_web, run_server
 from ecar.train.trainer import TrainingDiverged, TrainingInterrupted, train
 
 EXIT_USAGE, EXIT_FAIL, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 70, 130
@@ -318,6 +319,63 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="a local web page: pick a class, generate, watch the stages appear",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            Serve a web page (default http://127.0.0.1:7860) where you pick the model, the
+            class, the number of images, the seed and the sampling settings, press Generate
+            and watch each stage's images appear, then the grid, its cost (GFLOPs per image,
+            seconds) and a PNG download. With several --ckpt the models run side by side on
+            the same class and seed. One generation at a time per model; others wait.
+            Needs the web extra: pip install 'ecar[serve]'. Stop with Ctrl+C (or SIGTERM).
+
+            examples:
+              ecar serve                               # the checkpoint `ecar demo` wrote
+              ecar serve --ckpt runs/ecar --ckpt runs/dit --port 8000
+            """
+        ),
+    )
+    p.add_argument("--ckpt", action="append",
+                   help="checkpoint directory; repeat to compare models (default: ecar-demo/run, "
+                        "what `ecar demo` writes)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; the page has no login)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+
+
+def cmd_serve(args) -> int:
+    try:
+        require_web()
+        if not 0 < args.port < 65536:
+            raise UsageError(f"--port must be from 1 to 65535, got {args.port}")
+        ckpts = args.ckpt
+        if not ckpts:
+            default = demo_checkpoint()
+            if not default.is_dir():
+                raise UsageError(f"no --ckpt given and no demo checkpoint in {default}: make one with "
+                                 f"`ecar demo` (trains E-CAR on digits in about 4 minutes), or pass "
+                                 f"--ckpt DIR of a run `ecar train` wrote")
+            ckpts = [str(default)]
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: listening on {args.host}: anyone who can reach it can run generations "
+                  f"(the page has no login)", file=sys.stderr)
+        slots = load_slots(ckpts, pick_device(args.device), use_ema=not args.no_ema)
+        names = ", ".join(f"{s.loaded.cfg.model.name} ({s.ckpt})" for s in slots)
+        how = f"http://{args.host}:{args.port}"
+        stopped = run_server(slots, args.host, args.port,
+                             on_ready=f"ecar serve: {names} on {how} (Ctrl+C to stop)")
+    except ServeError as e:
+        raise UsageError(str(e)) from None
+    print(f"ecar serve: stopped ({stopped})", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ecar",
@@ -334,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_demo(sub)
     _add_cache_latents(sub)
+    _add_serve(sub)
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     for p in sub.choices.values():  # also after the command: `ecar train ... --debug`
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -549,7 +608,7 @@ def cmd_cache_latents(args) -> int:
 
 COMMANDS = {
     "train": cmd_train, "sample": cmd_sample, "info": cmd_info, "eval": cmd_eval,
-    "bench": cmd_bench, "demo": cmd_demo, "cache-latents": cmd_cache_latents,
+    "bench": cmd_bench, "demo": cmd_demo, "cache-latents": cmd_cache_latents, "serve": cmd_serve,
 }
 
 

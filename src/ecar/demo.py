@@ -64,6 +64,13 @@ train:
 """
 
 DEFAULT_MINUTES = 4.0
+DEFAULT_OUT = "ecar-demo"
+"""Where ``ecar demo`` writes by default; ``ecar serve`` without ``--ckpt`` looks there."""
+
+
+def demo_checkpoint(out: str | Path = DEFAULT_OUT) -> Path:
+    """The checkpoint directory the demo writes into ``out``."""
+    return Path(out) / "run"
 
 
 def demo_config(minutes: float, overrides: list[str] | None = None) -> Config:
@@ -72,7 +79,7 @@ def demo_config(minutes: float, overrides: list[str] | None = None) -> Config:
 
 
 def run_demo(
-    out: str | Path = "ecar-demo",
+    out: str | Path = DEFAULT_OUT,
     minutes: float = DEFAULT_MINUTES,
     overrides: list[str] | None = None,
     progress: bool = True,
@@ -80,7 +87,7 @@ def run_demo(
 ) -> dict:
     """Train, sample, measure; returns the metrics written to ``out/metrics.json``."""
     out = Path(out)
-    run = out / "run"
+    run = demo_checkpoint(out)
     if run.exists():
         log.info("replacing the previous demo run in %s", run)
         shutil.rmtree(run)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -58,12 +60,17 @@ def generate_images(
     batch_size: int = 256,
     progress: bool = False,
     return_stages: bool = False,
+    on_unit: Callable[[int, torch.Tensor], None] | None = None,
 ) -> dict:
     """Generate one image per label with ``cfg.model``'s method.
 
     ``sample`` defaults to the recipe's ``cfg.sample``. Returns ``images`` (N, C, H, W) in
     [-1, 1] on the CPU and, with ``return_stages``, ``stages``: a list over units of
     (N, C, H_s, W_s) decoded images (coarse to fine).
+
+    ``on_unit(i, images)`` is called as soon as unit i of a batch exists, with that unit's
+    decoded images (N_b, C, H_i, W_i) on the CPU: once per unit when the labels fit one
+    batch (``ecar serve`` passes ``batch_size=len(labels)``), else once per batch and unit.
     """
     check_generation_fits(cfg, len(labels), return_stages, where="n")
     sample = sample or cfg.sample
@@ -74,12 +81,19 @@ def generate_images(
     was_training = model.training
     model.eval()
     chunks = list(torch.split(labels, batch_size))
-    for y in tqdm(chunks, desc="sampling", disable=not progress or len(chunks) < 2, leave=False):
-        out = method.generate(model, sample, y.to(device), gen, return_stages=return_stages)
-        images.append(autoencoder.decode(out["latents"]).float().cpu())
-        if return_stages:
-            stages.append([autoencoder.decode(s).float().cpu() for s in out["stages"]])
-    model.train(was_training)
+
+    def decoded(i: int, latents: torch.Tensor) -> None:
+        on_unit(i, autoencoder.decode(latents).float().cpu())
+
+    try:  # the callback may raise (a cancelled request): the model's mode is restored anyway
+        for y in tqdm(chunks, desc="sampling", disable=not progress or len(chunks) < 2, leave=False):
+            out = method.generate(model, sample, y.to(device), gen, return_stages=return_stages,
+                                  on_unit=decoded if on_unit is not None else None)
+            images.append(autoencoder.decode(out["latents"]).float().cpu())
+            if return_stages:
+                stages.append([autoencoder.decode(s).float().cpu() for s in out["stages"]])
+    finally:
+        model.train(was_training)
     result = {"images": torch.cat(images)}
     if return_stages:
         result["stages"] = [torch.cat([b[i] for b in stages]) for i in range(len(stages[0]))]

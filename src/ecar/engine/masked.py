@@ -12,6 +12,7 @@ No KV cache: every token may attend to every other, so each pass sees the whole 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -57,9 +58,11 @@ def generate_masked(
     settings: MaskedSampleConfig,
     generator: torch.Generator | None = None,
     return_stages: bool = False,
+    on_unit: Callable[[int, torch.Tensor], None] | None = None,
 ) -> dict:
     """labels (B,) -> {"latents": (B, C, H, W)}, plus with ``return_stages`` ``"stages"``: the
     latent after every iteration (tokens not yet generated are 0), the last one the result.
+    ``on_unit(k, latent)`` receives that latent as soon as iteration k has run.
 
     Random draws, in order: the orders (B, N); then per iteration the head's start noise
     (B, n_k, D) and the sampler's own draws. A seeded generator fixes the result.
@@ -73,7 +76,7 @@ def generate_masked(
     null = torch.full_like(labels, model.null_class)
     grid = time_grid(settings.steps, device=dev)
     stages, start = [], 0
-    for n, scale in zip(settings.counts, settings.guidance):
+    for k, (n, scale) in enumerate(zip(settings.counts, settings.guidance)):
         idx = orders[:, start:start + n]
         start += n
         if scale != 1.0:
@@ -91,8 +94,12 @@ def generate_masked(
                                        settings.noise_scale, settings.temperature)
         tokens = tokens.scatter(1, idx[..., None].expand(-1, -1, D), new.to(tokens.dtype))
         masked = masked.scatter(1, idx, False)
-        if return_stages:
-            stages.append(model.latent(tokens))
+        if return_stages or on_unit is not None:
+            current = model.latent(tokens)
+            if return_stages:
+                stages.append(current)
+            if on_unit is not None:
+                on_unit(k, current)
     out = {"latents": model.latent(tokens)}
     if return_stages:
         out["stages"] = stages

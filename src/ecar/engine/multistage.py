@@ -10,6 +10,7 @@ label) through the transformer and mixes the two head velocities with a per-stag
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -43,11 +44,15 @@ def generate_multistage(
     generator: torch.Generator | None = None,
     return_stages: bool = False,
     use_cache: bool = True,
+    on_unit: Callable[[int, torch.Tensor], None] | None = None,
 ) -> dict:
     """labels (B,) -> {"latents": (B, C, n, n), "stages": [end state of each stage]}.
 
     ``use_cache=False`` recomputes the whole prefix with the block-causal mask at every
     stage (the training pass); it must give the same result as the cached loop.
+    ``on_unit(s, end)`` is called as soon as stage s's end state (B, C, n_s, n_s) exists, so
+    a caller can show the image forming while the finer stages still run (``ecar serve``);
+    it only reads, and the result is the same with or without it.
     """
     sched = model.schedule
     S, B, C = model.num_stages, labels.shape[0], model.channels
@@ -93,6 +98,8 @@ def generate_multistage(
         )
         end = model.stage_latent(tokens, s)
         ends.append(end)
+        if on_unit is not None:
+            on_unit(s, end)
         if s + 1 < S:
             n = sched.sizes[s + 1]
             cond = upsample(end, n)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -15,10 +17,12 @@ def generate_single_unit(
     sample: SampleConfig,
     generator: torch.Generator | None = None,
     return_stages: bool = False,
+    on_unit: Callable[[int, torch.Tensor], None] | None = None,
 ) -> dict:
     """labels (B,) long on the model's device -> {"latents": (B, C, H, W)}.
 
     Guidance progress is the time t, so a ``linear`` schedule ramps over the trajectory.
+    The whole latent is one unit: ``on_unit(0, latents)`` is called once, with the result.
     """
     b = labels.shape[0]
     x = torch.randn(
@@ -33,6 +37,8 @@ def generate_single_unit(
     v = guided(model_fn, labels, null, scale_fn)
     grid = time_grid(sample.steps, device=labels.device)
     out = integrate(sample.sampler, v, x, grid, generator, sample.noise_scale)
+    if on_unit is not None:
+        on_unit(0, out)
     result = {"latents": out}
     if return_stages:
         result["stages"] = [out]

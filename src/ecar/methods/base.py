@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -81,9 +81,12 @@ class Method(ABC):
 
     @abstractmethod
     def generate(self, model: nn.Module, sample: SampleConfig, labels: torch.Tensor,
-                 generator: torch.Generator | None = None, return_stages: bool = False) -> dict:
+                 generator: torch.Generator | None = None, return_stages: bool = False,
+                 on_unit: Callable[[int, torch.Tensor], None] | None = None) -> dict:
         """labels (B,) on the model's device -> ``{"latents": (B, C, H, W)}``, plus
-        ``"stages"`` (the latents after each unit, coarse to fine) with ``return_stages``."""
+        ``"stages"`` (the latents after each unit, coarse to fine) with ``return_stages``.
+        ``on_unit(i, latents)`` receives unit i's result as soon as it exists (the engine's
+        hook; ``ecar serve`` streams it), one call per entry of :meth:`step_counts`."""
 
     @abstractmethod
     def step_counts(self, model: nn.Module, sample: SampleConfig) -> int | list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -46,8 +47,10 @@ class DiTMethod(Method):
         return FlowMatchingObjective(model, flow)
 
     def generate(self, model: nn.Module, sample: SampleConfig, labels: torch.Tensor,
-                 generator: torch.Generator | None = None, return_stages: bool = False) -> dict:
-        return generate_single_unit(model, labels, sample, generator, return_stages=return_stages)
+                 generator: torch.Generator | None = None, return_stages: bool = False,
+                 on_unit: Callable[[int, torch.Tensor], None] | None = None) -> dict:
+        return generate_single_unit(model, labels, sample, generator, return_stages=return_stages,
+                                    on_unit=on_unit)
 
     def step_counts(self, model: nn.Module, sample: SampleConfig) -> int:
         return int(sample.steps)

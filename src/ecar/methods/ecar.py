@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -119,9 +120,10 @@ class ECARMethod(Method):
                                  sample.sampler, sample.noise_scale)
 
     def generate(self, model: nn.Module, sample: ECARSampleConfig, labels: torch.Tensor,
-                 generator: torch.Generator | None = None, return_stages: bool = False) -> dict:
+                 generator: torch.Generator | None = None, return_stages: bool = False,
+                 on_unit: Callable[[int, torch.Tensor], None] | None = None) -> dict:
         return generate_multistage(model, labels, self.stage_settings(model, sample), generator,
-                                   return_stages=return_stages)
+                                   return_stages=return_stages, on_unit=on_unit)
 
     def step_counts(self, model: nn.Module, sample: ECARSampleConfig) -> list[int]:
         return stage_step_counts(sample, model.num_stages)

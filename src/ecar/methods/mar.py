@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -101,9 +102,10 @@ class MARMethod(Method):
                                   sample.sampler, sample.noise_scale, sample.temperature)
 
     def generate(self, model: nn.Module, sample: MARSampleConfig, labels: torch.Tensor,
-                 generator: torch.Generator | None = None, return_stages: bool = False) -> dict:
+                 generator: torch.Generator | None = None, return_stages: bool = False,
+                 on_unit: Callable[[int, torch.Tensor], None] | None = None) -> dict:
         return generate_masked(model, labels, self.loop_settings(model, sample), generator,
-                               return_stages=return_stages)
+                               return_stages=return_stages, on_unit=on_unit)
 
     def step_counts(self, model: nn.Module, sample: MARSampleConfig) -> list[int]:
         """The head's steps per iteration: ``[steps] * K'`` with K' = min(iterations, tokens)."""

@@ -1,0 +1,284 @@
+"""What ``ecar serve`` does per model, without the web framework: load, validate, generate.
+
+A :class:`ModelSlot` holds one loaded checkpoint and a lock, so one generation at a time
+runs per model (requests queue on the lock in arrival order; different models run side by
+side). :meth:`ModelSlot.parse` turns a request body into a :class:`GenerationRequest` or
+raises :class:`RequestError` with a message for the page (the app answers it with a 4xx):
+the server shares two CPU cores with whoever runs it, so sizes are capped (:data:`LIMITS`).
+:meth:`ModelSlot.run` generates and reports events through a callback, one per unit as soon
+as it exists (the engine's ``on_unit`` hook), then the grid and the cost. Keeping this part
+free of Starlette lets the tests drive it directly and keeps the import of the web framework
+in one module (:mod:`ecar.serve.app`).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ecar.build import LoadedModel, load_for_inference
+from ecar.errors import ConfigError
+from ecar.eval.cost import count_flops
+from ecar.flow.pyramid import upsample
+from ecar.generate import generate_images, labels_for
+from ecar.imageio import auto_scale, make_grid, to_uint8
+from ecar.methods import apply_sample_overrides, sampler_flags, total_steps
+from ecar.samplers import SampleConfig
+
+__all__ = ["DISPLAY_PX", "GenerationCancelled", "GenerationRequest", "LIMITS", "ModelSlot", "RequestError",
+           "ServeError", "load_slots", "png_data_url"]
+
+LIMITS = {"max_images": 64, "max_steps": 1000, "max_guidance": 20.0, "max_seed": 2**31 - 1}
+"""Request limits: images per request, integration steps per image (summed over units),
+guidance scale (0 .. max) and seed (0 .. max). A CPU takes seconds per image at the top."""
+
+DISPLAY_PX = 64
+"""Each image is enlarged (nearest, integer factor) to about this many pixels on the page."""
+
+REQUEST_KEYS = ("model", "class", "n", "seed", "settings")
+
+
+class ServeError(ValueError):
+    """``ecar serve`` cannot start (web extra missing, no checkpoint, port taken): what to do."""
+
+
+class RequestError(ValueError):
+    """A request the server will not run; the message is shown on the page as is."""
+
+
+class GenerationCancelled(RuntimeError):
+    """Raised inside a generation whose request was cancelled (client gone, server stopping)."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated request: one label per image, the sampling settings and the seed."""
+
+    labels: torch.Tensor
+    sample: SampleConfig
+    seed: int
+    klass: int | None
+    step_counts: int | list[int]
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    @property
+    def units(self) -> int:
+        """Units the method reports one result each for (:meth:`Method.step_counts` entries)."""
+        return len(self.step_counts) if isinstance(self.step_counts, list) else 1
+
+
+def png_data_url(array: np.ndarray) -> str:
+    """(H, W, C) uint8 -> ``data:image/png;base64,...`` (C = 1 as greyscale), for an <img>."""
+    buf = io.BytesIO()
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _int(body: dict, key: str, default: int | None, lo: int, hi: int, what: str) -> int | None:
+    value = body.get(key, default)
+    if value is None and default is None:
+        return None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise RequestError(f"{what} must be an integer from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def _setting_values(settings: Any) -> dict:
+    """The page's settings (strings as typed, or JSON values) -> values of the settings'
+    types, parsed exactly as the ``ecar sample`` flags parse them; empty means "as shipped"."""
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise RequestError(f"settings must be an object of sampling settings, got {settings!r}")
+    parsers = {f.dest: f.type for f in sampler_flags()}
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, str):
+            if not value.strip():
+                continue
+            parse = parsers.get(key)
+            if parse is not None:
+                try:
+                    value = parse(value.strip())
+                except ValueError:
+                    kind = getattr(parse, "__name__", "a value")
+                    kind = {"int": "an integer", "float": "a number"}.get(kind, kind)
+                    raise RequestError(f"setting {key}: expected {kind}, got {value!r}") from None
+        out[key] = value
+    return out
+
+
+def _check_finite(sample: SampleConfig) -> None:
+    """Every number of the settings finite (JSON and the float parser both let NaN and ∞ in)."""
+    for f in dataclasses.fields(sample):
+        value = getattr(sample, f.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise RequestError(f"setting {f.name} must be a finite number, got {v}")
+
+
+class ModelSlot:
+    """One loaded checkpoint behind a lock: validation, generation, and the FLOP count per
+    settings (counted once, by :func:`ecar.eval.cost.count_flops`, then remembered)."""
+
+    def __init__(self, key: str, ckpt: str, loaded: LoadedModel):
+        self.key, self.ckpt, self.loaded = key, ckpt, loaded
+        self.lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._queued = 0
+        self._gflops: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ description
+
+    def describe(self) -> dict:
+        """What the page needs to draw this model's column: names, classes and its sampling
+        settings (fields of its method's settings dataclass, as the CLI flags are derived)."""
+        ld = self.loaded
+        sample = ld.cfg.sample
+        flags = {f.dest: f for f in sampler_flags()}
+        settings = []
+        for f in dataclasses.fields(sample):
+            value = getattr(sample, f.name)
+            text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else (
+                "" if value is None else str(value))
+            flag = flags.get(f.name)
+            settings.append({"name": f.name, "value": text, "help": f.metadata.get("help", ""),
+                             "choices": list(flag.choices) if flag and flag.choices else None})
+        counts = ld.method.step_counts(ld.model, sample)
+        return {
+            "id": self.key, "name": ld.cfg.model.name, "method": ld.method.name, "ckpt": self.ckpt,
+            "step": ld.step, "num_classes": ld.num_classes, "resolution": ld.cfg.data.resolution,
+            "channels": ld.cfg.data.channels, "units": len(counts) if isinstance(counts, list) else 1,
+            "settings": settings,
+        }
+
+    # ------------------------------------------------------------------ validation
+
+    def parse(self, body: Any) -> GenerationRequest:
+        """Validate a request body (see :data:`REQUEST_KEYS`) -> :class:`GenerationRequest`.
+
+        Raises :class:`RequestError` with a message meant for the page.
+        """
+        if not isinstance(body, dict):
+            raise RequestError("the request body must be a JSON object")
+        unknown = [k for k in body if k not in REQUEST_KEYS]
+        if unknown:
+            raise RequestError(f"unknown field(s) {', '.join(map(str, unknown))}; valid: {', '.join(REQUEST_KEYS)}")
+        k = self.loaded.num_classes
+        klass = body.get("class")
+        if klass == "" or klass == "all":
+            klass = None
+        if klass is not None:
+            if isinstance(klass, str) and klass.strip().lstrip("-").isdigit():
+                klass = int(klass)
+            if not isinstance(klass, int) or isinstance(klass, bool) or not 0 <= klass < k:
+                raise RequestError(f"class {klass!r} is out of range: this model has classes 0 to {k - 1}")
+        n = _int(body, "n", 8, 1, LIMITS["max_images"], "n (the number of images)")
+        seed = _int(body, "seed", 0, 0, LIMITS["max_seed"], "seed")
+        try:
+            sample = apply_sample_overrides(self.loaded.cfg.sample, _setting_values(body.get("settings")))
+        except ConfigError as e:
+            raise RequestError(str(e)) from None
+        _check_finite(sample)
+        if not 0 <= sample.cfg <= LIMITS["max_guidance"]:
+            raise RequestError(f"guidance (cfg) must be from 0 to {LIMITS['max_guidance']:g}, got {sample.cfg:g}")
+        ld = self.loaded
+        try:
+            counts = ld.method.step_counts(ld.model, sample)
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+        if min(counts if isinstance(counts, list) else [counts]) < 1:
+            raise RequestError(f"every step count must be >= 1, got {counts}")
+        if total_steps(counts) > LIMITS["max_steps"]:
+            raise RequestError(f"these settings ask for {total_steps(counts)} integration steps per image "
+                               f"({counts}); this server allows at most {LIMITS['max_steps']}")
+        labels = labels_for(n, k, None if klass is None else [klass])
+        return GenerationRequest(labels, sample, seed, klass, counts)
+
+    # ------------------------------------------------------------------ generation
+
+    def gflops_per_image(self, sample: SampleConfig) -> float:
+        """GFLOPs per image at ``sample`` (latent space, decoding excluded: the protocol of
+        :mod:`ecar.eval.cost`), counted on one image the first time and remembered."""
+        key = repr(sample)
+        if key not in self._gflops:
+            self._gflops[key] = count_flops(self.loaded.model, self.loaded.cfg, sample, batch=1)
+        return self._gflops[key]
+
+    def run(self, req: GenerationRequest, emit: Callable[[dict], None],
+            cancelled: threading.Event | None = None) -> None:
+        """Generate ``req`` and ``emit`` its events, in order:
+
+        ``queued`` (only when other requests are ahead: how many), ``start`` (units, n),
+        one ``unit`` per unit (its index and a PNG of every image at that unit, upsampled to
+        the final size), ``done`` (the grid PNG, seconds, GFLOPs per image). Raises
+        :class:`GenerationCancelled` when ``cancelled`` is set between units.
+        """
+        with self._count_lock:
+            ahead = self._queued
+            self._queued += 1
+        try:
+            if ahead:
+                emit({"event": "queued", "ahead": ahead})
+            t_queued = time.perf_counter()
+            with self.lock:
+                waited = time.perf_counter() - t_queued
+                self._run_locked(req, emit, cancelled, waited)
+        finally:
+            with self._count_lock:
+                self._queued -= 1
+
+    def _run_locked(self, req: GenerationRequest, emit: Callable[[dict], None],
+                    cancelled: threading.Event | None, waited: float) -> None:
+        ld = self.loaded
+        size = int(ld.cfg.data.resolution)
+        scale = auto_scale(size, DISPLAY_PX)
+        nrow = math.ceil(math.sqrt(req.n))
+        emit({"event": "start", "units": req.units, "n": req.n, "waited_seconds": round(waited, 3)})
+        shown = 0.0  # seconds spent encoding pictures for the page: not the model's cost
+
+        def on_unit(i: int, images: torch.Tensor) -> None:
+            nonlocal shown
+            if cancelled is not None and cancelled.is_set():
+                raise GenerationCancelled("the request was cancelled")
+            t = time.perf_counter()
+            tiles = to_uint8(upsample(images, size)) if images.shape[-1] != size else to_uint8(images)
+            emit({"event": "unit", "index": i, "units": req.units, "size": int(images.shape[-1]),
+                  "image": png_data_url(make_grid(tiles, nrow=nrow, scale=scale))})
+            shown += time.perf_counter() - t
+
+        t0 = time.perf_counter()
+        out = generate_images(ld.model, ld.cfg, ld.autoencoder, req.labels, req.sample, seed=req.seed,
+                              batch_size=req.n, on_unit=on_unit)
+        seconds = time.perf_counter() - t0 - shown
+        gflops = self.gflops_per_image(req.sample)
+        grid = png_data_url(make_grid(to_uint8(out["images"]), nrow=nrow, scale=scale))
+        emit({"event": "done", "image": grid, "n": req.n, "labels": req.labels.tolist(), "seed": req.seed,
+              "seconds": round(seconds, 4), "seconds_per_image": round(seconds / req.n, 5),
+              "gflops_per_image": gflops, "step_counts": req.step_counts})
+
+
+def load_slots(ckpts: list[str], device: torch.device, use_ema: bool = True) -> list[ModelSlot]:
+    """One :class:`ModelSlot` per checkpoint directory (ids ``m0``, ``m1``, … in order),
+    loaded through :func:`ecar.build.load_for_inference`."""
+    return [ModelSlot(f"m{i}", str(Path(c)), load_for_inference(str(c), device, use_ema=use_ema))
+            for i, c in enumerate(ckpts)]
