@@ -97,6 +97,9 @@ class TrainConfig:
     """Write a sample grid every N steps (0 = only at the end)."""
     ckpt_every: int = 0
     """Save a checkpoint every N steps (0 = only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept in RUN/checkpoints/ (the newest ones); older ones are removed only after
+    a newer one is complete, so a crash never leaves a run without one."""
     tensorboard: bool = True
     """Also log to TensorBoard when the ``tensorboard`` package is installed."""
 
@@ -107,6 +110,8 @@ class TrainConfig:
             raise ConfigError("train.max_minutes must be >= 0 (0 = no time budget)")
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("train.max_steps, train.batch_size and train.grad_accum must be >= 1")
+        if self.keep_last < 1:
+            raise ConfigError(f"train.keep_last must be >= 1 (checkpoints kept), got {self.keep_last}")
 
 
 @dataclass
