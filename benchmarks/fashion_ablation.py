@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from ecar.build import load_for_inference
+from ecar.checkpoint import has_checkpoint
 from ecar.data import build_dataset
 from ecar.eval.cost import count_flops
 from ecar.eval.evaluate import evaluate_seeds, quantize, reference_stats
@@ -58,7 +59,7 @@ def split_overrides(text: str) -> list[str]:
 
 def train(name: str, overrides: list[str], args) -> Path:
     run = Path(args.out) / name
-    if (run / "ema.safetensors").exists():
+    if has_checkpoint(run):
         return run
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, "-m", "ecar", "train", "--config", args.config, "--out", str(run), "--quiet",

@@ -260,7 +260,7 @@ def test_bench_writes_json_markdown_and_plot(tmp_path, shared_cache):
     assert "heldout" in md
     img = Image.open(out / "bench.png")
     assert img.format == "PNG" and img.size[0] > 400
-    with pytest.raises(Exception, match="already holds a checkpoint"):
+    with pytest.raises(FileExistsError, match="already holds the output of an earlier `ecar bench`"):
         run_bench(configs[:1], None, train_minutes=0.05, out=str(out), overrides=TINY, n_eval=64,
                   progress=False, cache_dir=shared_cache)
 

@@ -1,6 +1,8 @@
 """Training end to end: CLI, exact resume, DDP on CPU, and the errors a user can cause."""
 
+import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ecar.checkpoint import find_checkpoint
 from ecar.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +34,9 @@ def _train(out, *extra, resume=False, config=RECIPE):
 def test_train_then_sample_grid_and_dir(tmp_path, capsys):
     run = tmp_path / "a"
     assert _train(run, "train.max_steps=6") == 0
-    for f in ("model.safetensors", "ema.safetensors", "config.yaml", "train_state.pt", "metrics.jsonl"):
-        assert (run / f).is_file(), f
+    for f in ("model.safetensors", "ema.safetensors", "config.yaml", "train_state.pt"):
+        assert (run / "checkpoints" / "step-00000006" / f).is_file(), f
+    assert (run / "metrics.jsonl").is_file() and (run / "ecar-run.json").is_file()
     assert (run / "samples" / "step_0000006.png").is_file()
     assert main(["sample", "--ckpt", str(run), "--n", "16", "--out", str(tmp_path / "a.png")]) == 0
     grid = np.asarray(Image.open(tmp_path / "a.png"))
@@ -46,8 +50,10 @@ def test_train_then_sample_grid_and_dir(tmp_path, capsys):
     assert "step:       6" in out and "dit" in out
 
 
-def _read(path):
-    return (path / "model.safetensors").read_bytes(), (path / "ema.safetensors").read_bytes()
+def _read(run, *files):
+    """Bytes of the current checkpoint's weights (and ``files``) of a run directory."""
+    folder = find_checkpoint(run).directory
+    return tuple((folder / f).read_bytes() for f in ("model.safetensors", "ema.safetensors", *files))
 
 
 def test_exact_resume_is_bitwise_equal(tmp_path):
@@ -64,20 +70,61 @@ def test_refuses_to_overwrite_and_resume_checks_model(tmp_path, capsys):
     run = tmp_path / "r"
     assert _train(run, "train.max_steps=2") == 0
     assert _train(run, "train.max_steps=2") == 1
-    assert "--resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err
     assert _train(run, "train.max_steps=4", "model.depth=2", resume=True) == 1
     assert "differs" in capsys.readouterr().err
+
+
+def test_old_layout_run_resumes_bitwise_into_the_new_layout(tmp_path, capsys):
+    """A run written before checkpoints had folders (four files in the run directory, no
+    marker) resumes exactly; its new checkpoints go to checkpoints/, and the old files are
+    pruned once train.keep_last newer ones exist."""
+    common = ["train.schedule=constant", "train.ckpt_every=2"]
+    assert _train(tmp_path / "full", "train.max_steps=8", *common) == 0
+    old = tmp_path / "old"
+    assert _train(old, "train.max_steps=4", *common) == 0
+    newest = find_checkpoint(old).directory
+    for f in newest.iterdir():
+        f.rename(old / f.name)
+    for leftover in (old / "checkpoints", old / "ecar-run.json"):
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    assert main(["info", "--ckpt", str(old)]) == 0
+    assert "step:       4" in capsys.readouterr().out
+    assert _train(old, "train.max_steps=8", config=None, resume=True) == 0
+    assert _read(old) == _read(tmp_path / "full")
+    assert sorted(p.name for p in (old / "checkpoints").iterdir()) == ["step-00000006", "step-00000008"]
+    assert not (old / "model.safetensors").exists()
+
+
+def test_every_reader_skips_a_damaged_newest_checkpoint_and_says_so(tmp_path, capsys, caplog):
+    run = tmp_path / "r"
+    assert _train(run, "train.max_steps=4", "train.ckpt_every=2", "train.schedule=constant") == 0
+    older, newest = (run / "checkpoints" / f"step-0000000{i}" for i in (2, 4))
+    (newest / "model.safetensors").write_bytes(b"torn")
+    caplog.set_level(logging.WARNING)
+    assert main(["info", "--ckpt", str(run)]) == 0
+    assert f"checkpoint: {older}" in capsys.readouterr().out
+    assert "skipping checkpoint" in caplog.text and "step-00000004" in caplog.text
+    caplog.clear()
+    assert main(["sample", "--ckpt", str(run), "--n", "2", "--out", str(tmp_path / "s.png")]) == 0
+    assert "skipping checkpoint" in caplog.text
+    assert main(["sample", "--ckpt", str(older), "--n", "2", "--out", str(tmp_path / "t.png")]) == 0
+    caplog.set_level(logging.INFO)
+    assert _train(run, "train.max_steps=6", config=None, resume=True) == 0
+    assert f"resuming from {older} (step 2)" in caplog.text
+    assert find_checkpoint(run).step == 6 and find_checkpoint(newest).step == 4  # replaced
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys):
     run = tmp_path / "nan"
     assert _train(run, "train.max_steps=3", "train.schedule=constant") == 0
-    before = _read(run) + ((run / "train_state.pt").read_bytes(),)
+    before = _read(run, "train_state.pt")
     code = _train(run, "train.max_steps=50", "train.lr=1e30", "train.grad_clip=0",
                   "train.ckpt_every=1000", config=None, resume=True)
     err = capsys.readouterr().err
     assert code == 1 and "loss became" in err and "step 3" in err
-    assert _read(run) + ((run / "train_state.pt").read_bytes(),) == before
+    assert _read(run, "train_state.pt") == before
     assert main(["sample", "--ckpt", str(run), "--n", "2", "--out", str(tmp_path / "ok.png")]) == 0
 
 
@@ -121,7 +168,7 @@ def test_torchrun_ddp_on_cpu_then_single_process_sample(tmp_path):
            "train.max_steps=4", *FAST]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (run / "model.safetensors").is_file()
+    assert (run / "checkpoints" / "step-00000004" / "model.safetensors").is_file()
     assert main(["sample", "--ckpt", str(run), "--n", "4", "--out", str(tmp_path / "d.png")]) == 0
 
 

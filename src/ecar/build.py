@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -84,6 +85,8 @@ class LoadedModel:
     method: Method
     autoencoder: nn.Module
     step: int
+    directory: Path | None = None
+    """The checkpoint folder that was loaded (the newest complete one of a run directory)."""
 
     @property
     def num_classes(self) -> int:
@@ -91,7 +94,11 @@ class LoadedModel:
 
 
 def load_for_inference(ckpt_dir: str, device: torch.device, use_ema: bool = True) -> LoadedModel:
-    """Build the model a checkpoint's config describes and load its (EMA) weights."""
+    """Build the model a checkpoint's config describes and load its (EMA) weights.
+
+    ``ckpt_dir`` is a run directory (its newest complete checkpoint is loaded, and any it
+    skips is logged) or one checkpoint's folder (:func:`ecar.checkpoint.load_checkpoint`).
+    """
     ck = load_checkpoint(ckpt_dir)
     cfg = ck.cfg
     try:
@@ -103,4 +110,4 @@ def load_for_inference(ckpt_dir: str, device: torch.device, use_ema: bool = True
     load_state_into(model, state, f"checkpoint '{ckpt_dir}'")
     model.to(device).eval()
     ae.to(device).eval()
-    return LoadedModel(cfg, model, method, ae, ck.step)
+    return LoadedModel(cfg, model, method, ae, ck.step, ck.directory)

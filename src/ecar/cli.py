@@ -26,20 +26,21 @@ import torch
 
 from ecar.bench import run_bench
 from ecar.build import load_for_inference
-from ecar.checkpoint import CONFIG_FILE, CheckpointError
+from ecar.checkpoint import CONFIG_FILE, CheckpointError, find_checkpoint
 from ecar.config import config_from_dict, config_to_yaml, load_config, load_yaml, merge_overrides
 from ecar.data import DataError
 from ecar.demo import DEFAULT_MINUTES, demo_checkpoint, run_demo
 from ecar.device import check_device_name, pick_device
 from ecar.engine.visualize import stages_strip
-from ecar.errors import ConfigError
+from ecar.errors import ConfigError, OutputExistsError
 from ecar.eval.evaluate import evaluate_checkpoint
 from ecar.generate import check_generation_fits, generate_images, labels_for
 from ecar.imageio import save_grid, save_images, save_png, to_uint8
 from ecar.latent_cache import DTYPES, cache_latents
 from ecar.methods import apply_sample_overrides, flag_overrides, sampler_flags
+from ecar.serialization import atomic_write, check_output_dir, check_output_file
 from ecar.serve import ServeError, load_slots, require_web, run_server
-from ecar.train.trainer import TrainingDiverged, TrainingInterrupted, train
+from ecar.train.trainer import TrainingDiverged, TrainingInterrupted, check_run_dir, train
 
 EXIT_USAGE, EXIT_FAIL, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 70, 130
 EXIT_CODES = {
@@ -88,13 +89,19 @@ def _add_train(sub) -> None:
               ecar train --config configs/digits_dit.yaml --out runs/dit
               ecar train --config configs/digits_dit.yaml --out runs/dit train.max_steps=40
               ecar train --out runs/dit --resume                 # continue where it stopped
+              ecar train --config configs/digits_dit.yaml --out runs/dit --overwrite  # start it anew
               torchrun --nproc_per_node=2 -m ecar train --config configs/digits_dit.yaml --out runs/ddp
+
+            --out must be new or empty, or an earlier run: continued with --resume, or
+            replaced with --overwrite. A directory holding other files is never written into.
             """
         ),
     )
     p.add_argument("--config", help="recipe YAML (optional with --resume: the run's own config is used)")
     p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the ecar run in --out (its checkpoints, metrics, samples)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
 
@@ -137,7 +144,10 @@ def _add_sample(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--nrow", type=int, help="grid columns (default: number of classes, max 16)")
     p.add_argument("--stages-out", help="also write a PNG strip of every stage's result (E-CAR)")
-    p.add_argument("--out", required=True, help="FILE.png for a grid, or a directory for single PNGs")
+    p.add_argument("--out", required=True,
+                   help="FILE.png for a grid, or a new or empty directory for single PNGs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out / --stages-out file, or write into a non-empty directory")
 
 
 def _add_info(sub) -> None:
@@ -185,13 +195,16 @@ def _add_eval(sub) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="images per forward batch")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--json", help="also write the results to this JSON file (not an existing one)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
 
 
 def cmd_eval(args) -> int:
     if args.n < 2:
         raise UsageError("--n must be >= 2")
     seeds = _parse_ints(args.seeds, "--seeds")
+    if args.json:
+        check_output_file(args.json, args.overwrite, "--json")  # before the evaluation's minutes
     try:
         res = evaluate_checkpoint(
             args.ckpt, n=args.n, metrics=args.metrics, features=args.features, seed=args.seed,
@@ -203,8 +216,7 @@ def cmd_eval(args) -> int:
     text = json.dumps(res, indent=2, default=str)
     print(text)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+        atomic_write(args.json, (text + "\n").encode())
     return 0
 
 
@@ -235,7 +247,9 @@ def _add_bench(sub) -> None:
     src.add_argument("--configs", nargs="+", help="recipes to train and compare (first = baseline)")
     src.add_argument("--ckpts", nargs="+", help="existing checkpoints to compare instead")
     p.add_argument("--train-minutes", type=float, default=5.0, help="training budget per recipe")
-    p.add_argument("--out", default="bench", help="output directory (default: bench)")
+    p.add_argument("--out", default="bench", help="output directory, new or empty (default: bench)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the output (reports and runs) of an earlier bench in --out")
     p.add_argument("--n-eval", type=int, default=1000, help="images per evaluation (default 1000)")
     p.add_argument("--sweep", default="0.1,0.2,0.5,1,2", help="multipliers of the shipped step counts")
     p.add_argument("--samplers", default="euler,heun", help="samplers of the sweep (default euler,heun)")
@@ -262,7 +276,7 @@ def cmd_bench(args) -> int:
             progress=not args.quiet, features=args.features, command=shlex.join(["ecar", *args.argv]),
             seeds=_parse_ints(args.seeds, "--seeds") or [0],
             samplers=[v.strip() for v in args.samplers.split(",") if v.strip()],
-            reference_split=args.reference_split,
+            reference_split=args.reference_split, overwrite=args.overwrite,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -412,16 +426,19 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_train(args) -> int:
     if args.config is None and not args.resume:
         raise UsageError("--config is required (or --resume with --out of an existing run)")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other: continue the run, or replace it")
     if args.out is None:
         if args.config is None:
             raise UsageError("--resume needs --out (the run directory to continue)")
         args.out = str(Path("runs") / Path(args.config).stem)
     if args.config is None:
-        saved = load_yaml(Path(args.out) / CONFIG_FILE)
+        check_run_dir(Path(args.out), resume=True, overwrite=False)
+        saved = load_yaml(find_checkpoint(args.out).directory / CONFIG_FILE)
         cfg = config_from_dict(merge_overrides(saved, args.overrides))
     else:
         cfg = load_config(args.config, args.overrides)
-    summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {cfg.model.name} to step {summary['step']} in {summary['train_seconds']:.0f} s; "
               f"checkpoint: {summary['out']}")
@@ -449,6 +466,13 @@ def cmd_sample(args) -> int:
         labels = labels_for(args.n, loaded.num_classes, _parse_ints(args.classes, "--classes"))
     except ValueError as e:
         raise UsageError(str(e)) from None
+    # the outputs after the arguments, before the sampling: a refusal costs nothing, changes nothing
+    if args.out.lower().endswith(".png"):
+        check_output_file(args.out, args.overwrite, "--out")
+    else:
+        check_output_dir(args.out, args.overwrite, "--out")
+    if args.stages_out:
+        check_output_file(args.stages_out, args.overwrite, "--stages-out")
     out = generate_images(
         loaded.model, loaded.cfg, loaded.autoencoder, labels, sample, seed=args.seed,
         batch_size=args.batch_size, progress=True, return_stages=bool(args.stages_out),
@@ -470,7 +494,7 @@ def cmd_sample(args) -> int:
 def cmd_info(args) -> int:
     loaded = load_for_inference(args.ckpt, torch.device("cpu"))
     params = sum(p.numel() for p in loaded.model.parameters())
-    print(f"checkpoint: {args.ckpt}")
+    print(f"checkpoint: {loaded.directory}")
     m = loaded.method
     print(f"model:      {loaded.cfg.model.name} (method {m.name}, family {m.family})")
     print(f"parameters: {params:,} ({params / 1e6:.2f} M)")

@@ -126,6 +126,9 @@ class TrainConfig:
     """Write a sample grid every N steps (0 = only at the end)."""
     ckpt_every: int = 0
     """Save a checkpoint every N steps (0 = only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept in RUN/checkpoints/ (the newest ones); older ones are removed only after
+    a newer one is complete, so a crash never leaves a run without one."""
     tensorboard: bool = True
     """Also log to TensorBoard when the ``tensorboard`` package is installed."""
 
@@ -151,6 +154,7 @@ class TrainConfig:
         check_range("train.seed", self.seed, 0, SEED_LIMIT, high_open=True)
         check_range("train.sample_every", self.sample_every, 0, meaning="0 = only at the end")
         check_range("train.ckpt_every", self.ckpt_every, 0, meaning="0 = only at the end")
+        check_range("train.keep_last", self.keep_last, 1, meaning="checkpoints kept")
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -18,12 +17,15 @@ import torch
 import yaml
 
 from ecar.build import load_for_inference
+from ecar.checkpoint import is_run
 from ecar.config import Config, config_from_dict, merge_overrides
 from ecar.engine.visualize import stages_strip
+from ecar.errors import OutputExistsError
 from ecar.eval.cost import measure_cost
 from ecar.eval.evaluate import evaluate_model
 from ecar.generate import generate_images
 from ecar.imageio import save_grid, save_png, to_uint8
+from ecar.serialization import is_empty_dir
 from ecar.train.trainer import train
 
 log = logging.getLogger("ecar.demo")
@@ -73,6 +75,10 @@ def demo_checkpoint(out: str | Path = DEFAULT_OUT) -> Path:
     return Path(out) / "run"
 
 
+DEMO_OUTPUTS = ("samples.png", "stages.png", "metrics.json", "run")
+"""Everything the demo writes into its ``--out`` directory."""
+
+
 def demo_config(minutes: float, overrides: list[str] | None = None) -> Config:
     raw = merge_overrides(yaml.safe_load(DEMO_RECIPE), [f"train.max_minutes={minutes}", *(overrides or [])])
     return config_from_dict(raw)
@@ -85,15 +91,19 @@ def run_demo(
     progress: bool = True,
     fid_samples: int = 1000,
 ) -> dict:
-    """Train, sample, measure; returns the metrics written to ``out/metrics.json``."""
+    """Train, sample, measure; returns the metrics written to ``out/metrics.json``.
+
+    ``out`` must be new, empty, or an earlier demo's output, which is then replaced (and
+    only after the arguments are validated): :func:`check_demo_out`.
+    """
     out = Path(out)
     run = demo_checkpoint(out)
-    if run.exists():
-        log.info("replacing the previous demo run in %s", run)
-        shutil.rmtree(run)
     cfg = demo_config(minutes, overrides)
+    earlier = check_demo_out(out)
+    if earlier:
+        log.info("replacing the previous demo output in %s", out)
     t0 = time.perf_counter()
-    summary = train(cfg, run, progress=progress)
+    summary = train(cfg, run, progress=progress, overwrite=is_run(run))
     device = torch.device("cpu")
     loaded = load_for_inference(str(run), device)
     k = loaded.num_classes
@@ -120,6 +130,32 @@ def run_demo(
     metrics["total_seconds"] = round(time.perf_counter() - t0, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def check_demo_out(out: Path) -> bool:
+    """Whether ``out`` holds an earlier demo's output (to replace); raises
+    :class:`OutputExistsError` for anything else that is not new or empty.
+
+    An earlier demo's output is recognised by its names (:data:`DEMO_OUTPUTS`) and its
+    ``run/`` being an ecar run; a directory with any other file is someone else's, and the
+    demo must not replace a ``samples.png`` or a ``run/`` that it did not write.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out '{out}' exists and is not a directory; choose another --out")
+    if not out.is_dir():
+        return False
+    names = sorted(p.name for p in out.iterdir())
+    if not names:
+        return False
+    run = out / "run"
+    if set(names) <= set(DEMO_OUTPUTS) and (is_run(run) or (names == ["run"] and is_empty_dir(run))):
+        return True
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    raise OutputExistsError(
+        f"--out '{out}' holds files that are not an earlier demo's output ({shown}); the demo "
+        "writes only into a new or empty directory, or replaces its own earlier output. "
+        "Choose another --out"
+    )
 
 
 def _fid(loaded, n: int) -> dict:

@@ -34,3 +34,8 @@ def shown(value: Any) -> str:
     except Exception:  # noqa: BLE001 - an int over Python's digit limit, a broken __repr__
         text = f"<{type(value).__name__}>"
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+class OutputExistsError(FileExistsError):
+    """An output path that holds files the command must not replace (the message names them and
+    says what to pass instead: another path, ``--resume`` or ``--overwrite``)."""

@@ -59,9 +59,11 @@ from ecar.config import Config, load_config
 from ecar.device import pick_device
 from ecar.eval.cost import measure_cost
 from ecar.eval.evaluate import default_feature_net, evaluate_seeds, reference_stats
+from ecar.errors import OutputExistsError
 from ecar.eval.features import load_feature_net
 from ecar.methods import method_of
 from ecar.samplers import SAMPLER_NAMES
+from ecar.serialization import is_empty_dir
 from ecar.train.trainer import train
 
 __all__ = ["DEFAULT_SAMPLERS", "DEFAULT_SEEDS", "DEFAULT_SWEEP", "bench_table_markdown",
@@ -73,6 +75,8 @@ DEFAULT_SWEEP: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0)
 """Multipliers of each model's shipped step counts (see the module docstring)."""
 DEFAULT_SAMPLERS: tuple[str, ...] = ("euler", "heun")
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
+BENCH_OUTPUTS = ("bench.json", "bench.json.tmp", "bench.md", "bench.png")
+"""The reports :func:`run_bench` writes into ``out`` (beside one ``<name>/run`` per recipe)."""
 
 
 def sweep_settings(model: torch.nn.Module, cfg: Config, step_sweep: Sequence[float],
@@ -130,6 +134,52 @@ def _train_seconds_from_log(run: Path) -> float | None:
         except json.JSONDecodeError:
             continue
     return last
+
+
+def _is_bench_output(out: Path) -> bool:
+    """Whether every entry of ``out`` is a report or a ``<name>/run`` of an earlier bench, and
+    there is evidence of one (a ``bench.json`` with its ``meta``, or a run)."""
+    evidence = False
+    for p in out.iterdir():
+        if p.name in BENCH_OUTPUTS and p.is_file():
+            if p.name == "bench.json":
+                try:
+                    evidence |= "meta" in json.loads(p.read_text())
+                except (OSError, ValueError, TypeError):
+                    return False
+            continue
+        if p.is_dir() and {q.name for q in p.iterdir()} <= {"run"}:
+            if not (p / "run").exists():
+                continue
+            if ckpt_mod.is_run(p / "run"):
+                evidence = True
+                continue
+        return False
+    return evidence
+
+
+def check_bench_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that is not new or empty, unless it holds an earlier bench's output
+    and ``overwrite`` is given (then its reports and the runs of this bench's recipes are
+    replaced). A directory with anything else is someone else's: refused, flag or not."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out '{out}' exists and is not a directory; choose another --out")
+    if not out.is_dir() or is_empty_dir(out):
+        return
+    if not _is_bench_output(out):
+        names = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise OutputExistsError(
+            f"--out '{out}' holds files that are not an earlier bench's output ({shown}); "
+            "choose a new or empty --out"
+        )
+    if not overwrite:
+        raise OutputExistsError(
+            f"--out '{out}' already holds the output of an earlier `ecar bench`; pass --overwrite "
+            "to replace it (its reports, and the runs of the recipes trained again), evaluate "
+            "its runs as they are with --ckpts, or choose another --out"
+        )
+    log.info("--overwrite: replacing the earlier bench output in %s", out)
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -198,6 +248,7 @@ def run_bench(
     seeds: Sequence[int] = DEFAULT_SEEDS,
     samplers: Sequence[str] = DEFAULT_SAMPLERS,
     reference_split: str | None = None,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Train (or load) each model, evaluate it along a sampler × step sweep, write the report.
 
@@ -226,6 +277,8 @@ def run_bench(
         cost_batch, cost_repeats: override :func:`measure_cost`'s timing batch / repeats
             (default: its one protocol, the same for every model).
         command: the command line to record (default: rebuilt from the arguments).
+        overwrite: replace the output of an earlier bench in ``out`` (:func:`check_bench_out`;
+            without it, ``out`` must be new or empty).
 
     Returns:
         The rows (also in ``bench.json``), ordered by model, shipped setting first.
@@ -261,22 +314,19 @@ def run_bench(
         jobs.append(("config", c, _unique(Path(c).stem, taken)))
     for c in ckpts:
         p = Path(c).resolve()
+        if p.parent.name == ckpt_mod.CHECKPOINTS_DIR:  # one checkpoint of a run: named by the run
+            p = p.parent.parent
         stem = p.parent.name if p.name == "run" else p.name
         jobs.append(("ckpt", c, _unique(stem, taken)))
-    # Fail early, before any training, on recipes that do not load or runs already there.
+    # Fail early, before any training, on recipes that do not load or an --out in use.
     extra = [f"train.max_minutes={train_minutes}"] + ([f"train.device={device}"] if device != "auto" else [])
     loaded_cfgs: dict[str, Config] = {}
     for kind, src, name in jobs:
         if kind == "config":
             loaded_cfgs[name] = load_config(src, list(overrides) + extra)
-            run = out / name / "run"
-            if ckpt_mod.has_checkpoint(run):
-                raise ckpt_mod.CheckpointError(
-                    f"{run} already holds a checkpoint from an earlier bench; choose another "
-                    f"--out, delete it, or evaluate it as it is with --ckpts {run}"
-                )
         elif not Path(src).is_dir():
             raise ckpt_mod.CheckpointError(f"checkpoint directory '{src}' does not exist")
+    check_bench_out(out, overwrite)
 
     meta = {
         "command": command or _rebuild_command(configs, ckpts, train_minutes, out, overrides,
@@ -303,7 +353,7 @@ def run_bench(
             run = out / name / "run"
             say(f"{tag}: training {cfg.model.name} for up to {train_minutes} min "
                 f"(max {cfg.train.max_steps} steps) into {run}")
-            summary = train(cfg, run, progress=progress)
+            summary = train(cfg, run, progress=progress, overwrite=overwrite and ckpt_mod.is_run(run))
             train_steps, train_seconds = summary["step"], summary["train_seconds"]
             say(f"{tag}: trained {train_steps} steps in {train_seconds:.1f} s")
         else:

@@ -28,13 +28,18 @@ from ecar.autoencoders import build_autoencoder
 from ecar.build import build_data, build_model, latent_spec, resolved_data
 from ecar.latent_cache import check_cache_autoencoder
 from ecar.config import Config, ConfigError
+from ecar.errors import OutputExistsError
 from ecar.generate import generate_images, labels_for
 from ecar.imageio import save_grid, to_uint8
+from ecar.serialization import is_empty_dir, remove_tree
 from ecar.train.data_order import BatchStream
 from ecar.train.distributed import DistInfo, all_reduce_max, all_reduce_mean, cleanup, init_distributed
 from ecar.train.ema import ema_decay, make_ema, update_ema
 
 log = logging.getLogger("ecar.train")
+
+RUN_OUTPUTS = ("metrics.jsonl", "samples", "tb")
+"""What the trainer writes into a run directory beside the checkpoints (:mod:`ecar.checkpoint`)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -133,20 +138,91 @@ class MetricsLog:
             self.tb.close()
 
 
-def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True,
+          overwrite: bool = False) -> dict:
     """Train ``cfg`` into run directory ``out``; returns a summary dict (rank 0's view).
 
-    Raises :class:`TrainingDiverged` on a non-finite loss, :class:`TrainingInterrupted` on
-    Ctrl-C (after saving), :class:`ecar.checkpoint.CheckpointError` on a bad resume.
+    ``out`` must be new or empty, or hold an ecar run: continued with ``resume``, replaced
+    with ``overwrite`` (:func:`check_run_dir`). Raises :class:`TrainingDiverged` on a
+    non-finite loss, :class:`TrainingInterrupted` on Ctrl-C (after saving),
+    :class:`ecar.checkpoint.CheckpointError` on a bad resume and
+    :class:`ecar.errors.OutputExistsError` for a directory it must not write into.
     """
+    out = Path(out)
+    # before init_distributed, whose rendezvous waits for every rank: no rank can have
+    # written into ``out`` yet when any rank looks at it
+    replacing = check_run_dir(out, resume, overwrite)
     dist_info = init_distributed(cfg.train.device)
     try:
-        return _train(cfg, Path(out), resume, progress, dist_info)
+        return _train(cfg, out, resume, replacing, progress, dist_info)
     finally:
         cleanup()
 
 
-def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -> dict:
+def _names(directory: Path, limit: int = 3) -> str:
+    names = sorted(p.name for p in directory.iterdir())
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _describe_run(run: Path) -> str:
+    try:
+        return f"checkpoint at step {ckpt.find_checkpoint(run).step}"
+    except ckpt.CheckpointError:
+        return "no checkpoint that loads"
+
+
+def check_run_dir(out: Path, resume: bool, overwrite: bool) -> str | None:
+    """Decide, before anything is written, whether training may write into ``out``.
+
+    Allowed: a new or empty directory; an ecar run (:func:`ecar.checkpoint.is_run`) with
+    ``resume``, or with ``overwrite`` to replace it (returns what it replaces, for the log).
+    A directory holding anything else is refused with or without ``overwrite``: those files
+    are someone else's, and no flag of ours may destroy them.
+    """
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"run directory '{out}' exists and is not a directory; choose another --out")
+    if resume:
+        if not out.exists():
+            raise ckpt.CheckpointError(f"cannot resume: run directory '{out}' does not exist")
+        if not ckpt.is_run(out):
+            raise ckpt.CheckpointError(
+                f"cannot resume '{out}': it is not an ecar run (no {ckpt.RUN_MARKER}, no "
+                f"{ckpt.CHECKPOINTS_DIR}/); pass the directory that `ecar train --out` wrote"
+            )
+        return None
+    if not out.exists() or is_empty_dir(out):
+        return None
+    if not ckpt.is_run(out):
+        raise OutputExistsError(
+            f"run directory '{out}' is not empty and is not an ecar run (it holds {_names(out)}); "
+            "training writes only into a new or empty directory or into an earlier ecar run. "
+            "Choose another --out"
+        )
+    what = _describe_run(out)
+    if not overwrite:
+        raise OutputExistsError(
+            f"'{out}' already holds an ecar run ({what}); pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+    return what
+
+
+def _replace_run(out: Path, what: str) -> None:
+    """Remove the entries of an earlier run (its checkpoints, metrics, samples; nothing else)."""
+    entries = ckpt.run_entries(out) + [out / n for n in RUN_OUTPUTS if (out / n).exists()]
+    log.info("--overwrite: replacing the ecar run in %s (%s): removing %s", out, what,
+             ", ".join(p.name + ("/" if p.is_dir() else "") for p in entries))
+    for p in entries:
+        if p.is_dir() and not p.is_symlink():
+            remove_tree(p)
+        else:
+            p.unlink()
+
+
+def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress: bool,
+           di: DistInfo) -> dict:
     t = cfg.train
     device = di.device
     torch.manual_seed(t.seed + di.rank)
@@ -166,12 +242,11 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
     start = 0
     if resume:
         start = _restore(out, cfg, model, ema, opt)
-    elif ckpt.has_checkpoint(out):
-        raise ckpt.CheckpointError(
-            f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out"
-        )
     if di.is_main:
+        if replacing is not None:
+            _replace_run(out, replacing)
         out.mkdir(parents=True, exist_ok=True)
+        ckpt.mark_run(out)  # first, so that a run killed before its first checkpoint is still ours
 
     micro_global = t.batch_size // t.grad_accum
     if t.batch_size % (t.grad_accum * di.world):
@@ -283,7 +358,8 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
                 preview(step)
             stop = all_reduce_max(torch.tensor(float(stopper.stop), device=device)).item() > 0
             if stop:
-                save(step)
+                if last_saved != step:
+                    save(step)
                 bar.close()
                 metrics.close()
                 raise TrainingInterrupted(
@@ -291,7 +367,8 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
                     "Continue with the same command plus --resume."
                 )
     bar.close()
-    save(step)
+    if last_saved != step:  # not twice for one step (a resume at max_steps trains nothing)
+        save(step)
     preview(step)
     metrics.close()
     return {
@@ -301,7 +378,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, di: DistInfo) -
 
 
 def _restore(out: Path, cfg: Config, model, ema, opt) -> int:
-    ck = ckpt.load_checkpoint(out)
+    ck = ckpt.load_checkpoint(out, with_state=True)  # the newest that loads; skipped ones are logged
     saved = ck.cfg
     if type(saved.model) is not type(cfg.model) or saved.model != cfg.model:
         raise ckpt.CheckpointError(
@@ -311,11 +388,12 @@ def _restore(out: Path, cfg: Config, model, ema, opt) -> int:
         raise ckpt.CheckpointError(
             f"cannot resume {out}: it trained on data '{saved.data.name}', this run names '{cfg.data.name}'"
         )
-    ckpt.load_state_into(model, ck.model_state, f"checkpoint '{out}' (model)")
-    ckpt.load_state_into(ema, ck.ema_state or ck.model_state, f"checkpoint '{out}' (ema)")
-    state = ckpt.load_train_state(out, ck.step)
+    ckpt.load_state_into(model, ck.model_state, f"checkpoint '{ck.directory}' (model)")
+    ckpt.load_state_into(ema, ck.ema_state or ck.model_state, f"checkpoint '{ck.directory}' (ema)")
+    state = ck.train_state
     opt.load_state_dict(state["optimizer"])  # the LR is set from this run's config every step
     torch.set_rng_state(state["rng_cpu"])
+    log.info("resuming from %s (step %d)", ck.directory, ck.step)
     if ck.step >= cfg.train.max_steps:
         log.warning("checkpoint is at step %d >= train.max_steps=%d: nothing to do", ck.step, cfg.train.max_steps)
     return ck.step

@@ -1,0 +1,169 @@
+"""Crash safety under kill -9 (issue 11, acceptance 4).
+
+``ecar train`` runs in a child process and is killed with SIGKILL again and again, half of
+the kills aimed inside a checkpoint save (the writer's test hook, ``ECAR_TEST_SAVE_PAUSE``,
+sleeps between the steps of a save so that the kill lands in one), the others at random
+moments. After every kill the run is resumed with ``--resume``, and:
+
+* every resume loads, from the newest complete checkpoint (found here independently: the
+  highest ``checkpoints/step-N`` folder with all four files), never from scratch and never
+  from an older step than the previous resume;
+* the final weights and EMA equal an uninterrupted run's, bit for bit.
+
+The children are forked from a forkserver that has imported ``ecar.cli`` (and what a run
+imports lazily) once, so a start costs milliseconds instead of seconds of imports; each runs the CLI's
+``main`` with its stderr in a log file, single-threaded like the reference run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tqdm import tqdm
+
+from ecar.checkpoint import CHECKPOINT_FILES, SAVE_PAUSE_ENV
+from ecar.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = str(ROOT / "configs" / "digits_dit.yaml")
+MAX_STEPS = 200
+TINY = [
+    "model.hidden=16", "model.depth=1", "model.heads=2", "train.batch_size=8",
+    "train.warmup_steps=5", "train.log_every=50", "train.tensorboard=false", "sample.steps=1",
+    "train.ckpt_every=1", "train.keep_last=2", f"train.max_steps={MAX_STEPS}",
+]
+KILLS = 20
+RESUMED = re.compile(r"resuming from (\S+) \(step (\d+)\)")
+
+
+def _child(argv: list[str], log: str, pause: float | None) -> None:
+    """`ecar ARGV` in this (forked) process: stderr to ``log``, one thread, the hook as asked."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.environ.pop(SAVE_PAUSE_ENV, None)
+    if pause is not None:
+        os.environ[SAVE_PAUSE_ENV] = str(pause)
+    torch.set_num_threads(1)
+    # tqdm's default lock is a multiprocessing semaphore, which a SIGKILL would leak
+    tqdm.set_lock(threading.RLock())
+    sys.exit(main(argv))
+
+
+@pytest.fixture(scope="module")
+def spawner():
+    ctx = multiprocessing.get_context("forkserver")
+    # what a run imports on the way, lazily (AdamW: torch._dynamo; the digits: scikit-learn)
+    ctx.set_forkserver_preload(["ecar.cli", "torch._dynamo", "sklearn.datasets"])
+    return ctx
+
+
+def _start(ctx, run: Path, log: Path, *args: str, pause: float | None = None):
+    argv = ["train", "--quiet", "--out", str(run), *args]
+    proc = ctx.Process(target=_child, args=(argv, str(log), pause), daemon=True)
+    proc.start()
+    return proc
+
+
+def _finish(proc, timeout: float = 300.0) -> int:
+    proc.join(timeout)
+    if proc.exitcode is None:
+        proc.kill()
+        pytest.fail("a training run did not finish in time")
+    return proc.exitcode
+
+
+def _kill(proc) -> None:
+    proc.kill()  # SIGKILL
+    proc.join()
+
+
+def _wait(cond, proc, what: str, timeout: float = 120.0, poll: float = 0.005):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = cond()
+        if got:
+            return got
+        if not proc.is_alive():
+            return cond()
+        time.sleep(poll)
+    proc.kill()
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _complete_steps(run: Path) -> list[int]:
+    root = run / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name[5:]) for p in root.iterdir()
+                  if p.name.startswith("step-") and all((p / f).is_file() for f in CHECKPOINT_FILES))
+
+
+def _unfinished(run: Path) -> set[str]:
+    """Hidden folders of saves in progress (or killed: the next save deletes them)."""
+    root = run / "checkpoints"
+    return {p.name for p in root.iterdir() if ".tmp-" in p.name} if root.is_dir() else set()
+
+
+def _resumed(log: Path):
+    m = RESUMED.search(log.read_text()) if log.exists() else None
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_and_inside_saves_then_resume_bitwise(tmp_path, spawner):
+    rng = random.Random(11)
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    proc = _start(spawner, run, logs / "0.log", "--config", RECIPE, *TINY)
+    assert _wait(lambda: _complete_steps(run), proc, "the first checkpoint"), (logs / "0.log").read_text()
+    time.sleep(rng.uniform(0.0, 0.3))
+    _kill(proc)
+    kills, inside_save, previous = 1, int(bool(_unfinished(run))), 0
+
+    while kills < KILLS:
+        expected = _complete_steps(run)[-1]
+        stale = _unfinished(run)  # left by the last kill
+        aimed = kills % 2 == 1
+        log = logs / f"{kills}.log"
+        proc = _start(spawner, run, log, "--resume", pause=0.03 if aimed else None)
+        got = _wait(lambda: _resumed(log), proc, f"resume {kills}")
+        assert got, f"resume {kills} failed:\n{log.read_text()[-3000:]}"
+        folder, step = got
+        assert step == expected and Path(folder).name == f"step-{expected:08d}", (got, expected)
+        assert step >= previous and step > 0  # never from scratch, never backwards
+        previous = step
+        if aimed:  # into the save of the next step, at a random point of it
+            _wait(lambda: _unfinished(run) - stale, proc, "a save to start")
+            time.sleep(rng.uniform(0.0, 0.12))
+        else:
+            time.sleep(rng.uniform(0.02, 0.4))
+        assert proc.is_alive(), (f"run {kills} ended (exit {proc.exitcode}) before its kill; "
+                                 f"too few MAX_STEPS, or it failed:\n{log.read_text()[-3000:]}")
+        _kill(proc)
+        kills += 1
+        inside_save += bool(_unfinished(run) - stale)
+
+    # the last resume runs to the end (no intermediate saves: they do not change the weights)
+    log, expected = logs / "final.log", _complete_steps(run)[-1]
+    proc = _start(spawner, run, log, "--resume", "train.ckpt_every=0")
+    assert _finish(proc) == 0, log.read_text()[-3000:]
+    assert _resumed(log)[1] == expected >= previous
+    proc = _start(spawner, ref, logs / "ref.log", "--config", RECIPE, *TINY, "train.ckpt_every=0")
+    assert _finish(proc) == 0, (logs / "ref.log").read_text()[-3000:]
+
+    assert kills >= 10 and inside_save >= 3, (kills, inside_save)
+    final = run / "checkpoints" / f"step-{MAX_STEPS:08d}"
+    for f in ("model.safetensors", "ema.safetensors"):
+        assert (final / f).read_bytes() == (ref / "checkpoints" / f"step-{MAX_STEPS:08d}" / f).read_bytes(), f
