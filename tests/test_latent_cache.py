@@ -61,6 +61,7 @@ def test_hflip_doubles_the_training_split_only(folder):
     assert torch.equal(x, base[3][0].flip(-1)) and y == base[3][1]
     assert ds.fingerprint() != base.fingerprint()
     assert not isinstance(build_data(data, "heldout"), HFlipped)
+    assert not isinstance(build_data(data, "train", images=True), HFlipped)  # FID reference: real images
 
 
 def test_cache_train_sample_end_to_end(folder, tmp_path, capsys):
@@ -128,7 +129,7 @@ def test_interrupted_encode_resumes_to_the_same_files(folder, tmp_path, monkeypa
 
     def failing_encode(self, x):
         calls["n"] += 1
-        if calls["n"] == 5:  # the probe, then shard 0's two batches, then one batch of shard 1
+        if calls["n"] == 4:  # shard 0's two batches, then one batch of shard 1
             raise RuntimeError("simulated crash")
         return real_encode(self, x)
 

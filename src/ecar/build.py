@@ -23,26 +23,23 @@ __all__ = ["LatentSpec", "LoadedModel", "build_data", "build_model", "latent_spe
 def build_data(data: DataConfig, split: str = "train", images: bool = False) -> ImageDataset:
     """The dataset ``data`` names (the config is not modified; see :func:`resolved_data`).
 
-    ``data.hflip`` doubles the training split with mirror images. For ``latents:DIR`` the
+    ``data.hflip`` doubles the training split with mirror images (not with ``images=True``:
+    a FID reference is the real images). For ``latents:DIR`` the
     training split is the cache itself (items are latents, mirror copies already in it if it
     was encoded so); any other split, or ``images=True`` (what FID references need), builds
     the image dataset the cache was encoded from.
     """
     source = source_data_args(data.name)
-    if source is not None and (images or split != "train"):
-        ds = build_dataset(source["name"], split=split, resolution=source["resolution"],
-                           channels=source["channels"], seed=source["seed"],
-                           shapes_size=source["shapes_size"])
-    else:
-        ds = build_dataset(
-            data.name, split=split, resolution=data.resolution, channels=data.channels, seed=data.seed,
-            shapes_size=data.shapes_size,
-        )
-    if source is not None and not images and split == "train":
-        if data.resolution is not None and data.resolution != ds.resolution:
-            raise ConfigError(f"data.resolution={data.resolution} but the latent cache '{data.name}' "
-                              f"was encoded from {ds.resolution}px images")
-    elif data.hflip and split == "train":
+    cached = source is not None and not images and split == "train"
+    args = source if source is not None and not cached else {
+        "name": data.name, "resolution": data.resolution, "channels": data.channels,
+        "seed": data.seed, "shapes_size": data.shapes_size}
+    ds = build_dataset(args["name"], split=split, resolution=args["resolution"], channels=args["channels"],
+                       seed=args["seed"], shapes_size=args["shapes_size"])
+    if cached and data.resolution is not None and data.resolution != ds.resolution:
+        raise ConfigError(f"data.resolution={data.resolution} but the latent cache '{data.name}' "
+                          f"was encoded from {ds.resolution}px images")
+    if data.hflip and split == "train" and not images and not cached:  # references stay the real images
         ds = HFlipped(ds)
     if data.num_classes is not None and data.num_classes != ds.num_classes:
         raise ConfigError(

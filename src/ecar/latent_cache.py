@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ecar.autoencoders import AutoencoderConfig, build_autoencoder
-from ecar.build import build_data, resolved_data
+from ecar.build import build_data, latent_spec, resolved_data
 from ecar.config import Config
 from ecar.data import DataError, ImageDataset
 from ecar.data.latents import FORMAT, MANIFEST, read_manifest, shard_files
@@ -134,9 +135,8 @@ def cache_latents(cfg: Config, out: str | Path, *, batch_size: int = 64, shard_s
     ds = build_data(cfg.data, "train")
     cfg_data = resolved_data(cfg.data, ds)
     ae = build_autoencoder(cfg.autoencoder, cfg_data.channels).to(device).eval()
-    with torch.no_grad():
-        probe = ae.encode(ds[0][0].unsqueeze(0).to(device))
-    expected = _expected_manifest(cfg, ds, ae, list(probe.shape[1:]), dtype, shard_size)
+    spec = latent_spec(replace(cfg, data=cfg_data), ae)
+    expected = _expected_manifest(cfg, ds, ae, [spec.channels, spec.size, spec.size], dtype, shard_size)
     num_shards = -(-len(ds) // shard_size)
 
     done: list[dict[str, Any]] = []

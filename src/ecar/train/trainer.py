@@ -26,11 +26,11 @@ from tqdm import tqdm
 from ecar import checkpoint as ckpt
 from ecar.autoencoders import build_autoencoder
 from ecar.build import build_data, build_model, latent_spec, resolved_data
-from ecar.latent_cache import check_cache_autoencoder
 from ecar.config import Config, ConfigError
 from ecar.errors import OutputExistsError
 from ecar.generate import generate_images, labels_for
 from ecar.imageio import save_grid, to_uint8
+from ecar.latent_cache import check_cache_autoencoder
 from ecar.serialization import is_empty_dir, remove_tree
 from ecar.train.data_order import BatchStream
 from ecar.train.distributed import DistInfo, all_reduce_max, all_reduce_mean, cleanup, init_distributed
