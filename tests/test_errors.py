@@ -422,3 +422,29 @@ def test_yaml_in_an_override_is_bounded_too():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["train.lr=" + _billion_laughs().split("lr: ", 1)[1].strip()])
     assert len(str(e.value)) < 1000
+
+
+def test_every_flag_a_command_declares_is_read(capsys):
+    """No silent nonsense: a flag a command accepts but never reads (``ecar sample`` once took
+    --seeds and --reference-split from eval's parser and ignored them) is an error instead."""
+    import argparse
+    import inspect
+
+    from ecar.cli import COMMANDS, build_parser
+    from ecar.methods import sampler_flags
+
+    derived = {f.dest for f in sampler_flags()}  # read together by flag_overrides(args)
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    unread = []
+    for name, parser in sub.choices.items():
+        source = inspect.getsource(COMMANDS[name])
+        for action in parser._actions:
+            dest = action.dest
+            if dest in ("help", "debug", "command") or (dest in derived and "flag_overrides(args)" in source):
+                continue
+            if f"args.{dest}" not in source and f'"{dest}"' not in source:
+                unread.append(f"{name} {action.option_strings or dest}")
+    assert not unread, f"flags declared but never read: {unread}"
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "--ckpt", "x", "--out", "g.png", "--seeds", "0,1"])
+    assert e.value.code == EXIT_USAGE and "--seeds" in capsys.readouterr().err

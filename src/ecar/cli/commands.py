@@ -87,9 +87,6 @@ def add_sample(sub) -> None:
     p.add_argument("--classes", help="comma-separated class ids to cycle through (default: all)")
     add_sampler_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--seeds", help="comma-separated sampling seeds: report mean and std over them")
-    p.add_argument("--reference-split", choices=("train", "heldout"),
-                   help="real split to compare with (default: heldout where the dataset has one)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward batch")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
