@@ -93,7 +93,7 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def _test_pause() -> None:
+def pause_for_tests() -> None:
     value = os.environ.get(SAVE_PAUSE_ENV)
     if value:
         time.sleep(float(value))
@@ -235,7 +235,7 @@ def write_checkpoint_files(tmp: Path, model_state: dict[str, torch.Tensor], ema_
     }
     for fname, data in contents.items():
         write_new_file(tmp / fname, data)
-        _test_pause()
+        pause_for_tests()
 
 
 def commit_save(run: str | Path, tmp: Path, step: int, keep_last: int) -> Path:
@@ -256,7 +256,7 @@ def commit_save(run: str | Path, tmp: Path, step: int, keep_last: int) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(root)
-    _test_pause()
+    pause_for_tests()
     prune_checkpoints(run, keep_last)
     return final
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,14 @@ def _sharded_modules(root: nn.Module) -> list[nn.Module]:
     """The children of every ``nn.ModuleList`` under ``root`` (blocks), innermost first."""
     found = [child for m in root.modules() if isinstance(m, nn.ModuleList) for child in m]
     return found[::-1]  # modules() lists an ancestor before its descendants
+
+
+@contextmanager
+def _single_process_quiet():
+    """DCP warns at every single-process save and load; one process is what we asked for."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 class Parallel:
@@ -177,7 +186,10 @@ class Parallel:
             dist.broadcast_object_list(tmp, 0)
         tmp = Path(tmp[0])
         try:
-            dcp.save({"optimizer": get_optimizer_state_dict(model, opt)}, checkpoint_id=tmp / ckpt.SHARDED_DIR)
+            with _single_process_quiet():
+                dcp.save({"optimizer": get_optimizer_state_dict(model, opt)},
+                         checkpoint_id=tmp / ckpt.SHARDED_DIR, no_dist=not self.sharded)
+            ckpt.pause_for_tests()
             model_state, ema_state = self.full_state(model), self.full_state(ema)
             if self.di.is_main:
                 ckpt.write_checkpoint_files(tmp, model_state, ema_state, cfg, step,
@@ -207,5 +219,6 @@ class Parallel:
             opt.load_state_dict(state["optimizer"])  # the LR is set from this run's config every step
             return
         osd = get_optimizer_state_dict(model, opt)  # the layout to read into (creates empty moments)
-        dcp.load({"optimizer": osd}, checkpoint_id=ck.directory / ckpt.SHARDED_DIR)
+        with _single_process_quiet():
+            dcp.load({"optimizer": osd}, checkpoint_id=ck.directory / ckpt.SHARDED_DIR, no_dist=not self.sharded)
         set_optimizer_state_dict(model, opt, osd)
