@@ -1,7 +1,7 @@
 """train.parallel=fsdp (issue 14, part 3) on CPU: gloo, 2 ranks launched by torchrun through the CLI.
 
-* 2 FSDP ranks with one micro-step each give the loss curve (and, within float tolerance,
-  the weights) of one process training the same global batch in 2 micro-steps: the same
+* 2 FSDP ranks × 2 accumulation micro-steps give the loss curve (and, within float
+  tolerance, the weights) of one process training the same global batch in 4: the same
   images in the same micro-batches with the same noise (``step_generator`` is seeded by
   the micro-batch's place in the global batch), only the sums are reduced in another order.
 * A checkpoint saved by 2 ranks resumes on 1 and continues bitwise like a 1-process resume
@@ -59,9 +59,9 @@ def _weights(run: Path) -> tuple[bytes, bytes]:
 
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory) -> Path:
-    """4 steps on 2 FSDP ranks (checkpoints at 2 and 4); global batch 16 = 2 ranks × 8."""
+    """4 steps on 2 FSDP ranks (checkpoints at 2 and 4); global batch 16 = 2 ranks × 2 micro-steps × 4."""
     run = tmp_path_factory.mktemp("fsdp") / "run"
-    proc = _torchrun(run, "train.parallel=fsdp", "train.max_steps=4", "train.ckpt_every=2")
+    proc = _torchrun(run, "train.parallel=fsdp", "train.max_steps=4", "train.ckpt_every=2", "train.grad_accum=2")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
     return run
@@ -70,7 +70,7 @@ def fsdp_run(tmp_path_factory) -> Path:
 def test_two_fsdp_ranks_follow_the_single_process_loss_curve(fsdp_run, tmp_path):
     single = tmp_path / "single"
     assert main(["train", "--quiet", "--config", RECIPE, "--out", str(single), *FAST,
-                 "train.max_steps=4", "train.grad_accum=2"]) == 0  # 2 micro-batches of 8
+                 "train.max_steps=4", "train.grad_accum=4"]) == 0  # 4 micro-batches of 4
     sharded, plain = _metrics(fsdp_run), _metrics(single)
     assert [r["step"] for r in sharded] == [r["step"] for r in plain] == [1, 2, 3, 4]
     for a, b in zip(sharded, plain):
