@@ -12,6 +12,9 @@
 * SIGKILL of rank 1 inside a sharded save (the save's test hook pauses between its steps)
   leaves the previous checkpoint loadable, and a 1-process resume continues from it.
 * ``ecar sample`` and ``ecar info`` read an fsdp run.
+* What is sharded (2 ranks started by ``torch.multiprocessing`` with torchrun's variables):
+  every block is its own FSDP unit; parameters, gradients, AdamW moments and EMA are
+  ``Shard(0)`` DTensors of about half the size on each rank; the EMA updates on the shards.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,10 +32,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor, Shard
 
+from ecar.build import LatentSpec, build_model
 from ecar.checkpoint import SAVE_PAUSE_ENV, SHARDED_DIR, STATE_FILE, find_checkpoint, load_checkpoint
 from ecar.cli import main
+from ecar.config import load_config
+from ecar.train.distributed import cleanup, init_distributed
+from ecar.train.ema import make_ema, update_ema
+from ecar.train.parallel import Parallel, _sharded_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "configs" / "digits_dit.yaml")
@@ -164,7 +176,7 @@ def test_kill_of_a_rank_inside_a_sharded_save_keeps_the_previous_checkpoint(tmp_
     run = tmp_path / "run"
     proc = _torchrun(run, "train.parallel=fsdp", "train.max_steps=1000", "train.ckpt_every=1",
                      "train.schedule=constant", "train.precision=bf16",
-                     env={SAVE_PAUSE_ENV: "0.4"}, start_new_session=True)
+                     env={SAVE_PAUSE_ENV: "0.25"}, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while not (_complete(run) and _saving(run)) and proc.poll() is None and time.monotonic() < deadline:
@@ -215,3 +227,58 @@ def test_compile_trains(tmp_path, parallel):
     assert main(["train", "--quiet", "--config", RECIPE, "--out", str(run), *FAST, "model.depth=1",
                  "train.max_steps=2", "train.compile=true", f"train.parallel={parallel}"]) == 0
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in _metrics(run))
+
+
+def _sharding_worker(rank: int, port: int) -> None:
+    os.environ.update({"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    di = init_distributed("cpu")
+    try:
+        torch.manual_seed(rank)  # each rank initialises differently: prepare() must fix that
+        cfg = load_config(None, ["model.name=ecar-tiny"])
+        size = cfg.model.patch * 2
+        model, method = build_model(cfg, LatentSpec(3, size, 4))
+        par = Parallel("fsdp", di)
+        par.prepare(model)
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        ema = make_ema(model)
+        objective = method.objective(model, cfg.flow)
+        wrapped = par.wrap(objective, ema)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        blocks = _sharded_modules(objective)
+        assert len(blocks) >= 2 and all(isinstance(b, FSDPModule) for b in blocks + [objective, ema])
+        params, emas = list(model.parameters()), list(ema.parameters())
+        for p, e in zip(params, emas):
+            assert isinstance(p, DTensor) and p.placements == (Shard(0),), p
+            assert isinstance(e, DTensor) and e.placements == p.placements
+            assert e.to_local().shape == p.to_local().shape
+        assert sum(p.to_local().numel() for p in params) < 0.6 * sum(p.numel() for p in params)
+        # the shards of both ranks make up rank 0's initial weights
+        gathered = par.full_state(ema)
+        if rank == 0:
+            assert gathered.keys() == initial.keys()
+            assert all(torch.equal(gathered[k], initial[k]) for k in initial)
+
+        g = torch.Generator().manual_seed(rank)
+        x, y = torch.randn(2, 3, size, size, generator=g), torch.tensor([0, 3])
+        wrapped(x, y, g)["loss"].backward()
+        assert all(isinstance(p.grad, DTensor) and p.grad.to_local().shape == p.to_local().shape
+                   for p in params if p.grad is not None)
+        opt.step()
+        for p in params:
+            moment = opt.state[p]["exp_avg"]
+            assert isinstance(moment, DTensor) and moment.to_local().shape == p.to_local().shape
+        before = [e.to_local().clone() for e in emas]
+        update_ema(ema, model, 0.75)
+        for e, b, p in zip(emas, before, params):
+            torch.testing.assert_close(e.to_local(), 0.75 * b + 0.25 * p.to_local())
+    finally:
+        cleanup()
+
+
+def test_parameters_gradients_moments_and_ema_are_sharded():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_sharding_worker, args=(port,), nprocs=2, join=True)
