@@ -38,7 +38,14 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, Shard
 
 from ecar.build import LatentSpec, build_model
-from ecar.checkpoint import SAVE_PAUSE_ENV, SHARDED_DIR, STATE_FILE, find_checkpoint, load_checkpoint
+from ecar.checkpoint import (
+    SAVE_PAUSE_ENV,
+    SHARDED_DIR,
+    STATE_FILE,
+    CheckpointError,
+    find_checkpoint,
+    load_checkpoint,
+)
 from ecar.cli import main
 from ecar.config import load_config
 from ecar.train.distributed import cleanup, init_distributed
@@ -273,6 +280,12 @@ def _sharding_worker(rank: int, port: int) -> None:
         update_ema(ema, model, 0.75)
         for e, b, p in zip(emas, before, params):
             torch.testing.assert_close(e.to_local(), 0.75 * b + 0.25 * p.to_local())
+
+        # a failure of rank 0's part of a save (disk full…) stops every rank instead of leaving
+        # the others waiting at the commit
+        with pytest.raises(OSError if rank == 0 else CheckpointError, match="No space|rank 0 could not"):
+            par._agree(OSError(28, "No space left on device") if rank == 0 else None, "write")
+        par._agree(None, "write")  # and a success lets every rank on
     finally:
         cleanup()
 

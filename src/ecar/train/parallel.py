@@ -50,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ecar import checkpoint as ckpt
 from ecar.config import Config, ConfigError
-from ecar.train.distributed import DistInfo, barrier
+from ecar.train.distributed import DistInfo, all_reduce_max
 
 DCP = "dcp"
 """``optimizer_format`` of the train state of a checkpoint whose optimizer state is in ``sharded/``."""
@@ -109,7 +109,7 @@ class Parallel:
         if self.sharded:
             self._mesh = init_device_mesh(self.di.device.type, (self.di.world,))
             if self.di.is_main:  # an unsharded copy to gather the EMA into for sample previews
-                self._plain_ema = copy.deepcopy(ema)
+                self._plain_ema = copy.deepcopy(ema).to("cpu")
             for root in (objective, ema):
                 for block in _sharded_modules(root):
                     fully_shard(block, mesh=self._mesh)
@@ -161,17 +161,45 @@ class Parallel:
         ckpt.check_state_fits(module, state, what)
         set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
 
-    def ema_for_sampling(self, ema: nn.Module) -> nn.Module | None:
-        """A module to sample from with the EMA weights (collective with fsdp; None off rank 0)."""
+    @contextmanager
+    def sampling_ema(self, ema: nn.Module):
+        """A module with the EMA weights to sample from on rank 0 (collective with fsdp: every
+        rank enters; the others get None). With fsdp it is an unsharded copy kept on the CPU
+        and moved to the device only while in use."""
         if not self.sharded:
-            return ema
+            yield ema
+            return
         state = self.full_state(ema)
         if not self.di.is_main:
-            return None
+            yield None
+            return
         self._plain_ema.load_state_dict(state)
-        return self._plain_ema
+        try:
+            yield self._plain_ema.to(self.di.device)
+        finally:
+            self._plain_ema.to("cpu")
 
     # ------------------------------------------------------------------ checkpoints
+
+    def _on_main(self, fn) -> Exception | None:
+        """Run ``fn`` on rank 0; the exception it raised, if any (for :meth:`_agree`)."""
+        if self.di.is_main:
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - re-raised by _agree on this rank
+                return e
+        return None
+
+    def _agree(self, failure: Exception | None, what: str) -> None:
+        """Collective: every rank raises if any rank failed (so none waits for a dead partner);
+        the failing rank raises its own error. Also a barrier."""
+        failed = failure is not None
+        if self.sharded:
+            failed = all_reduce_max(torch.tensor(float(failed), device=self.di.device)).item() > 0
+        if failure is not None:
+            raise failure
+        if failed:
+            raise ckpt.CheckpointError(f"rank 0 could not {what}; its error is in its log")
 
     def save(self, out: Path, *, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
              cfg: Config, step: int, state: dict[str, Any]) -> None:
@@ -181,27 +209,31 @@ class Parallel:
                 ckpt.save_checkpoint(out, model=model, ema=ema, cfg=cfg, step=step,
                                      train_state={**state, "optimizer": opt.state_dict()})
             return
-        tmp = [ckpt.begin_save(out, step) if self.di.is_main else None]
+        tmp: list = [None]
+
+        def begin() -> None:
+            tmp[0] = str(ckpt.begin_save(out, step))
+
+        self._agree(self._on_main(begin), f"start the save of step {step}")
         if self.sharded:
             dist.broadcast_object_list(tmp, 0)
         tmp = Path(tmp[0])
         try:
-            with _single_process_quiet():
+            with _single_process_quiet():  # DCP raises a failure of any rank on every rank
                 dcp.save({"optimizer": get_optimizer_state_dict(model, opt)},
                          checkpoint_id=tmp / ckpt.SHARDED_DIR, no_dist=not self.sharded)
             ckpt.pause_for_tests()
             model_state, ema_state = self.full_state(model), self.full_state(ema)
-            if self.di.is_main:
-                ckpt.write_checkpoint_files(tmp, model_state, ema_state, cfg, step,
-                                            {**state, "optimizer_format": DCP})
-            barrier()  # every rank's shards are on disk (DCP fsyncs its files) before the commit
+            files = {**state, "optimizer_format": DCP}
+            # after this, every rank's shards (DCP fsyncs its files) and rank 0's files are on disk
+            self._agree(self._on_main(lambda: ckpt.write_checkpoint_files(
+                tmp, model_state, ema_state, cfg, step, files)), f"write the checkpoint of step {step}")
         except BaseException:
             if self.di.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if self.di.is_main:
-            ckpt.commit_save(out, tmp, step, cfg.train.keep_last)
-        barrier()
+        self._agree(self._on_main(lambda: ckpt.commit_save(out, tmp, step, cfg.train.keep_last)),
+                    f"commit the checkpoint of step {step}")
 
     def restore(self, ck: ckpt.Checkpoint, model: nn.Module, ema: nn.Module,
                 opt: torch.optim.Optimizer) -> None:

@@ -288,12 +288,12 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
         par.save(out, model=model, ema=ema, opt=opt, cfg=cfg, step=step, state=state)
 
     def preview(step: int) -> None:
-        sampler = par.ema_for_sampling(ema)  # every rank: gathering a sharded EMA is collective
-        if not di.is_main:
-            return
-        n = min(4 * cfg.data.num_classes, 40)
-        labels = labels_for(n, cfg.data.num_classes)
-        imgs = generate_images(sampler, cfg, ae, labels, seed=0, batch_size=n)["images"]
+        with par.sampling_ema(ema) as sampler:  # every rank: gathering a sharded EMA is collective
+            if not di.is_main:
+                return
+            n = min(4 * cfg.data.num_classes, 40)
+            labels = labels_for(n, cfg.data.num_classes)
+            imgs = generate_images(sampler, cfg, ae, labels, seed=0, batch_size=n)["images"]
         save_grid(to_uint8(imgs), out / "samples" / f"step_{step:07d}.png", nrow=cfg.data.num_classes)
 
     bar = tqdm(total=t.max_steps, initial=start, desc="train", disable=not (progress and di.is_main),
