@@ -12,8 +12,9 @@ is still one folder committed by one rename (:mod:`ecar.checkpoint`): rank 0 cre
 hidden folder, every rank writes the optimizer state into ``sharded/`` through
 ``torch.distributed.checkpoint`` (DCP), rank 0 gathers the full weights and EMA and writes
 the usual safetensors files (so ``ecar sample/eval/info/serve/bench`` read an fsdp run
-unchanged), then, once all ranks agree that every part is on disk, commits. DCP's metadata lets any number of processes
-read the optimizer state back: a run saved on N ranks resumes on M.
+unchanged), then, once all ranks agree that every part is on disk, commits. DCP's
+metadata lets any number of processes read the optimizer state back: a run saved on N
+ranks resumes on M.
 
 With one process, ``fsdp`` trains the plain (unsharded) objective, exactly as ``ddp`` does
 (sharding over one rank is the identity, and no process group is needed), but still saves
