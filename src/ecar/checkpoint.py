@@ -19,6 +19,11 @@ kill at any moment leaves the previous checkpoints intact and at most a hidden u
 folder, which readers skip (and say so) and the next save deletes. Four files each
 written atomically but side by side, as before, could be left torn between two steps.
 
+A ``train.parallel=fsdp`` run saves the same four files (rank 0 gathers the full weights
+and EMA) plus ``sharded/``, the optimizer state written by every rank through
+``torch.distributed.checkpoint`` into the same hidden folder before rank 0 commits it
+(:mod:`ecar.train.parallel`); its ``train_state.pt`` then holds no optimizer.
+
 Readers (:func:`load_checkpoint`, :func:`find_checkpoint`) accept the run directory, its
 ``checkpoints/`` folder or one ``step-…`` folder, and take the newest checkpoint that
 loads, logging every one they skip. The old layout, the four files directly in the run
@@ -63,6 +68,10 @@ MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "train_state.pt"
+SHARDED_DIR = "sharded"
+"""Inside a checkpoint of a ``train.parallel=fsdp`` run: the optimizer state, written by every
+rank through ``torch.distributed.checkpoint`` (its ``.metadata`` lets any number of
+processes read it back). Its train state says so (``optimizer_format: dcp``)."""
 CHECKPOINT_FILES = (MODEL_FILE, EMA_FILE, CONFIG_FILE, STATE_FILE)
 CHECKPOINTS_DIR = "checkpoints"
 RUN_MARKER = "ecar-run.json"
@@ -84,7 +93,7 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def _test_pause() -> None:
+def pause_for_tests() -> None:
     value = os.environ.get(SAVE_PAUSE_ENV)
     if value:
         time.sleep(float(value))
@@ -181,7 +190,21 @@ def save_checkpoint(
     Order (module docstring): files into a hidden folder, each fsynced; the folder fsynced
     and renamed (the commit); ``checkpoints/`` fsynced; then older checkpoints beyond
     ``keep_last`` (default ``cfg.train.keep_last``) removed. Returns the new folder.
+    A sharded save (:mod:`ecar.train.parallel`) runs the same three steps, with every rank
+    writing its shards into the hidden folder between :func:`begin_save` and :func:`commit_save`.
     """
+    tmp = begin_save(run, step)
+    try:
+        write_checkpoint_files(tmp, model.state_dict(), ema.state_dict(), cfg, step, train_state)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return commit_save(run, tmp, step, cfg.train.keep_last if keep_last is None else keep_last)
+
+
+def begin_save(run: str | Path, step: int) -> Path:
+    """Create the hidden folder that a save of ``step`` writes into (after deleting the leftovers
+    of interrupted saves); returns it."""
     run = Path(run)
     root = run / CHECKPOINTS_DIR
     fresh = not root.is_dir()
@@ -189,6 +212,14 @@ def save_checkpoint(
     if fresh:
         fsync_dir(run)
     _remove_unfinished(root)
+    tmp = hidden_temp_name(root, step_dir_name(step))
+    os.mkdir(tmp, 0o777)  # the umask applies, as to the files
+    return tmp
+
+
+def write_checkpoint_files(tmp: Path, model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor],
+                           cfg: Config, step: int, train_state: dict[str, Any]) -> None:
+    """Write the four files of a checkpoint (each fsynced) into the hidden folder ``tmp``."""
     # one metadata key holding sorted JSON: safetensors stores a hash map, whose order (and so
     # the file's bytes) would otherwise vary between two saves of the same weights
     meta = {META_KEY: json.dumps(
@@ -197,20 +228,26 @@ def save_checkpoint(
     buf = io.BytesIO()
     torch.save({**train_state, "step": step}, buf)
     contents = {
-        MODEL_FILE: _state_bytes(model, meta),
-        EMA_FILE: _state_bytes(ema, meta),
+        MODEL_FILE: _state_bytes(model_state, meta),
+        EMA_FILE: _state_bytes(ema_state, meta),
         CONFIG_FILE: config_to_yaml(cfg).encode(),
         STATE_FILE: buf.getvalue(),
     }
-    name = step_dir_name(step)
-    tmp = hidden_temp_name(root, name)
-    os.mkdir(tmp, 0o777)  # the umask applies, as to the files
+    for fname, data in contents.items():
+        write_new_file(tmp / fname, data)
+        pause_for_tests()
+
+
+def commit_save(run: str | Path, tmp: Path, step: int, keep_last: int) -> Path:
+    """Make the hidden folder ``tmp`` the checkpoint of ``step``: fsync it (and a folder of
+    shards inside), rename it (the commit), fsync ``checkpoints/``, then prune."""
+    run = Path(run)
+    root = run / CHECKPOINTS_DIR
     try:
-        for fname, data in contents.items():
-            write_new_file(tmp / fname, data)
-            _test_pause()
+        if (tmp / SHARDED_DIR).is_dir():
+            fsync_dir(tmp / SHARDED_DIR)
         fsync_dir(tmp)
-        final = root / name
+        final = root / step_dir_name(step)
         if final.exists():  # a damaged or stale checkpoint of this step (resume took an older one)
             log.warning("replacing the existing checkpoint %s", final)
             remove_tree(final)
@@ -219,8 +256,8 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(root)
-    _test_pause()
-    prune_checkpoints(run, cfg.train.keep_last if keep_last is None else keep_last)
+    pause_for_tests()
+    prune_checkpoints(run, keep_last)
     return final
 
 
@@ -433,15 +470,25 @@ def load_train_state(directory: str | Path, expected_step: int) -> dict[str, Any
             f"{path} is at step {state.get('step')} but the weights are at step {expected_step}; "
             "the last save was interrupted"
         )
+    if state.get("optimizer_format") == "dcp" and not (Path(directory) / SHARDED_DIR / ".metadata").is_file():
+        raise CheckpointError(
+            f"{directory} has no {SHARDED_DIR}/.metadata (the optimizer state of a train.parallel=fsdp "
+            "run); the checkpoint is damaged"
+        )
     return state
 
 
 def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """``load_state_dict`` with an error that explains a mismatch instead of a traceback."""
+    check_state_fits(module, state, what)
+    module.load_state_dict(state)
+
+
+def check_state_fits(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Raise :class:`CheckpointError` saying why ``state`` does not fit ``module`` (keys, shapes)."""
     why = state_mismatch(module, state)
     if why:
         raise CheckpointError(
             f"{what} does not fit the model its config describes: {why}. "
             "Was the checkpoint written by another model or an edited config.yaml?"
         )
-    module.load_state_dict(state)

@@ -131,10 +131,19 @@ class TrainConfig:
     a newer one is complete, so a crash never leaves a run without one."""
     tensorboard: bool = True
     """Also log to TensorBoard when the ``tensorboard`` package is installed."""
+    parallel: str = "ddp"
+    """How ``torchrun`` ranks share the work: ``ddp`` (every rank holds the whole model and
+    optimizer; gradients are averaged) or ``fsdp`` (FSDP2 ``fully_shard`` per transformer
+    block and at the root: parameters, gradients, optimizer state and EMA are split over the
+    ranks; checkpoints carry the optimizer state via ``torch.distributed.checkpoint``, so a
+    run saved on N processes resumes on any M). One process trains the same either way."""
+    compile: bool = False
+    """``torch.compile`` the objective (network + loss) before training (ddp and fsdp)."""
 
     def validate(self) -> None:
         check_choice("train.schedule", self.schedule, ("cosine", "constant"))
         check_choice("train.precision", self.precision, ("fp32", "bf16"))
+        check_choice("train.parallel", self.parallel, ("ddp", "fsdp"))
         check_device_name(self.device, "train.device")
         check_range("train.max_minutes", self.max_minutes, 0, meaning="0 = no time budget")
         for name in ("max_steps", "batch_size", "grad_accum", "log_every"):

@@ -34,7 +34,9 @@ def add_train(sub) -> None:
             """\
             Train a model from a recipe in configs/. Any config value can be overridden
             with section.key=value. Runs on one CPU/GPU as is, and on many processes under
-            torchrun with the same arguments (gloo on CPU, NCCL on GPU).
+            torchrun with the same arguments (gloo on CPU, NCCL on GPU); train.parallel=fsdp
+            shards parameters, gradients, optimizer state and EMA over them (FSDP2). A run
+            resumes on any number of processes.
 
             examples:
               ecar train --config configs/digits_dit.yaml --out runs/dit
@@ -42,6 +44,7 @@ def add_train(sub) -> None:
               ecar train --out runs/dit --resume                 # continue where it stopped
               ecar train --config configs/digits_dit.yaml --out runs/dit --overwrite  # start it anew
               torchrun --nproc_per_node=2 -m ecar train --config configs/digits_dit.yaml --out runs/ddp
+              torchrun --nproc_per_node=2 -m ecar train --config configs/digits_dit.yaml --out runs/fsdp train.parallel=fsdp
 
             --out must be new or empty, or an earlier run: continued with --resume, or
             replaced with --overwrite. A directory holding other files is never written into.

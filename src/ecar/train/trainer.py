@@ -1,10 +1,12 @@
 """The training loop shared by every method.
 
-One code path: single-process CPU, or ``torchrun`` (DDP; gloo on CPU, NCCL on GPU). The
-objective (network + loss) is wrapped by DDP here and nowhere else; EMA, checkpoints,
-logging and sample grids live here too. Randomness of step s on rank r comes from a
-generator seeded with (seed, s, micro-step, r), so a resumed run draws exactly the noise
-and times it would have drawn without the interruption.
+One code path: single-process CPU, or ``torchrun`` (DDP or FSDP2; gloo on CPU, NCCL on
+GPU). The objective (network + loss) is wrapped by :class:`ecar.train.parallel.Parallel`
+and nowhere else; EMA, checkpoints, logging and sample grids live here too. Randomness of
+step s comes from a generator per micro-batch shard, seeded with (seed, s, j) where
+j = micro-step · ranks + rank is the shard's place in the step's global batch: a resumed
+run draws exactly the noise and times it would have drawn without the interruption, and
+W ranks with A accumulation steps draw what one process with W·A steps draws.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ecar import checkpoint as ckpt
@@ -35,6 +35,7 @@ from ecar.serialization import is_empty_dir, remove_tree
 from ecar.train.data_order import BatchStream
 from ecar.train.distributed import DistInfo, all_reduce_max, all_reduce_mean, cleanup, init_distributed
 from ecar.train.ema import ema_decay, make_ema, update_ema
+from ecar.train.parallel import Parallel
 
 log = logging.getLogger("ecar.train")
 
@@ -66,9 +67,15 @@ def lr_factor(step: int, cfg: Config, time_fraction: float = 0.0) -> float:
     return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.device) -> torch.Generator:
+def step_generator(seed: int, step: int, shard: int, device: torch.device) -> torch.Generator:
+    """The generator of micro-batch shard ``shard`` = micro-step · ranks + rank of ``step``.
+
+    The shard index is the shard's place in the step's global batch (whose data are
+    positions in the same order, :mod:`ecar.train.data_order`), so the noise of an image
+    does not depend on how the global batch is split between ranks and micro-steps.
+    """
     g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + step) * 1_009 + micro * 101 + rank + 1)
+    g.manual_seed((seed * 1_000_003 + step) * 1_009 + shard * 101 + 1)
     return g
 
 
@@ -233,15 +240,18 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
     encode = not getattr(dataset, "yields_latents", False)  # a latent cache is encoded already
     model, method = build_model(cfg, latent_spec(cfg, ae))
     model.to(device)
+    par = Parallel(t.parallel, di, t.compile)
+    par.prepare(model)
     ema = make_ema(model)
     objective = method.objective(model, cfg.flow).to(device)
+    wrapped = par.wrap(objective, ema)  # before the optimizer: FSDP replaces the parameters
     opt = torch.optim.AdamW(
         model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay
     )
 
     start = 0
     if resume:
-        start = _restore(out, cfg, model, ema, opt)
+        start = _restore(out, cfg, model, ema, opt, par)
     if di.is_main:
         if replacing is not None:
             _replace_run(out, replacing)
@@ -260,34 +270,30 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
         persistent_workers=cfg.data.num_workers > 0,
     )
     batches = iter(loader)
-    wrapped: nn.Module = (
-        DDP(objective, device_ids=[device.index] if device.type == "cuda" else None)
-        if di.world > 1 else objective
-    )
-    params = sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() for p in model.parameters())  # DTensors count their global size
     metrics = MetricsLog(out, di.is_main, t.tensorboard)
     if di.is_main:
-        log.info("model %s: %.2fM parameters on %s, %d rank(s)", cfg.model.name, params / 1e6, device, di.world)
+        log.info("model %s: %.2fM parameters on %s, %d rank(s), train.parallel=%s", cfg.model.name,
+                 params / 1e6, device, di.world, t.parallel)
 
-    def save(step: int) -> None:
-        if di.is_main:
-            state = {
-                "optimizer": opt.state_dict(),
-                "lr": opt.param_groups[0]["lr"],  # the schedule itself is a function of the step
-                "rng_cpu": torch.get_rng_state(),
-                "batches_seen": step * t.grad_accum,
-                "world_size": di.world,
-            }
-            if torch.cuda.is_available():
-                state["rng_cuda"] = torch.cuda.get_rng_state_all()
-            ckpt.save_checkpoint(out, model=model, ema=ema, cfg=cfg, step=step, train_state=state)
+    def save(step: int) -> None:  # every rank calls it (fsdp ranks write their shards)
+        state = {
+            "lr": opt.param_groups[0]["lr"],  # the schedule itself is a function of the step
+            "rng_cpu": torch.get_rng_state(),
+            "batches_seen": step * t.grad_accum,
+            "world_size": di.world,
+        }
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        par.save(out, model=model, ema=ema, opt=opt, cfg=cfg, step=step, state=state)
 
     def preview(step: int) -> None:
-        if not di.is_main:
-            return
-        n = min(4 * cfg.data.num_classes, 40)
-        labels = labels_for(n, cfg.data.num_classes)
-        imgs = generate_images(ema, cfg, ae, labels, seed=0, batch_size=n)["images"]
+        with par.sampling_ema(ema) as sampler:  # every rank: gathering a sharded EMA is collective
+            if not di.is_main:
+                return
+            n = min(4 * cfg.data.num_classes, 40)
+            labels = labels_for(n, cfg.data.num_classes)
+            imgs = generate_images(sampler, cfg, ae, labels, seed=0, batch_size=n)["images"]
         save_grid(to_uint8(imgs), out / "samples" / f"step_{step:07d}.png", nrow=cfg.data.num_classes)
 
     bar = tqdm(total=t.max_steps, initial=start, desc="train", disable=not (progress and di.is_main),
@@ -313,9 +319,8 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
                 if encode:
                     with torch.no_grad():
                         x = ae.encode(x)
-                gen = step_generator(t.seed, step, micro, di.rank, device)
-                sync = micro == t.grad_accum - 1 or di.world == 1
-                with (nullcontext() if sync else wrapped.no_sync()), _autocast(device, t.precision):
+                gen = step_generator(t.seed, step, micro * di.world + di.rank, device)
+                with par.no_sync(micro == t.grad_accum - 1), _autocast(device, t.precision):
                     losses = wrapped(x, y, gen)
                     loss = losses["loss"] / t.grad_accum
                 loss.backward()
@@ -344,7 +349,7 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
                 elapsed = time.perf_counter() - tic
                 row = {
                     "step": step, "loss": loss_avg.item(), "lr": lr,
-                    "grad_norm": float(grad_norm), "images_per_s": seen / max(elapsed, 1e-9),
+                    "grad_norm": par.scalar(grad_norm), "images_per_s": seen / max(elapsed, 1e-9),
                     "elapsed_s": time.perf_counter() - t_start,
                     **{k: all_reduce_mean(v).item() for k, v in parts.items()},
                 }
@@ -377,7 +382,7 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
     }
 
 
-def _restore(out: Path, cfg: Config, model, ema, opt) -> int:
+def _restore(out: Path, cfg: Config, model, ema, opt, par: Parallel) -> int:
     ck = ckpt.load_checkpoint(out, with_state=True)  # the newest that loads; skipped ones are logged
     saved = ck.cfg
     if type(saved.model) is not type(cfg.model) or saved.model != cfg.model:
@@ -388,11 +393,8 @@ def _restore(out: Path, cfg: Config, model, ema, opt) -> int:
         raise ckpt.CheckpointError(
             f"cannot resume {out}: it trained on data '{saved.data.name}', this run names '{cfg.data.name}'"
         )
-    ckpt.load_state_into(model, ck.model_state, f"checkpoint '{ck.directory}' (model)")
-    ckpt.load_state_into(ema, ck.ema_state or ck.model_state, f"checkpoint '{ck.directory}' (ema)")
-    state = ck.train_state
-    opt.load_state_dict(state["optimizer"])  # the LR is set from this run's config every step
-    torch.set_rng_state(state["rng_cpu"])
+    par.restore(ck, model, ema, opt)
+    torch.set_rng_state(ck.train_state["rng_cpu"])
     log.info("resuming from %s (step %d)", ck.directory, ck.step)
     if ck.step >= cfg.train.max_steps:
         log.warning("checkpoint is at step %d >= train.max_steps=%d: nothing to do", ck.step, cfg.train.max_steps)
