@@ -82,7 +82,7 @@ def distill(target, draft, cfg, steps: int, batch: int, lr: float, fm_weight: fl
         for group in opt.param_groups:  # linear warm-up, cosine decay
             group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     draft.eval()
     return losses
 

@@ -5,6 +5,8 @@ test_speculative.py)."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,18 @@ def test_cli_samples_with_a_draft_and_refuses_a_mismatched_pair(tmp_path, monkey
     assert cli_main(["sample", "--ckpt", str(target), "--draft", str(draft), "--sampler", "euler", "--n", "2",
                      "--out", str(tmp_path / "y.png")]) == 2
     assert "euler_maruyama" in capsys.readouterr().err
+
+
+def test_bench_reports_speculative_statistics_with_a_draft(tmp_path, monkeypatch):
+    monkeypatch.setenv("ECAR_CACHE", str(tmp_path / "cache"))
+    target, draft = tmp_path / "t", tmp_path / "d"
+    for run, recipe in ((target, "digits_ar.yaml"), (draft, "digits_ar_draft.yaml")):
+        assert cli_main(["train", "--quiet", "--config", str(ROOT / "configs" / recipe), "--out", str(run),
+                         *TINY, "model.depth=1"]) == 0
+    out = tmp_path / "bench"
+    assert cli_main(["bench", "--ckpts", str(target), "--draft", str(draft), "--n-eval", "8", "--sweep", "1",
+                     "--seeds", "0", "--quiet", "--out", str(out)]) == 0
+    spec = json.loads((out / "bench.json").read_text())["meta"]["speculative"]["t"]
+    assert 0.0 <= spec["acceptance_rate"] <= 1.0 and spec["tokens"] == 8 * 64 and spec["n"] == 8
+    assert spec["target_passes"] > 0 and spec["draft_passes"] >= spec["target_passes"]
+    assert math.isfinite(spec["fid"]) and spec["seconds_per_image"] > 0
