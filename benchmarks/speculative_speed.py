@@ -16,7 +16,9 @@
    same seeds, ``--repeats`` times, median. Time only on a quiet machine.
 5. Equal distribution: FID (digits classifier features, held-out digits) of ``--fid-n``
    images per seed for plain and speculative sampling of the target, seeds ``--seeds``;
-   the JSON holds both means ± std, the acceptance rate and tokens per target pass.
+   the JSON holds both means ± std, the acceptance rate and tokens per target pass, and
+   the FID of the target's ODE (Euler) sampler as a check that the Gaussian chain (noise at
+   every step) samples the trained model as well as the ODE does.
 
     python benchmarks/speculative_speed.py --out benchmarks/results/speculative_speed.json
 
@@ -27,6 +29,7 @@ Tiny untimed check (minutes): ``--target-steps 30 --draft-steps 30 --fid-n 50 --
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -148,7 +151,8 @@ def main() -> None:
 
     ref = reference_stats(target.cfg, default_feature_net(target.cfg.data.name))
     net = default_feature_net(target.cfg.data.name)
-    fids = {"plain": [], "speculative": []}
+    fids = {"plain": [], "speculative": [], "plain_euler_ode": []}
+    ode = dataclasses.replace(sample, sampler="euler")
     fid_stats = []
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
         lab = labels_for(args.fid_n, target.num_classes)
@@ -157,6 +161,8 @@ def main() -> None:
                                draft=draft.model)
         fids["plain"].append(fid_of_images(plain["images"], ref, net))
         fids["speculative"].append(fid_of_images(spec["images"], ref, net))
+        ode_images = generate_images(target.model, target.cfg, target.autoencoder, lab, ode, seed=seed, batch_size=256)
+        fids["plain_euler_ode"].append(fid_of_images(ode_images["images"], ref, net))
         fid_stats.append(spec["speculative"])
 
     def summary(v):

@@ -52,8 +52,8 @@ class ARSampleConfig(SampleConfig):
     sampler: str = setting("euler_maruyama", "integrator", choices=SAMPLER_NAMES)
     steps: int = setting(25, "head steps per token (the Gaussian chain's K with euler_maruyama)")
     cfg_schedule: str = setting(
-        "linear", "guidance schedule: linear (default, MAR: ramps from 1 to cfg with the fraction of "
-        "tokens generated) or constant", choices=GUIDANCE_SCHEDULES)
+        "linear", "guidance schedule: linear (default, as MAR: ramps from 1 to cfg with the fraction of "
+        "tokens generated after the token) or constant", choices=GUIDANCE_SCHEDULES)
     cfg_interval: list[float] | None = setting(
         None, "guide only tokens whose fraction of tokens generated (after the token) is in [LO, HI] "
         "(default: every token)", metavar="LO,HI")

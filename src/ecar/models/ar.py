@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from ecar.errors import ConfigError, shown
-from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions, patchify, unpatchify
+from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions
 from ecar.layers.ragged_cache import RaggedKVCache, ragged_mask
 from ecar.models.base import TransformerConfig
-from ecar.models.heads import TokenHead
+from ecar.models.heads import TokenGridNetwork, TokenHead
 
 __all__ = ["AR", "ARConfig"]
 
@@ -52,18 +52,13 @@ class ARConfig(TransformerConfig):
             raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {shown(self.head_batch_mul)}")
 
 
-class AR(nn.Module):
+class AR(TokenGridNetwork):
     """Causal transformer + per-token head over C×size×size latents; tokens (B, N, D) with
     N = (size / patch)², D = C·patch²."""
 
     def __init__(self, cfg: ARConfig, channels: int, size: int, num_classes: int):
         super().__init__()
-        if size % cfg.patch:
-            raise ValueError(f"latent size {size} is not divisible by model.patch={cfg.patch}")
-        self.cfg, self.channels, self.size, self.num_classes = cfg, channels, size, num_classes
-        self.grid = size // cfg.patch
-        self.num_tokens = self.grid**2
-        self.token_dim = channels * cfg.patch**2
+        self._set_grid(cfg, channels, size, num_classes)
         h = cfg.hidden
         self.embed = nn.Linear(self.token_dim, h)
         self.pos = nn.Parameter(grid_positions(self.grid, h)[None].clone())
@@ -76,18 +71,6 @@ class AR(nn.Module):
         nn.init.zeros_(self.embed.bias)
         nn.init.normal_(self.head_pos, std=0.02)
         nn.init.normal_(self.y_embed.table.weight, std=0.02)
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
-
-    def tokens(self, latent: torch.Tensor) -> torch.Tensor:
-        """(B, C, size, size) -> (B, N, D), raster order."""
-        return patchify(latent, self.cfg.patch)
-
-    def latent(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) -> (B, C, size, size)."""
-        return unpatchify(tokens, self.cfg.patch, self.channels, self.size, self.size)
 
     def _inputs(self, prev: torch.Tensor, pos: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """prev (B, L, D) the token before each position (ignored at position 0), pos (B, L)."""
@@ -133,12 +116,3 @@ class AR(nn.Module):
             cache.at(pos)
             h = blk(h, c, mask=mask, cache=cache)
         return self._out(h, pos)
-
-    def head_condition(self, z: torch.Tensor) -> torch.Tensor:
-        """(…, hidden) -> (…, head_width): projected once per token, constant over its steps."""
-        return self.head.project(z)
-
-    def velocity(self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor) -> torch.Tensor:
-        """Head velocity of tokens x (B, n, D) at times u (scalar, (B,) or (B, n)) given their
-        projected conditions zc (B, n, head_width)."""
-        return self.head(x, u, zc)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ecar.layers import AdaLNBlock, AdaLNResBlock, FinalLayer, TimestepEmbedder
+from ecar.layers import AdaLNBlock, AdaLNResBlock, FinalLayer, TimestepEmbedder, patchify, unpatchify
 
 X_PRED_MIN_GAP = 0.05
 """x-prediction divides by 1 − u; clamped here so the loss weight stays bounded near u = 1."""
@@ -75,3 +75,40 @@ class TokenHead(nn.Module):
             for blk in self.blocks:
                 h = blk(h, c, mask=mask)
         return self.final(h, c)
+
+
+class TokenGridNetwork(nn.Module):
+    """Base of the per-token networks (MAR, AR): a C×size×size latent as a raster-order grid
+    of N = (size / patch)² tokens of D = C·patch² values, labels with a null class, and a
+    per-token head ``self.head`` (a :class:`TokenHead`) the subclass builds."""
+
+    head: TokenHead
+
+    def _set_grid(self, cfg, channels: int, size: int, num_classes: int) -> None:
+        if size % cfg.patch:
+            raise ValueError(f"latent size {size} is not divisible by model.patch={cfg.patch}")
+        self.cfg, self.channels, self.size, self.num_classes = cfg, channels, size, num_classes
+        self.grid = size // cfg.patch
+        self.num_tokens = self.grid**2
+        self.token_dim = channels * cfg.patch**2
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def tokens(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, C, size, size) -> (B, N, D), raster order."""
+        return patchify(latent, self.cfg.patch)
+
+    def latent(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, C, size, size)."""
+        return unpatchify(tokens, self.cfg.patch, self.channels, self.size, self.size)
+
+    def head_condition(self, z: torch.Tensor) -> torch.Tensor:
+        """(…, hidden) -> (…, head_width): projected once per token, constant over its steps."""
+        return self.head.project(z)
+
+    def velocity(self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor) -> torch.Tensor:
+        """Head velocity of tokens x (B, n, D) at time u (scalar, (B,) or (B, n)) given their
+        projected conditions zc (B, n, head_width)."""
+        return self.head(x, u, zc)

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from ecar.errors import ConfigError, shown
-from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions, patchify, unpatchify
+from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions
 from ecar.models.base import TransformerConfig
-from ecar.models.heads import TokenHead
+from ecar.models.heads import TokenGridNetwork, TokenHead
 
 __all__ = ["MAR", "MARConfig"]
 
@@ -62,7 +62,7 @@ class MARConfig(TransformerConfig):
             raise ConfigError(f"model.mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
 
 
-class MAR(nn.Module):
+class MAR(TokenGridNetwork):
     """Bidirectional masked transformer + per-token head over C×size×size latents.
 
     Tokens are (B, N, D) with N = (size / patch)², D = C·patch².
@@ -70,12 +70,7 @@ class MAR(nn.Module):
 
     def __init__(self, cfg: MARConfig, channels: int, size: int, num_classes: int):
         super().__init__()
-        if size % cfg.patch:
-            raise ValueError(f"latent size {size} is not divisible by model.patch={cfg.patch}")
-        self.cfg, self.channels, self.size, self.num_classes = cfg, channels, size, num_classes
-        self.grid = size // cfg.patch
-        self.num_tokens = self.grid**2
-        self.token_dim = channels * cfg.patch**2
+        self._set_grid(cfg, channels, size, num_classes)
         h = cfg.hidden
 
         self.embed = nn.Linear(self.token_dim, h)
@@ -93,18 +88,6 @@ class MAR(nn.Module):
         nn.init.normal_(self.head_pos, std=0.02)
         nn.init.normal_(self.y_embed.table.weight, std=0.02)
 
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
-
-    def tokens(self, latent: torch.Tensor) -> torch.Tensor:
-        """(B, C, size, size) -> (B, N, D), raster order."""
-        return patchify(latent, self.cfg.patch)
-
-    def latent(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) -> (B, C, size, size)."""
-        return unpatchify(tokens, self.cfg.patch, self.channels, self.size, self.size)
-
     def condition(self, tokens: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """tokens (B, N, D), mask (B, N) bool (True = masked: the value is not read),
         y (B,) labels (null = num_classes) -> z (B, N, hidden), the head condition per token."""
@@ -115,12 +98,3 @@ class MAR(nn.Module):
         for blk in self.blocks:
             h = blk(h, c)
         return self.norm(h[:, 1:]) + self.head_pos
-
-    def head_condition(self, z: torch.Tensor) -> torch.Tensor:
-        """(…, hidden) -> (…, head_width): projected once per token, constant over its steps."""
-        return self.head.project(z)
-
-    def velocity(self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor) -> torch.Tensor:
-        """Head velocity of tokens x (B, n, D) at time u (scalar, (B,) or (B, n)) given their
-        projected conditions zc (B, n, head_width)."""
-        return self.head(x, u, zc)
