@@ -186,11 +186,12 @@ def test_draft_equal_to_target_accepts_every_proposal():
     assert st["tokens_per_target_pass"] == pytest.approx(4 / 2)  # 4 tokens, gamma 3: passes of 3 and 1
 
 
-def test_speculative_samples_match_plain_sampling_of_the_target():
+@pytest.mark.parametrize("verify", ["path", "step"])
+def test_speculative_samples_match_plain_sampling_of_the_target(verify):
     """A different draft (acceptance well below 1): the target's tokens by speculative and by
     plain sampling are indistinguishable (two-sample KS on all 16 coordinates, Bonferroni),
-    while the draft's own samples are not."""
-    cfg, target = _net(1, "sample.gamma=3")
+    while the draft's own samples are not; for both verification modes."""
+    cfg, target = _net(1, "sample.gamma=3", f"sample.verify={verify}")
     draft = _near(target, 0.01, 2)
     n = 4000
     labels = torch.arange(n) % 10
@@ -208,11 +209,12 @@ def test_speculative_samples_match_plain_sampling_of_the_target():
     assert min(pvals(other, plain)) < ALPHA / 16
 
 
-def test_every_token_comes_from_an_accepted_proposal_or_a_residual_sample():
+@pytest.mark.parametrize("verify", ["path", "step"])
+def test_every_token_comes_from_an_accepted_proposal_or_a_residual_sample(verify):
     """Rejections forced by a draft far from the target, one residual candidate per try:
     every output token is marked accepted or residual, the counts add up, and no token is the
     zero vector a fallback would leave."""
-    cfg, target = _net(1, "sample.gamma=4", "sample.residual_batch=1")
+    cfg, target = _net(1, "sample.gamma=4", "sample.residual_batch=1", f"sample.verify={verify}")
     _, draft = _net(3)
     with torch.no_grad():
         for p in draft.head.final.parameters():
@@ -224,14 +226,35 @@ def test_every_token_comes_from_an_accepted_proposal_or_a_residual_sample():
     assert st.residual_tokens > 0 and st.residual_rounds > 1
     assert int((src == ACCEPTED).sum()) == st.accepted and int((src == RESIDUAL).sum()) == st.residual_tokens
     assert st.accepted + st.residual_tokens == st.tokens == 32 * 4
+    assert st.tested == st.accepted + st.residual_tokens  # one rejection per residual token
     tokens = target.tokens(out["latents"])
     assert bool((tokens.abs().sum(-1) > 0).all())
 
 
-def test_residual_sampling_raises_instead_of_falling_back():
+@pytest.mark.parametrize("verify", ["path", "step"])
+def test_residual_sampling_raises_instead_of_falling_back(verify):
     cfg, target = _net(1)
     _, draft = _net(3)
     settings = AR_METHOD.loop_settings(target, cfg.sample)
     with pytest.raises(RuntimeError, match="residual sampling found no sample"):
-        generate_speculative(target, draft, torch.arange(16) % 10, settings, gamma=4,
+        generate_speculative(target, draft, torch.arange(16) % 10, settings, gamma=4, verify=verify,
                              generator=torch.Generator().manual_seed(0), max_residual_rounds=0)
+
+
+def test_gaussian_residual_samples_the_residual_of_two_gaussians():
+    """The step residual max(0, N(a, s²) − N(b, s²)), 1-D: KS against its exact CDF
+    (Φ((z − a)/s) − Φ((z − b)/s)) / TV on z > (a + b)/2, for a > b."""
+    from ecar.engine.speculative import SpeculativeStats, gaussian_residual
+
+    a, b, sd, n = 0.3, -0.2, 0.5, 20_000
+    y = gaussian_residual(torch.full((n, 1), a), torch.full((n, 1), b), torch.full((n,), sd), 16,
+                          torch.Generator().manual_seed(0), 10_000, SpeculativeStats())[:, 0].double()
+    c = (a + b) / 2
+    tv = sps.norm.cdf((a - b) / (2 * sd)) - sps.norm.cdf((b - a) / (2 * sd))
+
+    def cdf(z):
+        z = __import__("numpy").maximum(z, c)
+        return (sps.norm.cdf((z - a) / sd) - sps.norm.cdf((z - b) / sd) - sps.norm.cdf((c - a) / sd)
+                + sps.norm.cdf((c - b) / sd)) / tv
+
+    assert bool((y > c).all()) and sps.kstest(y.numpy(), cdf).pvalue > ALPHA

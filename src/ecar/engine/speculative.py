@@ -29,9 +29,14 @@ import torch
 from torch import nn
 
 from ecar.engine.causal import CausalSampleConfig, GuidedCausal
-from ecar.samplers.chain import GaussianChain, path_log_ratio
+from ecar.samplers.chain import GaussianChain, path_log_ratio, step_log_ratio
 
-__all__ = ["ACCEPTED", "RESIDUAL", "SpeculativeStats", "accepted_prefix", "first_residual", "generate_speculative"]
+__all__ = ["ACCEPTED", "RESIDUAL", "VERIFY_MODES", "SpeculativeStats", "accepted_prefix", "first_residual",
+           "gaussian_residual", "generate_speculative"]
+
+VERIFY_MODES = ("step", "path")
+"""What a proposal's acceptance test compares: each Gaussian transition of its chain (``step``)
+or its whole path (``path``); both exact (docs/speculative.md)."""
 
 ACCEPTED, RESIDUAL = 1, 2
 """Codes of ``source``: where each output token came from (0 would be "never set")."""
@@ -68,7 +73,10 @@ class SpeculativeStats:
 
     tokens: int = 0
     proposed: int = 0
+    tested: int = 0
     accepted: int = 0
+    steps_proposed: int = 0
+    steps_accepted: int = 0
     target_passes: int = 0
     image_passes: int = 0
     target_head_calls: int = 0
@@ -84,11 +92,14 @@ class SpeculativeStats:
             setattr(self, k, getattr(self, k) + v)
 
     def as_dict(self) -> dict:
-        """The counts plus ``acceptance_rate`` (accepted / proposed) and
+        """The counts plus ``acceptance_rate`` (accepted / tested: the probability that a
+        proposal the target tests is accepted; the proposals after a rejection are never
+        tested), ``accepted_per_proposed`` (accepted / proposed) and
         ``tokens_per_target_pass`` (tokens per image and target transformer pass: tokens /
         Σ passes × images of the batch)."""
         out = asdict(self)
-        out["acceptance_rate"] = self.accepted / self.proposed if self.proposed else float("nan")
+        out["acceptance_rate"] = self.accepted / self.tested if self.tested else float("nan")
+        out["accepted_per_proposed"] = self.accepted / self.proposed if self.proposed else float("nan")
         out["tokens_per_target_pass"] = self.tokens / self.image_passes if self.image_passes else float("nan")
         return out
 
@@ -115,26 +126,109 @@ def _chain_means(net: GuidedCausal, zq: torch.Tensor, pos: torch.Tensor, chain: 
     return chain.means(net.velocity(rows, pos[:, :, None].expand(-1, -1, k).reshape(pos.shape[0], -1)), states)
 
 
+def gaussian_residual(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor, candidates: int,
+                      generator: torch.Generator | None, max_rounds: int, stats: SpeculativeStats) -> torch.Tensor:
+    """One draw per row of the normalised residual max(0, N(m_p, s²I) − N(m_q, s²I)): rejection
+    from N(m_p, s²I) with acceptance 1 − q/p (:func:`first_residual`), ``candidates`` per row and
+    round, until every row has one. mean_p, mean_q (R, D), std (R,) -> (R, D). No network call."""
+    out = torch.empty_like(mean_p)
+    rows = torch.arange(mean_p.shape[0], device=mean_p.device)
+    rounds = 0
+    while rows.numel():
+        _check_rounds(rounds, max_rounds, rows.numel(), candidates)
+        rounds += 1
+        mp, mq, sd = mean_p[rows, None], mean_q[rows, None], std[rows, None, None]
+        y = mp + sd * torch.randn((rows.numel(), candidates, mp.shape[-1]), generator=generator,
+                                  device=mp.device, dtype=mp.dtype)
+        lr = (((y - mq).double() ** 2 - (y - mp).double() ** 2) / (2 * sd.double() ** 2)).sum(-1)
+        first = first_residual(lr, generator)
+        ok = first >= 0
+        out[rows[ok]] = y[ok.nonzero()[:, 0], first[ok]]
+        rows = rows[~ok]
+        stats.residual_candidates += int(ok.numel()) * candidates
+    stats.residual_rounds += rounds
+    return out
+
+
+def _check_rounds(rounds: int, max_rounds: int, rows: int, candidates: int) -> None:
+    if rounds >= max_rounds:
+        raise RuntimeError(
+            f"residual sampling found no sample in {rounds}×{candidates} candidates for {rows} token(s): the "
+            "draft and target densities agree almost everywhere there; raise residual_batch or use a draft "
+            "that differs less erratically from the target")
+
+
+def _keep(z: torch.Tensor, keep: torch.Tensor, doubled: bool) -> torch.Tensor:
+    """Rows ``keep`` (bool, R) of a (R or 2R, …) tensor, both halves kept."""
+    return torch.cat([h[keep] for h in z.chunk(2)]) if doubled else z[keep]
+
+
+def _residual_paths(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain, zp: torch.Tensor,
+                    zq: torch.Tensor, pos: torch.Tensor, m: int, generator, max_rounds: int,
+                    stats: SpeculativeStats) -> torch.Tensor:
+    """Path residual for R rejected tokens: conditions zp, zq (R or 2R, F), positions (R,) ->
+    tokens (R, D): rejection from the target's chain with acceptance 1 − q(path)/p(path),
+    ``m`` candidate chains per row and round (K target head calls a round)."""
+    stds, dbl = chain.stds(pos.device), tnet.doubled
+    out = torch.empty(pos.shape[0], tnet.model.token_dim, device=pos.device)
+    rows = torch.arange(pos.shape[0], device=pos.device)
+    rounds = 0
+    while rows.numel():
+        _check_rounds(rounds, max_rounds, rows.numel(), m)
+        rounds += 1
+        prow = pos[rows, None].expand(-1, m)
+        noise = torch.randn((rows.numel(), m, out.shape[-1]), generator=generator, device=pos.device)
+        y, ypath, ym = chain.sample(tnet.velocity(_expand(zp, m), prow), noise, generator, record=True)
+        qm = _chain_means(dnet, _expand(zq, m), prow, chain, ypath[:, :, :-1])
+        first = first_residual(path_log_ratio(ypath, ym, qm, stds), generator)
+        ok = first >= 0
+        stats.residual_candidates += int(ok.numel()) * m
+        out[rows[ok]] = y[ok.nonzero()[:, 0], first[ok]].to(out.dtype)
+        rows, zp, zq = rows[~ok], _keep(zp, ~ok, dbl), _keep(zq, ~ok, dbl)
+    stats.residual_rounds += rounds
+    return out
+
+
+def _finish_chains(tnet: GuidedCausal, chain: GaussianChain, x: torch.Tensor, done: torch.Tensor,
+                   zp: torch.Tensor, pos: torch.Tensor, generator) -> torch.Tensor:
+    """Run the target's chain on from state x (R, D) after step ``done`` (R,) (x is x_{done+1})
+    to x_K: rows advance together, each only at its own later steps. Returns (R, D)."""
+    grid, stds, dbl = chain.grid(x.device), chain.stds(x.device), tnet.doubled
+    x = x.clone()
+    for k in range(int(done.min()) + 1 if done.numel() else chain.steps, chain.steps):
+        active = done < k
+        if not bool(active.any()):
+            continue
+        v = tnet.velocity(_keep(zp, active, dbl)[:, None], pos[active, None])
+        xa = x[active]
+        vel = v(xa[:, None], grid[k].expand(xa.shape[0], 1))[:, 0]
+        eps = torch.randn(xa.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x[active] = chain.step_mean(xa, vel, grid[k], grid[k + 1] - grid[k]) + stds[k] * eps
+    return x
+
+
 @torch.no_grad()
 def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tensor, settings: CausalSampleConfig,
                          gamma: int, residual_batch: int = 8, generator: torch.Generator | None = None,
-                         max_residual_rounds: int = 100_000,
+                         max_residual_rounds: int = 100_000, verify: str = "step",
                          on_round: Callable[[torch.Tensor], None] | None = None) -> dict:
     """labels (B,) -> {"latents": (B, C, H, W), "stats": SpeculativeStats, "source": (B, N)
     int8 (:data:`ACCEPTED` or :data:`RESIDUAL` per token)}: samples of ``target``'s guided,
     tempered chain (``settings``, sampler euler_maruyama), proposed by ``draft`` (same token
-    layout and settings). ``on_round(n)`` hears the tokens known per image after each round."""
+    layout and settings). ``verify``: :data:`VERIFY_MODES`. ``on_round(n)`` hears the tokens
+    known per image after each round."""
     if settings.sampler != "euler_maruyama":
         raise ValueError(f"speculative decoding compares path densities, so the head must be sampled by "
                          f"the Gaussian chain: use sampler euler_maruyama (got {settings.sampler!r})")
-    if gamma < 1 or residual_batch < 1:
-        raise ValueError(f"gamma and residual_batch must be >= 1, got {gamma}, {residual_batch}")
+    if gamma < 1 or residual_batch < 1 or verify not in VERIFY_MODES:
+        raise ValueError(f"gamma and residual_batch must be >= 1 and verify one of {VERIFY_MODES}, got "
+                         f"{gamma}, {residual_batch}, {verify!r}")
     if (target.num_tokens, target.token_dim) != (draft.num_tokens, draft.token_dim):
         raise ValueError(f"draft tokens {draft.num_tokens}×{draft.token_dim} differ from the target's "
                          f"{target.num_tokens}×{target.token_dim}")
     chain = settings.chain()
     B, N, D, dev = labels.shape[0], target.num_tokens, target.token_dim, labels.device
-    K, M, stds = chain.steps, residual_batch, chain.stds(dev)
+    K, stds = chain.steps, chain.stds(dev)
     tnet = GuidedCausal(target, labels, settings.guidance, N + gamma)
     dnet = GuidedCausal(draft, labels, settings.guidance, N + gamma)
     dbl = tnet.doubled
@@ -160,42 +254,35 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
         # the target verifies all of them: one causal pass, one head call of gamma*K rows per image
         zp = tnet.condition(torch.cat([prev0, props[:, :-1]], dim=1), pos)
         p_means = _chain_means(tnet, zp, pos, chain, paths[:, :, :-1])
-        a = accepted_prefix(path_log_ratio(paths, p_means, q_means, stds), limit, generator)
+        if verify == "step":  # transitions in order, token by token
+            c = accepted_prefix(step_log_ratio(paths, p_means, q_means, stds).reshape(B, gamma * K), limit * K,
+                                generator)
+            a, k_rej = c // K, c % K
+            stats.steps_proposed += int((limit * K).sum())
+            stats.steps_accepted += int(c.sum())
+        else:
+            a = accepted_prefix(path_log_ratio(paths, p_means, q_means, stds), limit, generator)
         tokens.scatter_(1, pos[..., None].expand(-1, -1, D), props.to(tokens.dtype))
         source.scatter_(1, pos, torch.where(steps[None] < a[:, None], ACCEPTED, 0).to(torch.int8))
         rejected = a < limit
         stats.proposed += int(limit.sum())
+        stats.tested += int(a.sum()) + int(rejected.sum())
         stats.accepted += int(a.sum())
         rows = rejected.nonzero()[:, 0]
         if rows.numel():
-            cols = a[rows]
-            res_zp, res_zq = _pick(zp, rows, cols, dbl), _pick(zq, rows, cols, dbl)
-            res_pos = (n + a)[rows]
-            rounds = 0
-            while rows.numel():
-                if rounds >= max_residual_rounds:
-                    raise RuntimeError(
-                        f"residual sampling found no sample in {rounds}×{M} candidates for {rows.numel()} "
-                        "token(s): the draft and target densities agree almost everywhere there; raise "
-                        "residual_batch or use a draft that differs less erratically from the target")
-                rounds += 1
-                r = rows.numel()
-                prow = _expand(res_pos[:, None], M)[..., 0]
-                noise = torch.randn((r, M, D), generator=generator, device=dev)
-                y, ypath, ym = chain.sample(tnet.velocity(_expand(res_zp, M), prow), noise, generator, record=True)
-                qm = _chain_means(dnet, _expand(res_zq, M), prow, chain, ypath[:, :, :-1])
-                first = first_residual(path_log_ratio(ypath, ym, qm, stds), generator)
-                ok = first >= 0
-                stats.residual_candidates += r * M
-                if ok.any():
-                    tokens[rows[ok], res_pos[ok]] = y[ok.nonzero()[:, 0], first[ok]].to(tokens.dtype)
-                    source[rows[ok], res_pos[ok]] = RESIDUAL
-                    stats.residual_tokens += int(ok.sum())
-                keep = ~ok
-                rows, res_pos = rows[keep], res_pos[keep]
-                res_zp = torch.cat([h[keep] for h in res_zp.chunk(2)]) if dbl else res_zp[keep]
-                res_zq = torch.cat([h[keep] for h in res_zq.chunk(2)]) if dbl else res_zq[keep]
-            stats.residual_rounds += rounds
+            cols, res_pos = a[rows], (n + a)[rows]
+            res_zp = _pick(zp, rows, cols, dbl)
+            if verify == "step":  # the rejected transition from the Gaussian residual, then the target's chain
+                k = k_rej[rows]
+                x = gaussian_residual(p_means[rows, cols, k], q_means[rows, cols, k], stds[k],
+                                      max(residual_batch, 64), generator, max_residual_rounds, stats)
+                new = _finish_chains(tnet, chain, x, k, res_zp, res_pos, generator)
+            else:
+                new = _residual_paths(tnet, dnet, chain, res_zp, _pick(zq, rows, cols, dbl), res_pos,
+                                      residual_batch, generator, max_residual_rounds, stats)
+            tokens[rows, res_pos] = new.to(tokens.dtype)
+            source[rows, res_pos] = RESIDUAL
+            stats.residual_tokens += rows.numel()
         n = n + a + rejected.long()
         if on_round is not None:
             on_round(n.clone())

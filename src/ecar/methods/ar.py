@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ecar.engine.causal import CausalSampleConfig, generate_causal
-from ecar.engine.speculative import generate_speculative
+from ecar.engine.speculative import VERIFY_MODES, generate_speculative
 from ecar.errors import ConfigError, shown
 from ecar.flow import FlowConfig, drop_labels
 from ecar.flow.masking import MaskedFlowObjective
@@ -32,7 +32,7 @@ from ecar.methods.base import Method, scale_count
 from ecar.models.ar import AR, ARConfig
 from ecar.models.base import LatentSpec
 from ecar.samplers import GUIDANCE_SCHEDULES, SAMPLER_NAMES, SampleConfig, guidance_scale
-from ecar.schema import setting
+from ecar.schema import check_choice, setting
 
 __all__ = ["AR_METHOD", "ARMethod", "ARObjective", "ARSampleConfig", "ENTRIES"]
 
@@ -62,7 +62,9 @@ class ARSampleConfig(SampleConfig):
     gamma: int = setting(4, "speculative decoding (ecar sample --draft): tokens the draft proposes per "
                          "target pass")
     residual_batch: int = setting(8, "speculative decoding: candidate paths drawn at once when a "
-                                  "rejected token is resampled from the residual")
+                                  "rejected token is resampled from the residual (verify=path)")
+    verify: str = setting("path", "speculative decoding: accept each Gaussian step of a proposed token's "
+                          "chain (step) or its whole path (path); both exact", choices=VERIFY_MODES)
 
     def validate(self) -> None:
         super().validate()
@@ -72,6 +74,7 @@ class ARSampleConfig(SampleConfig):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"sample.{key} must be an integer >= 1, got {shown(value)}")
+        check_choice("sample.verify", self.verify, VERIFY_MODES)
 
 
 class ARObjective(MaskedFlowObjective):
@@ -125,7 +128,8 @@ class ARMethod(Method):
                 f"speculative decoding needs the head's Gaussian chain: sample.sampler=euler_maruyama with "
                 f"temperature > 0 and noise_scale > 0 (got {sample.sampler}, {sample.temperature}, "
                 f"{sample.noise_scale}); the ODE samplers have no path density to compare")
-        return generate_speculative(target, draft, labels, settings, sample.gamma, sample.residual_batch, generator)
+        return generate_speculative(target, draft, labels, settings, sample.gamma, sample.residual_batch, generator,
+                                    verify=sample.verify)
 
     def step_counts(self, model: nn.Module, sample: ARSampleConfig) -> list[int]:
         """The head's steps per token: ``[steps] * N``."""

@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["GaussianChain", "path_log_ratio"]
+__all__ = ["GaussianChain", "path_log_ratio", "step_log_ratio"]
 
 RowVelocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``v(x (B, M, D), t (B, M)) -> (B, M, D)``: a velocity with one time per row."""
@@ -97,14 +97,22 @@ class GaussianChain:
         return x, torch.stack(path, dim=2), torch.stack(means, dim=2)
 
 
-def path_log_ratio(path: torch.Tensor, means_p: torch.Tensor, means_q: torch.Tensor,
+def step_log_ratio(path: torch.Tensor, means_p: torch.Tensor, means_q: torch.Tensor,
                    stds: torch.Tensor) -> torch.Tensor:
-    """log p(path) − log q(path) of two chains with the same start law and step stds.
+    """log p − log q of each transition of a path under two chains with the same step stds.
 
-    path (…, K + 1, D), means (…, K, D), stds (K,) -> (…,) float64:
-    Σ_k Σ_d [(x_{k+1} − m^q_k)² − (x_{k+1} − m^p_k)²] / (2·std_k²).
+    path (…, K + 1, D), means (…, K, D), stds (K,) -> (…, K) float64:
+    Σ_d [(x_{k+1} − m^q_k)² − (x_{k+1} − m^p_k)²] / (2·std_k²).
     """
     nxt = path[..., 1:, :].double()
     var = stds.double()[:, None] ** 2
     diff = (nxt - means_q.double()) ** 2 - (nxt - means_p.double()) ** 2
-    return (diff / (2 * var)).sum(dim=(-1, -2))
+    return (diff / (2 * var)).sum(dim=-1)
+
+
+def path_log_ratio(path: torch.Tensor, means_p: torch.Tensor, means_q: torch.Tensor,
+                   stds: torch.Tensor) -> torch.Tensor:
+    """log p(path) − log q(path) of two chains with the same start law and step stds:
+    the sum of :func:`step_log_ratio` over the K transitions (the start term cancels).
+    (…, K + 1, D) path -> (…,) float64."""
+    return step_log_ratio(path, means_p, means_q, stds).sum(dim=-1)
