@@ -17,6 +17,11 @@ token run as one batch and the first accepted one in their order is taken (the f
 success of an i.i.d. sequence); rows without one draw another batch. There is no fallback
 value: after ``max_residual_rounds`` batches without success the call raises.
 
+With ``verify="step"`` the γ·K Gaussian transitions are tested one by one instead (same
+rule, transition densities); the first rejected transition is drawn from the residual of
+two equal-covariance Gaussians (:func:`gaussian_residual`, no network call) and the
+target's chain finishes that token.
+
 Exactness for tokens follows from exactness for paths: the token is the path's last state.
 """
 
