@@ -22,34 +22,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions
 from ecar.layers.ragged_cache import RaggedKVCache, ragged_mask
-from ecar.models.base import TransformerConfig
-from ecar.models.heads import TokenGridNetwork, TokenHead
+from ecar.models.heads import TokenGridNetwork, TokenHead, TokenHeadConfig
 
 __all__ = ["AR", "ARConfig"]
 
 
 @dataclass
-class ARConfig(TransformerConfig):
-    """Causal AR architecture (transformer fields from TransformerConfig) and its head."""
+class ARConfig(TokenHeadConfig):
+    """Causal AR architecture: transformer and per-token head fields (TokenHeadConfig)."""
 
     name: str = "ar-tiny"
-    head_width: int = 128
-    """Width of the per-token MLP head."""
-    head_depth: int = 3
-    """Residual adaLN blocks of the head."""
-    head_batch_mul: int = 1
-    """Training only: draws of (t, ε) per token per transformer pass (MAR's diffusion batch
-    multiplier)."""
-
-    def validate(self) -> None:
-        super().validate()
-        if min(self.head_width, self.head_depth) < 1:
-            raise ConfigError("model.head_width and model.head_depth must be >= 1")
-        if not isinstance(self.head_batch_mul, int) or self.head_batch_mul < 1:
-            raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {shown(self.head_batch_mul)}")
 
 
 class AR(TokenGridNetwork):

@@ -6,10 +6,14 @@ the flow time and the condition vectors the AR transformer produced for them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, AdaLNResBlock, FinalLayer, TimestepEmbedder, patchify, unpatchify
+from ecar.models.base import TransformerConfig
 
 X_PRED_MIN_GAP = 0.05
 """x-prediction divides by 1 − u; clamped here so the loss weight stays bounded near u = 1."""
@@ -75,6 +79,26 @@ class TokenHead(nn.Module):
             for blk in self.blocks:
                 h = blk(h, c, mask=mask)
         return self.final(h, c)
+
+
+@dataclass
+class TokenHeadConfig(TransformerConfig):
+    """Transformer fields plus the per-token MLP head of MAR and AR."""
+
+    head_width: int = 128
+    """Width of the per-token MLP head (MAR: 1024 for B, 1280 for L)."""
+    head_depth: int = 3
+    """Residual adaLN blocks of the head (MAR: 3 by default, 6 for B, 8 for L)."""
+    head_batch_mul: int = 1
+    """Training only: draws of (t, ε) per trained token per transformer pass (MAR's diffusion
+    batch multiplier, 4 in the paper)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if min(self.head_width, self.head_depth) < 1:
+            raise ConfigError("model.head_width and model.head_depth must be >= 1")
+        if not isinstance(self.head_batch_mul, int) or self.head_batch_mul < 1:
+            raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {shown(self.head_batch_mul)}")
 
 
 class TokenGridNetwork(nn.Module):

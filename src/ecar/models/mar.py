@@ -25,24 +25,16 @@ from torch import nn
 
 from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions
-from ecar.models.base import TransformerConfig
-from ecar.models.heads import TokenGridNetwork, TokenHead
+from ecar.models.heads import TokenGridNetwork, TokenHead, TokenHeadConfig
 
 __all__ = ["MAR", "MARConfig"]
 
 
 @dataclass
-class MARConfig(TransformerConfig):
-    """MAR architecture (transformer fields from TransformerConfig), its head and its masking."""
+class MARConfig(TokenHeadConfig):
+    """MAR architecture (transformer and head fields from TokenHeadConfig) and its masking."""
 
     name: str = "mar-tiny"
-    head_width: int = 128
-    """Width of the per-token MLP head (MAR: 1024 for B, 1280 for L)."""
-    head_depth: int = 3
-    """Residual adaLN blocks of the head (MAR: 3 by default, 6 for B, 8 for L)."""
-    head_batch_mul: int = 1
-    """Training only: draws of (t, ε) per masked token per transformer pass (MAR's diffusion
-    batch multiplier, 4 in the paper)."""
     masking: str = "truncated_normal"
     """Training only: the distribution of the masking ratio: ``truncated_normal`` (MAR:
     N(1, 0.25²) truncated to [mask_ratio_min, 1]) or ``cosine`` (MaskGIT: cos(π/2·u), u
@@ -52,10 +44,6 @@ class MARConfig(TransformerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if min(self.head_width, self.head_depth) < 1:
-            raise ConfigError("model.head_width and model.head_depth must be >= 1")
-        if not isinstance(self.head_batch_mul, int) or self.head_batch_mul < 1:
-            raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {shown(self.head_batch_mul)}")
         if self.masking not in ("truncated_normal", "cosine"):
             raise ConfigError(f"model.masking={shown(self.masking)}; choose truncated_normal or cosine")
         if not 0.0 < self.mask_ratio_min <= 1.0:
