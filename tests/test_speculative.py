@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats as sps
@@ -111,7 +112,7 @@ def test_residual_rule_samples_the_normalised_residual():
     xs = grid[:, 0, 0].numpy()
     marginal = r.sum(1).numpy()
     cdf = marginal.cumsum() / marginal.sum()
-    p = sps.kstest(kept[:, 0].numpy(), lambda v: __import__("numpy").interp(v, xs, cdf)).pvalue
+    p = sps.kstest(kept[:, 0].numpy(), lambda v: np.interp(v, xs, cdf)).pvalue
     assert p > ALPHA
 
 
@@ -253,7 +254,7 @@ def test_gaussian_residual_samples_the_residual_of_two_gaussians():
     tv = sps.norm.cdf((a - b) / (2 * sd)) - sps.norm.cdf((b - a) / (2 * sd))
 
     def cdf(z):
-        z = __import__("numpy").maximum(z, c)
+        z = np.maximum(z, c)
         return (sps.norm.cdf((z - a) / sd) - sps.norm.cdf((z - b) / sd) - sps.norm.cdf((c - a) / sd)
                 + sps.norm.cdf((c - b) / sd)) / tv
 
