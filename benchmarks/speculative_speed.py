@@ -8,7 +8,8 @@
    head) is trained for ``--draft-steps`` by distillation: its head velocity regresses the
    target's at the same (x_t, t, prefix, label) — label dropped like in training — plus the
    ordinary flow-matching loss, weight ``--fm-weight``. A draft close to the target raises
-   the acceptance rate, which the path densities make demanding.
+   the acceptance rate, which the path densities make demanding. It is saved as the run
+   ``WORK/draft`` (``ecar sample --ckpt TARGET --draft WORK/draft``).
 3. GFLOPs per image of both at the sampling settings (``ecar.eval.cost.count_flops``, plain
    sampling of each network): the draft must be >= 4× cheaper.
 4. Timing: ``--time-images`` images in batches of ``--time-batch`` (speculative decoding
@@ -43,6 +44,7 @@ from pathlib import Path
 import torch
 
 from ecar.build import build_data, load_for_inference
+from ecar.checkpoint import save_checkpoint
 from ecar.config import load_config
 from ecar.eval.cost import count_flops
 from ecar.eval.evaluate import default_feature_net, fid_of_images, reference_stats
@@ -138,6 +140,9 @@ def main() -> None:
     losses = distill(target.model, draft.model, target.cfg, args.draft_steps, args.draft_batch, args.draft_lr,
                      args.fm_weight, seed=0)
     distill_s = time.perf_counter() - t0
+    draft_run = work / "draft"  # the distilled draft as a run: ecar sample --ckpt TARGET --draft it
+    save_checkpoint(draft_run, model=draft.model, ema=draft.model, cfg=draft.cfg, step=args.draft_steps,
+                    train_state={})
     sample = apply_sample_overrides(target.cfg.sample, args.sample)
     gflops_t = count_flops(target.model, target.cfg, sample, batch=4)
     gflops_d = count_flops(draft.model, target.cfg, sample, batch=4)
@@ -176,7 +181,7 @@ def main() -> None:
         "command": "python benchmarks/speculative_speed.py " + " ".join(sys.argv[1:]),
         "target": {"run": str(target_run), "steps": target.step, "overrides": args.target_overrides,
                    "gflops_per_image": gflops_t},
-        "draft": {"overrides": args.draft_overrides, "distill_steps": args.draft_steps,
+        "draft": {"run": str(draft_run), "overrides": args.draft_overrides, "distill_steps": args.draft_steps,
                   "distill_seconds": distill_s, "final_loss": statistics.fmean(losses[-20:]),
                   "gflops_per_image": gflops_d},
         "draft_cheaper_by": gflops_t / gflops_d,
