@@ -92,6 +92,17 @@ def distill(target, draft, cfg, steps: int, batch: int, lr: float, fm_weight: fl
     return losses
 
 
+def sequential_calls(stats: dict, images: int, batch: int, steps: int, tokens: int) -> dict:
+    """Network calls per sampling batch of the timed runs (a call serves the whole batch):
+    plain decoding makes (1 + K)·N target calls; speculative its counted target and draft
+    calls over the number of batches. Weighted by each call's latency, their ratio is what
+    the wall-clock speed-up tracks at small batches."""
+    batches = -(-images // batch)
+    return {"plain_target": (1 + steps) * tokens,
+            "speculative_target": (stats["target_passes"] + stats["target_head_calls"]) / batches,
+            "speculative_draft": (stats["draft_passes"] + stats["draft_head_calls"]) / batches}
+
+
 def timed(loaded, labels, sample, batch: int, seed: int, draft=None) -> tuple[float, dict | None]:
     start = time.perf_counter()
     out = generate_images(loaded.model, loaded.cfg, loaded.autoencoder, labels, sample, seed=seed,
@@ -187,7 +198,9 @@ def main() -> None:
         "draft_cheaper_by": gflops_t / gflops_d,
         "sample": {k: v for k, v in vars(sample).items()},
         "timing": {"images": args.time_images, "batch": args.time_batch, "plain_s": plain_s,
-                   "speculative_s": spec_s, "speedup": med_p / med_s, "stats": stats},
+                   "speculative_s": spec_s, "speedup": med_p / med_s, "stats": stats,
+                   "sequential_calls": sequential_calls(stats, args.time_images, args.time_batch, sample.steps,
+                                                        target.model.num_tokens)},
         "fid": {k: summary(v) for k, v in fids.items()},
         "fid_run_stats": fid_stats,
     }
