@@ -58,9 +58,10 @@ from ecar.build import load_for_inference
 from ecar.config import Config, load_config
 from ecar.device import pick_device
 from ecar.eval.cost import measure_cost
-from ecar.eval.evaluate import default_feature_net, evaluate_seeds, reference_stats
+from ecar.eval.evaluate import default_feature_net, evaluate_seeds, fid_of_images, reference_stats
 from ecar.errors import OutputExistsError
 from ecar.eval.features import load_feature_net
+from ecar.generate import check_draft_pair, generate_images, labels_for
 from ecar.methods import method_of
 from ecar.samplers import SAMPLER_NAMES
 from ecar.serialization import is_empty_dir
@@ -249,6 +250,7 @@ def run_bench(
     samplers: Sequence[str] = DEFAULT_SAMPLERS,
     reference_split: str | None = None,
     overwrite: bool = False,
+    draft: str | None = None,
 ) -> list[dict]:
     """Train (or load) each model, evaluate it along a sampler × step sweep, write the report.
 
@@ -279,6 +281,10 @@ def run_bench(
         command: the command line to record (default: rebuilt from the arguments).
         overwrite: replace the output of an earlier bench in ``out`` (:func:`check_bench_out`;
             without it, ``out`` must be new or empty).
+        draft: a draft checkpoint for every model (same method, data and token layout):
+            each model is also sampled by speculative decoding at its shipped setting
+            (``n_eval`` images, the first seed) and ``bench.json``'s ``speculative`` holds,
+            per model, its FID, seconds per image and statistics (docs/speculative.md).
 
     Returns:
         The rows (also in ``bench.json``), ordered by model, shipped setting first.
@@ -326,6 +332,10 @@ def run_bench(
             loaded_cfgs[name] = load_config(src, list(overrides) + extra)
         elif not Path(src).is_dir():
             raise ckpt_mod.CheckpointError(f"checkpoint directory '{src}' does not exist")
+    drafted = load_for_inference(draft, dev) if draft else None
+    for name, cfg in loaded_cfgs.items():
+        if drafted is not None:
+            check_draft_pair(cfg, drafted.cfg)
     check_bench_out(out, overwrite)
 
     meta = {
@@ -335,7 +345,8 @@ def run_bench(
                  "out": str(out), "overrides": list(overrides), "n_eval": n_eval,
                  "step_sweep": list(step_sweep), "device": device, "features": features,
                  "batch_size": batch_size, "cost_batch": cost_batch, "cost_repeats": cost_repeats,
-                 "seeds": seeds, "samplers": samplers, "reference_split": reference_split},
+                 "seeds": seeds, "samplers": samplers, "reference_split": reference_split,
+                 "draft": draft},
         "torch": torch.__version__,
         "ecar": ECAR_VERSION,
         "python": platform.python_version(),
@@ -408,6 +419,19 @@ def run_bench(
                 f"precision {row['precision']:.3f}, "
                 f"recall {row['recall']:.3f}, {row['gflops_per_image']:.3g} GFLOPs/img, "
                 f"{row['seconds_per_image'] * 1e3:.3g} ms/img")
+        if drafted is not None:
+            check_draft_pair(lcfg, drafted.cfg)
+            spec = generate_images(model, lcfg, loaded.autoencoder, labels_for(n_eval, loaded.num_classes),
+                                   settings[0]["sample"], seed=seeds[0], batch_size=batch_size,
+                                   draft=drafted.model)
+            st = spec["speculative"]
+            meta.setdefault("speculative", {})[name] = {
+                "draft": draft, "setting": settings[0]["setting"], "seed": seeds[0], "n": n_eval,
+                "fid": fid_of_images(spec["images"], reference, extractor, dev),
+                "seconds_per_image": st["seconds"] / n_eval, **st}
+            say(f"{tag}: speculative with {draft}: acceptance rate {st['acceptance_rate']:.3f}, "
+                f"{st['tokens_per_target_pass']:.2f} tokens per target pass, "
+                f"FID {meta['speculative'][name]['fid']:.2f}")
         _write_outputs(out, rows, meta, plot=j == len(jobs))
     if len(meta["features"]) > 1:
         say(f"warning: the models were measured with different feature nets ({', '.join(meta['features'])}); "

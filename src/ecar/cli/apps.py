@@ -52,6 +52,8 @@ def add_bench(sub) -> None:
     p.add_argument("--reference-split", choices=("train", "heldout"),
                    help="real split to compare with (default: heldout where the dataset has one)")
     p.add_argument("--features", help="feature network (default: by dataset)")
+    p.add_argument("--draft", help="a draft checkpoint: also sample every model by speculative decoding "
+                   "at its shipped setting and report acceptance, tokens per target pass, calls, FID (method ar)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides for every recipe")
@@ -71,7 +73,7 @@ def cmd_bench(args) -> int:
             progress=not args.quiet, features=args.features, command=shlex.join(["ecar", *args.argv]),
             seeds=parse_ints(args.seeds, "--seeds") or [0],
             samplers=[v.strip() for v in args.samplers.split(",") if v.strip()],
-            reference_split=args.reference_split, overwrite=args.overwrite,
+            reference_split=args.reference_split, overwrite=args.overwrite, draft=args.draft,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -15,7 +15,7 @@ from ecar.config import config_from_dict, config_to_yaml, load_config, load_yaml
 from ecar.device import pick_device
 from ecar.engine.visualize import stages_strip
 from ecar.eval.evaluate import evaluate_checkpoint
-from ecar.generate import check_generation_fits, generate_images, labels_for
+from ecar.generate import check_draft_pair, check_generation_fits, generate_images, labels_for
 from ecar.imageio import save_grid, save_images, save_png, to_uint8
 from ecar.latent_cache import DTYPES, cache_latents
 from ecar.methods import apply_sample_overrides, flag_overrides, sampler_flags
@@ -82,10 +82,18 @@ def add_sample(sub) -> None:
             examples:
               ecar sample --ckpt runs/dit --n 16 --out grid.png
               ecar sample --ckpt runs/dit --n 100 --classes 3,7 --cfg 2.0 --steps 50 --out imgs/
+              ecar sample --ckpt runs/ar --draft runs/ar_draft --gamma 4 --out grid.png
+
+            --draft: exact speculative decoding (docs/speculative.md): the draft checkpoint
+            (same method, data, autoencoder and token layout) proposes --gamma tokens per
+            target pass; the images are samples of --ckpt's model, and the acceptance rate,
+            tokens per target pass, calls and wall-clock are printed.
             """
         ),
     )
     p.add_argument("--ckpt", required=True, help="checkpoint directory (what `ecar train --out` wrote)")
+    p.add_argument("--draft", help="a smaller checkpoint of the same method and data: speculative "
+                   "decoding of --ckpt's model (method ar)")
     p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
     p.add_argument("--classes", help="comma-separated class ids to cycle through (default: all)")
     add_sampler_args(p)
@@ -199,6 +207,12 @@ def cmd_sample(args) -> int:
         raise UsageError("--n must be >= 1")
     device = pick_device(args.device, where="--device")
     loaded = load_for_inference(args.ckpt, device, use_ema=not args.no_ema)
+    draft = None
+    if args.draft:
+        if args.stages_out:
+            raise UsageError("--stages-out and --draft exclude each other: speculative decoding yields no stages")
+        draft = load_for_inference(args.draft, device, use_ema=not args.no_ema)
+        check_draft_pair(loaded.cfg, draft.cfg)
     check_generation_fits(loaded.cfg, args.n, bool(args.stages_out), where="--n")
     sample = apply_sample_overrides(loaded.cfg.sample, flag_overrides(args))
     try:
@@ -215,6 +229,7 @@ def cmd_sample(args) -> int:
     out = generate_images(
         loaded.model, loaded.cfg, loaded.autoencoder, labels, sample, seed=args.seed,
         batch_size=args.batch_size, progress=True, return_stages=bool(args.stages_out),
+        draft=draft.model if draft else None,
     )
     images = to_uint8(out["images"])
     nrow = args.nrow or min(16, len(set(labels.tolist())))
@@ -224,6 +239,13 @@ def cmd_sample(args) -> int:
     else:
         paths = save_images(images, args.out)
         print(f"wrote {len(paths)} images to {args.out}/")
+    if draft:
+        st = out["speculative"]
+        print(f"speculative decoding (gamma {sample.gamma}): acceptance rate {st['acceptance_rate']:.3f}, "
+              f"{st['tokens_per_target_pass']:.2f} tokens per target pass; target: {st['target_passes']} passes, "
+              f"{st['target_head_calls']} head calls; draft: {st['draft_passes']} passes, "
+              f"{st['draft_head_calls']} head calls; {st['residual_tokens']} residual samples from "
+              f"{st['residual_candidates']} candidates; {st['seconds']:.2f} s sampling")
     if args.stages_out:
         save_png(stages_strip(out["stages"], max_rows=min(8, args.n)), args.stages_out)
         print(f"wrote the stage strip to {args.stages_out}")

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from ecar.errors import ConfigError
 from ecar.flow import FlowConfig
 from ecar.models.base import LatentSpec
 from ecar.samplers import SampleConfig
@@ -87,6 +88,14 @@ class Method(ABC):
         ``"stages"`` (the latents after each unit, coarse to fine) with ``return_stages``.
         ``on_unit(i, latents)`` receives unit i's result as soon as it exists (the engine's
         hook; ``ecar serve`` streams it), one call per entry of :meth:`step_counts`."""
+
+    def speculative(self, target: nn.Module, draft: nn.Module, sample: SampleConfig, labels: torch.Tensor,
+                    generator: torch.Generator | None = None) -> dict:
+        """Exact speculative decoding of ``target`` with proposals of ``draft`` (a checkpoint of
+        the same method, data and token layout): ``{"latents", "stats", "source"}``
+        (docs/speculative.md). Methods without it raise :class:`ConfigError`."""
+        raise ConfigError(f"method {self.name} has no speculative decoding (a draft model); it is "
+                          "implemented for the causal per-token method ar (docs/speculative.md)")
 
     @abstractmethod
     def step_counts(self, model: nn.Module, sample: SampleConfig) -> int | list[int]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ecar.errors import ConfigError, shown
+from ecar.methods.ar import AR_METHOD
 from ecar.methods.base import Method
 from ecar.methods.dit import DIT
 from ecar.methods.ecar import ECAR_METHOD, FLOWAR_METHOD
@@ -25,7 +26,7 @@ __all__ = ["DEFAULT_MODEL", "METHODS", "SamplerFlag", "apply_sample_overrides", 
            "method_named", "method_of", "model_names", "resolve_model_config",
            "resolve_sample_config", "sampler_flags"]
 
-METHODS: dict[str, Method] = {m.name: m for m in (DIT, ECAR_METHOD, FLOWAR_METHOD, MAR_METHOD)}
+METHODS: dict[str, Method] = {m.name: m for m in (DIT, ECAR_METHOD, FLOWAR_METHOD, MAR_METHOD, AR_METHOD)}
 """Every registered method by name (the order of CLI choices and parametrised tests)."""
 
 DEFAULT_MODEL = "dit-tiny"

@@ -6,10 +6,14 @@ the flow time and the condition vectors the AR transformer produced for them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ecar.layers import AdaLNBlock, AdaLNResBlock, FinalLayer, TimestepEmbedder
+from ecar.errors import ConfigError, shown
+from ecar.layers import AdaLNBlock, AdaLNResBlock, FinalLayer, TimestepEmbedder, patchify, unpatchify
+from ecar.models.base import TransformerConfig
 
 X_PRED_MIN_GAP = 0.05
 """x-prediction divides by 1 − u; clamped here so the loss weight stays bounded near u = 1."""
@@ -75,3 +79,60 @@ class TokenHead(nn.Module):
             for blk in self.blocks:
                 h = blk(h, c, mask=mask)
         return self.final(h, c)
+
+
+@dataclass
+class TokenHeadConfig(TransformerConfig):
+    """Transformer fields plus the per-token MLP head of MAR and AR."""
+
+    head_width: int = 128
+    """Width of the per-token MLP head (MAR: 1024 for B, 1280 for L)."""
+    head_depth: int = 3
+    """Residual adaLN blocks of the head (MAR: 3 by default, 6 for B, 8 for L)."""
+    head_batch_mul: int = 1
+    """Training only: draws of (t, ε) per trained token per transformer pass (MAR's diffusion
+    batch multiplier, 4 in the paper)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if min(self.head_width, self.head_depth) < 1:
+            raise ConfigError("model.head_width and model.head_depth must be >= 1")
+        if not isinstance(self.head_batch_mul, int) or self.head_batch_mul < 1:
+            raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {shown(self.head_batch_mul)}")
+
+
+class TokenGridNetwork(nn.Module):
+    """Base of the per-token networks (MAR, AR): a C×size×size latent as a raster-order grid
+    of N = (size / patch)² tokens of D = C·patch² values, labels with a null class, and a
+    per-token head ``self.head`` (a :class:`TokenHead`) the subclass builds."""
+
+    head: TokenHead
+
+    def _set_grid(self, cfg, channels: int, size: int, num_classes: int) -> None:
+        if size % cfg.patch:
+            raise ValueError(f"latent size {size} is not divisible by model.patch={cfg.patch}")
+        self.cfg, self.channels, self.size, self.num_classes = cfg, channels, size, num_classes
+        self.grid = size // cfg.patch
+        self.num_tokens = self.grid**2
+        self.token_dim = channels * cfg.patch**2
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def tokens(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, C, size, size) -> (B, N, D), raster order."""
+        return patchify(latent, self.cfg.patch)
+
+    def latent(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, C, size, size)."""
+        return unpatchify(tokens, self.cfg.patch, self.channels, self.size, self.size)
+
+    def head_condition(self, z: torch.Tensor) -> torch.Tensor:
+        """(…, hidden) -> (…, head_width): projected once per token, constant over its steps."""
+        return self.head.project(z)
+
+    def velocity(self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor) -> torch.Tensor:
+        """Head velocity of tokens x (B, n, D) at time u (scalar, (B,) or (B, n)) given their
+        projected conditions zc (B, n, head_width)."""
+        return self.head(x, u, zc)

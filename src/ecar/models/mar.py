@@ -24,25 +24,17 @@ import torch
 from torch import nn
 
 from ecar.errors import ConfigError, shown
-from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions, patchify, unpatchify
-from ecar.models.base import TransformerConfig
-from ecar.models.heads import TokenHead
+from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions
+from ecar.models.heads import TokenGridNetwork, TokenHead, TokenHeadConfig
 
 __all__ = ["MAR", "MARConfig"]
 
 
 @dataclass
-class MARConfig(TransformerConfig):
-    """MAR architecture (transformer fields from TransformerConfig), its head and its masking."""
+class MARConfig(TokenHeadConfig):
+    """MAR architecture (transformer and head fields from TokenHeadConfig) and its masking."""
 
     name: str = "mar-tiny"
-    head_width: int = 128
-    """Width of the per-token MLP head (MAR: 1024 for B, 1280 for L)."""
-    head_depth: int = 3
-    """Residual adaLN blocks of the head (MAR: 3 by default, 6 for B, 8 for L)."""
-    head_batch_mul: int = 1
-    """Training only: draws of (t, ε) per masked token per transformer pass (MAR's diffusion
-    batch multiplier, 4 in the paper)."""
     masking: str = "truncated_normal"
     """Training only: the distribution of the masking ratio: ``truncated_normal`` (MAR:
     N(1, 0.25²) truncated to [mask_ratio_min, 1]) or ``cosine`` (MaskGIT: cos(π/2·u), u
@@ -52,17 +44,13 @@ class MARConfig(TransformerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if min(self.head_width, self.head_depth) < 1:
-            raise ConfigError("model.head_width and model.head_depth must be >= 1")
-        if not isinstance(self.head_batch_mul, int) or self.head_batch_mul < 1:
-            raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {shown(self.head_batch_mul)}")
         if self.masking not in ("truncated_normal", "cosine"):
             raise ConfigError(f"model.masking={shown(self.masking)}; choose truncated_normal or cosine")
         if not 0.0 < self.mask_ratio_min <= 1.0:
             raise ConfigError(f"model.mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
 
 
-class MAR(nn.Module):
+class MAR(TokenGridNetwork):
     """Bidirectional masked transformer + per-token head over C×size×size latents.
 
     Tokens are (B, N, D) with N = (size / patch)², D = C·patch².
@@ -70,12 +58,7 @@ class MAR(nn.Module):
 
     def __init__(self, cfg: MARConfig, channels: int, size: int, num_classes: int):
         super().__init__()
-        if size % cfg.patch:
-            raise ValueError(f"latent size {size} is not divisible by model.patch={cfg.patch}")
-        self.cfg, self.channels, self.size, self.num_classes = cfg, channels, size, num_classes
-        self.grid = size // cfg.patch
-        self.num_tokens = self.grid**2
-        self.token_dim = channels * cfg.patch**2
+        self._set_grid(cfg, channels, size, num_classes)
         h = cfg.hidden
 
         self.embed = nn.Linear(self.token_dim, h)
@@ -93,18 +76,6 @@ class MAR(nn.Module):
         nn.init.normal_(self.head_pos, std=0.02)
         nn.init.normal_(self.y_embed.table.weight, std=0.02)
 
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
-
-    def tokens(self, latent: torch.Tensor) -> torch.Tensor:
-        """(B, C, size, size) -> (B, N, D), raster order."""
-        return patchify(latent, self.cfg.patch)
-
-    def latent(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) -> (B, C, size, size)."""
-        return unpatchify(tokens, self.cfg.patch, self.channels, self.size, self.size)
-
     def condition(self, tokens: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """tokens (B, N, D), mask (B, N) bool (True = masked: the value is not read),
         y (B,) labels (null = num_classes) -> z (B, N, hidden), the head condition per token."""
@@ -115,12 +86,3 @@ class MAR(nn.Module):
         for blk in self.blocks:
             h = blk(h, c)
         return self.norm(h[:, 1:]) + self.head_pos
-
-    def head_condition(self, z: torch.Tensor) -> torch.Tensor:
-        """(…, hidden) -> (…, head_width): projected once per token, constant over its steps."""
-        return self.head.project(z)
-
-    def velocity(self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor) -> torch.Tensor:
-        """Head velocity of tokens x (B, n, D) at time u (scalar, (B,) or (B, n)) given their
-        projected conditions zc (B, n, head_width)."""
-        return self.head(x, u, zc)

@@ -1,0 +1,214 @@
+"""Wall-clock speed-up of exact speculative decoding over plain decoding of the same target
+(issue 9; docs/speculative.md), at equal output distribution.
+
+1. A target ``ar`` model on digits (``configs/digits_ar.yaml`` with ``--target-overrides``,
+   default depth 8 and a 256-wide, 4-deep head) is trained for ``--target-steps`` (or taken
+   from ``--target RUN``).
+2. A draft (``configs/digits_ar_draft.yaml`` with ``--draft-overrides``: depth 1, a 64-wide
+   head) is trained for ``--draft-steps`` by distillation: its head velocity regresses the
+   target's at the same (x_t, t, prefix, label) — label dropped like in training — plus the
+   ordinary flow-matching loss, weight ``--fm-weight``. A draft close to the target raises
+   the acceptance rate, which the path densities make demanding. It is saved as the run
+   ``WORK/draft`` (``ecar sample --ckpt TARGET --draft WORK/draft``).
+3. GFLOPs per image of both at the sampling settings (``ecar.eval.cost.count_flops``, plain
+   sampling of each network): the draft must be >= 4× cheaper.
+4. Timing: ``--time-images`` images in batches of ``--time-batch`` (speculative decoding
+   pays off where a call's cost is latency, i.e. small batches), plain and speculative,
+   same seeds, ``--repeats`` times, median. Time only on a quiet machine.
+5. Equal distribution: FID (digits classifier features, held-out digits) of ``--fid-n``
+   images per seed for plain and speculative sampling of the target, seeds ``--seeds``;
+   the JSON holds both means ± std, the acceptance rate and tokens per target pass, and
+   the FID of the target's ODE (Euler) sampler as a check that the Gaussian chain (noise at
+   every step) samples the trained model as well as the ODE does.
+
+    python benchmarks/speculative_speed.py --out benchmarks/results/speculative_speed.json
+
+Tiny untimed check (minutes): ``--target-steps 30 --draft-steps 30 --fid-n 50 --seeds 0
+--time-images 2 --repeats 1 --target-overrides model.depth=2 --work DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ecar.build import build_data, load_for_inference
+from ecar.checkpoint import save_checkpoint
+from ecar.config import load_config
+from ecar.eval.cost import count_flops
+from ecar.eval.evaluate import default_feature_net, fid_of_images, reference_stats
+from ecar.flow import drop_labels, interpolate, sample_time, target_velocity
+from ecar.generate import check_draft_pair, generate_images, labels_for
+from ecar.methods import apply_sample_overrides
+from ecar.train.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = ["model.depth=8", "model.hidden=128", "model.head_width=256", "model.head_depth=4"]
+DRAFT = ["model.depth=1", "model.hidden=64", "model.heads=4", "model.head_width=64", "model.head_depth=1"]
+QUIET = ["train.tensorboard=false", "train.sample_every=0", "train.ckpt_every=0"]
+
+
+def distill(target, draft, cfg, steps: int, batch: int, lr: float, fm_weight: float, seed: int) -> list[float]:
+    """Train ``draft`` (in place) to match ``target``'s head velocity on training tokens."""
+    data = build_data(cfg.data)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(draft.parameters(), lr=lr, weight_decay=0.0)
+    target.eval()
+    draft.train()
+    losses = []
+    for step in range(steps):
+        idx = torch.randint(len(data), (batch,), generator=g)
+        x = torch.stack([data[int(i)][0] for i in idx])
+        y = drop_labels(torch.tensor([data[int(i)][1] for i in idx]), cfg.flow.class_dropout, target.null_class, g)
+        tokens = target.tokens(x)
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        t = sample_time(flat.shape[0], "uniform", generator=g)
+        noise = torch.randn(flat.shape, generator=g)
+        xt = interpolate(noise, flat, t).reshape(tokens.shape)
+        tt = t.reshape(tokens.shape[:2])
+        with torch.no_grad():
+            vp = target.velocity(xt, tt, target.head_condition(target.condition(tokens, None, y)))
+        vq = draft.velocity(xt, tt, draft.head_condition(draft.condition(tokens, None, y)))
+        fm = (vq - target_velocity(noise, flat).reshape(tokens.shape)).pow(2).mean()
+        loss = (vq - vp).pow(2).mean() + fm_weight * fm
+        opt.zero_grad()
+        loss.backward()
+        for group in opt.param_groups:  # linear warm-up, cosine decay
+            group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        opt.step()
+        losses.append(float(loss.detach()))
+    draft.eval()
+    return losses
+
+
+def sequential_calls(stats: dict, images: int, batch: int, steps: int, tokens: int) -> dict:
+    """Network calls per sampling batch of the timed runs (a call serves the whole batch):
+    plain decoding makes (1 + K)·N target calls; speculative its counted target and draft
+    calls over the number of batches. Weighted by each call's latency, their ratio is what
+    the wall-clock speed-up tracks at small batches."""
+    batches = -(-images // batch)
+    return {"plain_target": (1 + steps) * tokens,
+            "speculative_target": (stats["target_passes"] + stats["target_head_calls"]) / batches,
+            "speculative_draft": (stats["draft_passes"] + stats["draft_head_calls"]) / batches}
+
+
+def timed(loaded, labels, sample, batch: int, seed: int, draft=None) -> tuple[float, dict | None]:
+    start = time.perf_counter()
+    out = generate_images(loaded.model, loaded.cfg, loaded.autoencoder, labels, sample, seed=seed,
+                          batch_size=batch, draft=draft)
+    return time.perf_counter() - start, out.get("speculative")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="result JSON (new file)")
+    ap.add_argument("--work", help="directory for the trained runs (default: a temporary one)")
+    ap.add_argument("--target", help="an existing target run (skips its training)")
+    ap.add_argument("--target-steps", type=int, default=3000)
+    ap.add_argument("--target-overrides", nargs="*", default=TARGET)
+    ap.add_argument("--draft-steps", type=int, default=3000)
+    ap.add_argument("--draft-overrides", nargs="*", default=DRAFT)
+    ap.add_argument("--draft-batch", type=int, default=32)
+    ap.add_argument("--draft-lr", type=float, default=1e-3)
+    ap.add_argument("--fm-weight", type=float, default=0.1)
+    ap.add_argument("--sample", nargs="*", default=["steps=10", "gamma=4", "residual_batch=8"],
+                    help="sampling overrides of both runs (key=value)")
+    ap.add_argument("--time-images", type=int, default=20)
+    ap.add_argument("--time-batch", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--fid-n", type=int, default=1000)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    args = ap.parse_args()
+    if Path(args.out).exists():
+        raise SystemExit(f"error: {args.out} exists; choose a new --out")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.work or tempfile.mkdtemp(prefix="ecar-spec-"))
+    target_run = Path(args.target) if args.target else work / "target"
+    if not args.target:
+        cfg = load_config(ROOT / "configs" / "digits_ar.yaml",
+                          [*args.target_overrides, f"train.max_steps={args.target_steps}", *QUIET])
+        train(cfg, target_run, progress=False)
+    draft_run = work / "draft_init"
+    dcfg = load_config(ROOT / "configs" / "digits_ar_draft.yaml", [*args.draft_overrides, "train.max_steps=1", *QUIET])
+    train(dcfg, draft_run, progress=False)  # a checkpoint of the draft's architecture, then distilled here
+    target = load_for_inference(str(target_run), torch.device("cpu"))
+    draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
+    check_draft_pair(target.cfg, draft.cfg)
+    t0 = time.perf_counter()
+    losses = distill(target.model, draft.model, target.cfg, args.draft_steps, args.draft_batch, args.draft_lr,
+                     args.fm_weight, seed=0)
+    distill_s = time.perf_counter() - t0
+    draft_run = work / "draft"  # the distilled draft as a run: ecar sample --ckpt TARGET --draft it
+    save_checkpoint(draft_run, model=draft.model, ema=draft.model, cfg=draft.cfg, step=args.draft_steps,
+                    train_state={})
+    sample = apply_sample_overrides(target.cfg.sample, args.sample)
+    gflops_t = count_flops(target.model, target.cfg, sample, batch=4)
+    gflops_d = count_flops(draft.model, target.cfg, sample, batch=4)
+
+    labels = labels_for(args.time_images, target.num_classes)
+    plain_s, spec_s, stats = [], [], None
+    for r in range(args.repeats):
+        plain_s.append(timed(target, labels, sample, args.time_batch, seed=r)[0])
+        s, stats = timed(target, labels, sample, args.time_batch, seed=r, draft=draft.model)
+        spec_s.append(s)
+
+    ref = reference_stats(target.cfg, default_feature_net(target.cfg.data.name))
+    net = default_feature_net(target.cfg.data.name)
+    fids = {"plain": [], "speculative": [], "plain_euler_ode": []}
+    ode = dataclasses.replace(sample, sampler="euler")
+    fid_stats = []
+    for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
+        lab = labels_for(args.fid_n, target.num_classes)
+        plain = generate_images(target.model, target.cfg, target.autoencoder, lab, sample, seed=seed, batch_size=256)
+        spec = generate_images(target.model, target.cfg, target.autoencoder, lab, sample, seed=seed, batch_size=256,
+                               draft=draft.model)
+        fids["plain"].append(fid_of_images(plain["images"], ref, net))
+        fids["speculative"].append(fid_of_images(spec["images"], ref, net))
+        ode_images = generate_images(target.model, target.cfg, target.autoencoder, lab, ode, seed=seed, batch_size=256)
+        fids["plain_euler_ode"].append(fid_of_images(ode_images["images"], ref, net))
+        fid_stats.append(spec["speculative"])
+
+    def summary(v):
+        return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "values": v}
+
+    med_p, med_s = statistics.median(plain_s), statistics.median(spec_s)
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "command": "python benchmarks/speculative_speed.py " + " ".join(sys.argv[1:]),
+        "target": {"run": str(target_run), "steps": target.step, "overrides": args.target_overrides,
+                   "gflops_per_image": gflops_t},
+        "draft": {"run": str(draft_run), "overrides": args.draft_overrides, "distill_steps": args.draft_steps,
+                  "distill_seconds": distill_s, "final_loss": statistics.fmean(losses[-20:]),
+                  "gflops_per_image": gflops_d},
+        "draft_cheaper_by": gflops_t / gflops_d,
+        "sample": {k: v for k, v in vars(sample).items()},
+        "timing": {"images": args.time_images, "batch": args.time_batch, "plain_s": plain_s,
+                   "speculative_s": spec_s, "speedup": med_p / med_s, "stats": stats,
+                   "sequential_calls": sequential_calls(stats, args.time_images, args.time_batch, sample.steps,
+                                                        target.model.num_tokens)},
+        "fid": {k: summary(v) for k, v in fids.items()},
+        "fid_run_stats": fid_stats,
+    }
+    text = json.dumps(result, indent=2, default=str)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The raster-order causal generation loop (the AR variant of MAR; docs/speculative.md).
+
+Token i of every image is generated after tokens < i: the causal transformer runs one
+position per call with a KV cache, and the per-token head samples the token from noise. With
+``euler_maruyama`` the head is sampled by the Gaussian chain of
+:mod:`ecar.samplers.chain` (noise at every step, including the last) — the sampler whose
+path density speculative decoding (:mod:`ecar.engine.speculative`) compares, so plain and
+speculative sampling of a target have the same distribution. ``euler`` / ``heun`` integrate
+the head's ODE (no density: plain sampling only).
+
+Guidance doubles the batch (conditional + null label) through transformer and head and
+mixes the velocities v_u + w_i·(v_c − v_u), with a scale w_i per token position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ecar.samplers import SAMPLER_NAMES, time_grid
+from ecar.samplers.chain import GaussianChain
+from ecar.samplers.temperature import integrate_at_temperature
+
+__all__ = ["CausalSampleConfig", "GuidedCausal", "generate_causal"]
+
+
+@dataclass(frozen=True)
+class CausalSampleConfig:
+    """What the causal loop needs, resolved by the method (:mod:`ecar.methods.ar`): the
+    guidance scale per token position, the head's steps, integrator, SDE noise and temperature."""
+
+    guidance: tuple[float, ...]
+    steps: int
+    sampler: str = "euler_maruyama"
+    noise_scale: float = 1.0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.temperature < 0 or self.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"CausalSampleConfig: steps >= 1, temperature >= 0 and a sampler of "
+                             f"{', '.join(SAMPLER_NAMES)}; got {self.steps}, {self.temperature}, {self.sampler!r}")
+
+    def chain(self) -> GaussianChain:
+        """The head's Gaussian chain (raises ValueError where it has no density)."""
+        return GaussianChain(self.steps, self.noise_scale, self.temperature)
+
+
+class GuidedCausal:
+    """A causal network bound to labels and guidance: conditions with its own cache, and
+    guided head velocities (rows of the conditional and the null half mixed per position)."""
+
+    def __init__(self, model: nn.Module, labels: torch.Tensor, guidance: tuple[float, ...], capacity: int):
+        n = model.num_tokens
+        if len(guidance) != n:
+            raise ValueError(f"one guidance scale per token position: {n}, got {len(guidance)}")
+        self.model, self.batch = model, labels.shape[0]
+        self.scales = torch.tensor(guidance, dtype=torch.float32, device=labels.device)
+        self.doubled = bool((self.scales != 1.0).any())
+        null = torch.full_like(labels, model.null_class)
+        self.labels = torch.cat([labels, null]) if self.doubled else labels
+        self.caches = model.new_caches(capacity)
+        self.passes = self.head_calls = 0
+
+    def condition(self, prev: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """prev (B, L, D), pos (B, L) -> projected head conditions (B or 2B, L, head_width)."""
+        if self.doubled:
+            prev, pos = torch.cat([prev, prev]), torch.cat([pos, pos])
+        self.passes += 1
+        return self.model.head_condition(self.model.step(prev, pos, self.labels, self.caches))
+
+    def velocity(self, zc: torch.Tensor, pos: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The guided head velocity v(x (B, M, D), t (B, M)) for rows with conditions zc
+        (B or 2B, M, head_width) at token positions pos (B, M)."""
+        w = self.scales[pos.clamp(max=len(self.scales) - 1)][..., None]
+
+        def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            self.head_calls += 1
+            if not self.doubled:
+                return self.model.velocity(x, t, zc)
+            vc, vu = self.model.velocity(torch.cat([x, x]), torch.cat([t, t]), zc).chunk(2)
+            return vu + w.to(x.dtype) * (vc - vu)
+
+        return v
+
+    @staticmethod
+    def rows(zc: torch.Tensor, index: torch.Tensor, doubled: bool) -> torch.Tensor:
+        """The conditions of rows ``index`` (R,) of a (B or 2B, …) tensor, both halves kept."""
+        if not doubled:
+            return zc[index]
+        c, u = zc.chunk(2)
+        return torch.cat([c[index], u[index]])
+
+
+@torch.no_grad()
+def generate_causal(model: nn.Module, labels: torch.Tensor, settings: CausalSampleConfig,
+                    generator: torch.Generator | None = None, return_stages: bool = False,
+                    on_unit: Callable[[int, torch.Tensor], None] | None = None) -> dict:
+    """labels (B,) -> {"latents": (B, C, H, W)}; with ``return_stages`` also ``"stages"``,
+    the latent after every token (tokens not yet generated are 0). ``on_unit(i, latent)``
+    hears it as soon as token i exists.
+
+    Draws per token, in order: the head's start noise (B, 1, D), then the sampler's draws.
+    """
+    B, N, D, dev = labels.shape[0], model.num_tokens, model.token_dim, labels.device
+    net = GuidedCausal(model, labels, settings.guidance, N)
+    chain = settings.chain() if settings.sampler == "euler_maruyama" else None
+    grid = time_grid(settings.steps, device=dev)
+    tokens = torch.zeros(B, N, D, device=dev)
+    stages = []
+    for i in range(N):
+        pos = torch.full((B, 1), i, dtype=torch.long, device=dev)
+        prev = tokens[:, i - 1:i] if i else tokens[:, :1]
+        v = net.velocity(net.condition(prev, pos), pos)
+        noise = torch.randn((B, 1, D), generator=generator, device=dev)
+        if chain is not None:
+            x = chain.sample(v, noise, generator)[0]
+        else:
+            x = integrate_at_temperature(settings.sampler, lambda x, t: v(x, t.expand(B, 1)), noise, grid,
+                                         generator, settings.noise_scale, settings.temperature)
+        tokens[:, i] = x[:, 0].to(tokens.dtype)
+        if return_stages or on_unit is not None:
+            current = model.latent(tokens.clone())
+            if return_stages:
+                stages.append(current)
+            if on_unit is not None:
+                on_unit(i, current)
+    out = {"latents": model.latent(tokens)}
+    if return_stages:
+        out["stages"] = stages
+    return out

@@ -1,0 +1,298 @@
+"""Exact continuous speculative decoding for the causal per-token model (docs/speculative.md).
+
+A small *draft* network proposes γ tokens per image, one after the other, each sampled by the
+head's Gaussian chain (:mod:`ecar.samplers.chain`) with its visited path and transition
+means recorded. The *target* then verifies all γ at once: one causal pass over the γ
+positions (inputs: the last known token and the first γ − 1 proposals) with its KV cache, and
+one batched head call for the target's means at every step of every proposed path (γ·K rows
+per image). The draft's path is accepted with probability min(1, p(path)/q(path)) in log
+space (the exact path densities; the start term cancels); the first rejected position is
+replaced by a sample of the normalised residual max(0, p − q) and the later proposals are
+discarded. Both KV caches are ragged (:class:`~ecar.layers.ragged_cache.RaggedKVCache`),
+so rolling them back is free, and every image of a batch advances by its own count.
+
+Residual sampling is exact rejection from p: draw paths y ~ p (the target's chain), accept
+with probability 1 − q(y)/p(y) (0 where q ≥ p). ``residual_batch`` candidates per rejected
+token run as one batch and the first accepted one in their order is taken (the first
+success of an i.i.d. sequence); rows without one draw another batch. There is no fallback
+value: after ``max_residual_rounds`` batches without success the call raises.
+
+With ``verify="step"`` the γ·K Gaussian transitions are tested one by one instead (same
+rule, transition densities); the first rejected transition is drawn from the residual of
+two equal-covariance Gaussians (:func:`gaussian_residual`, no network call) and the
+target's chain finishes that token.
+
+Exactness for tokens follows from exactness for paths: the token is the path's last state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ecar.engine.causal import CausalSampleConfig, GuidedCausal
+from ecar.samplers.chain import GaussianChain, path_log_ratio, step_log_ratio
+
+__all__ = ["ACCEPTED", "RESIDUAL", "VERIFY_MODES", "SpeculativeStats", "accepted_prefix", "first_residual",
+           "gaussian_residual", "generate_speculative"]
+
+VERIFY_MODES = ("step", "path")
+"""What a proposal's acceptance test compares: each Gaussian transition of its chain (``step``)
+or its whole path (``path``); both exact (docs/speculative.md)."""
+
+ACCEPTED, RESIDUAL = 1, 2
+"""Codes of ``source``: where each output token came from (0 would be "never set")."""
+
+
+def accepted_prefix(log_ratio: torch.Tensor, limit: torch.Tensor, generator: torch.Generator | None = None
+                    ) -> torch.Tensor:
+    """Acceptance of γ proposals per row: log_ratio (B, γ) = log p − log q of each proposal,
+    limit (B,) the valid proposals per row (a prefix) -> (B,) long, the accepted count a:
+    proposal j is accepted when log u_j < log_ratio_j (u_j ~ U(0, 1), i.e. with probability
+    min(1, p/q)), and a is the number before the first rejection (at most ``limit``)."""
+    u = torch.rand(log_ratio.shape, generator=generator, device=log_ratio.device, dtype=torch.float64)
+    valid = torch.arange(log_ratio.shape[1], device=log_ratio.device)[None] < limit[:, None]
+    ok = (torch.log(u) < log_ratio.double()) & valid
+    return ok.long().cumprod(dim=1).sum(dim=1)
+
+
+def first_residual(log_ratio: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rejection step of residual sampling: log_ratio (R, M) = log p − log q of M candidates
+    y ~ p per row -> (R,) long, the index of the first candidate accepted with probability
+    max(0, 1 − q/p), or −1 where none was. The accepted candidates are distributed as
+    max(0, p − q) / TV(p, q)."""
+    lr = log_ratio.double()
+    u = torch.rand(lr.shape, generator=generator, device=lr.device, dtype=torch.float64)
+    threshold = torch.where(lr > 0, torch.log(-torch.expm1(-lr.clamp_min(1e-300))), torch.full_like(lr, -torch.inf))
+    ok = torch.log(u) < threshold
+    first = torch.where(ok.any(dim=1), ok.long().argmax(dim=1), torch.full_like(ok[:, 0], -1, dtype=torch.long))
+    return first
+
+
+@dataclass
+class SpeculativeStats:
+    """Counts of one or more speculative runs (summed with :meth:`add`)."""
+
+    tokens: int = 0
+    proposed: int = 0
+    tested: int = 0
+    accepted: int = 0
+    steps_proposed: int = 0
+    steps_accepted: int = 0
+    target_passes: int = 0
+    image_passes: int = 0
+    target_head_calls: int = 0
+    draft_passes: int = 0
+    draft_head_calls: int = 0
+    residual_tokens: int = 0
+    residual_candidates: int = 0
+    residual_rounds: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: "SpeculativeStats") -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+
+    def as_dict(self) -> dict:
+        """The counts plus ``acceptance_rate`` (accepted / tested: the probability that a
+        proposal the target tests is accepted; the proposals after a rejection are never
+        tested), ``accepted_per_proposed`` (accepted / proposed) and
+        ``tokens_per_target_pass`` (tokens per image and target transformer pass: tokens /
+        Σ passes × images of the batch)."""
+        out = asdict(self)
+        out["acceptance_rate"] = self.accepted / self.tested if self.tested else float("nan")
+        out["accepted_per_proposed"] = self.accepted / self.proposed if self.proposed else float("nan")
+        out["tokens_per_target_pass"] = self.tokens / self.image_passes if self.image_passes else float("nan")
+        return out
+
+
+def _pick(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, doubled: bool) -> torch.Tensor:
+    """z (B or 2B, γ, F) -> (R or 2R, F): entry (rows[r], cols[r]) of each half."""
+    if not doubled:
+        return z[rows, cols]
+    c, u = z.chunk(2)
+    return torch.cat([c[rows, cols], u[rows, cols]])
+
+
+def _expand(z: torch.Tensor, m: int) -> torch.Tensor:
+    """(R, F) -> (R, m, F)."""
+    return z[:, None].expand(-1, m, -1)
+
+
+def _chain_means(net: GuidedCausal, zq: torch.Tensor, pos: torch.Tensor, chain: GaussianChain,
+                 states: torch.Tensor) -> torch.Tensor:
+    """Means of ``net``'s chain at states (B, M, K, D) for conditions zq (B or 2B, M, F) at
+    positions pos (B, M): one head call of M·K rows per image."""
+    k = chain.steps
+    rows = zq[:, :, None].expand(-1, -1, k, -1).reshape(zq.shape[0], -1, zq.shape[-1])
+    return chain.means(net.velocity(rows, pos[:, :, None].expand(-1, -1, k).reshape(pos.shape[0], -1)), states)
+
+
+def gaussian_residual(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor, candidates: int,
+                      generator: torch.Generator | None, max_rounds: int, stats: SpeculativeStats) -> torch.Tensor:
+    """One draw per row of the normalised residual max(0, N(m_p, s²I) − N(m_q, s²I)): rejection
+    from N(m_p, s²I) with acceptance 1 − q/p (:func:`first_residual`), ``candidates`` per row and
+    round, until every row has one. mean_p, mean_q (R, D), std (R,) -> (R, D). No network call."""
+    out = torch.empty_like(mean_p)
+    rows = torch.arange(mean_p.shape[0], device=mean_p.device)
+    rounds = 0
+    while rows.numel():
+        _check_rounds(rounds, max_rounds, rows.numel(), candidates)
+        rounds += 1
+        mp, mq, sd = mean_p[rows, None], mean_q[rows, None], std[rows, None, None]
+        y = mp + sd * torch.randn((rows.numel(), candidates, mp.shape[-1]), generator=generator,
+                                  device=mp.device, dtype=mp.dtype)
+        lr = (((y - mq).double() ** 2 - (y - mp).double() ** 2) / (2 * sd.double() ** 2)).sum(-1)
+        first = first_residual(lr, generator)
+        ok = first >= 0
+        out[rows[ok]] = y[ok.nonzero()[:, 0], first[ok]]
+        rows = rows[~ok]
+        stats.residual_candidates += int(ok.numel()) * candidates
+    stats.residual_rounds += rounds
+    return out
+
+
+def _check_rounds(rounds: int, max_rounds: int, rows: int, candidates: int) -> None:
+    if rounds >= max_rounds:
+        raise RuntimeError(
+            f"residual sampling found no sample in {rounds}×{candidates} candidates for {rows} token(s): the "
+            "draft and target densities agree almost everywhere there; raise residual_batch or use a draft "
+            "that differs less erratically from the target")
+
+
+def _keep(z: torch.Tensor, keep: torch.Tensor, doubled: bool) -> torch.Tensor:
+    """Rows ``keep`` (bool, R) of a (R or 2R, …) tensor, both halves kept."""
+    return torch.cat([h[keep] for h in z.chunk(2)]) if doubled else z[keep]
+
+
+def _residual_paths(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain, zp: torch.Tensor,
+                    zq: torch.Tensor, pos: torch.Tensor, m: int, generator, max_rounds: int,
+                    stats: SpeculativeStats) -> torch.Tensor:
+    """Path residual for R rejected tokens: conditions zp, zq (R or 2R, F), positions (R,) ->
+    tokens (R, D): rejection from the target's chain with acceptance 1 − q(path)/p(path),
+    ``m`` candidate chains per row and round (K target head calls a round)."""
+    stds, dbl = chain.stds(pos.device), tnet.doubled
+    out = torch.empty(pos.shape[0], tnet.model.token_dim, device=pos.device)
+    rows = torch.arange(pos.shape[0], device=pos.device)
+    rounds = 0
+    while rows.numel():
+        _check_rounds(rounds, max_rounds, rows.numel(), m)
+        rounds += 1
+        prow = pos[rows, None].expand(-1, m)
+        noise = torch.randn((rows.numel(), m, out.shape[-1]), generator=generator, device=pos.device)
+        y, ypath, ym = chain.sample(tnet.velocity(_expand(zp, m), prow), noise, generator, record=True)
+        qm = _chain_means(dnet, _expand(zq, m), prow, chain, ypath[:, :, :-1])
+        first = first_residual(path_log_ratio(ypath, ym, qm, stds), generator)
+        ok = first >= 0
+        stats.residual_candidates += int(ok.numel()) * m
+        out[rows[ok]] = y[ok.nonzero()[:, 0], first[ok]].to(out.dtype)
+        rows, zp, zq = rows[~ok], _keep(zp, ~ok, dbl), _keep(zq, ~ok, dbl)
+    stats.residual_rounds += rounds
+    return out
+
+
+def _finish_chains(tnet: GuidedCausal, chain: GaussianChain, x: torch.Tensor, done: torch.Tensor,
+                   zp: torch.Tensor, pos: torch.Tensor, generator) -> torch.Tensor:
+    """Run the target's chain on from state x (R, D) after step ``done`` (R,) (x is x_{done+1})
+    to x_K: rows advance together, each only at its own later steps. Returns (R, D)."""
+    grid, stds, dbl = chain.grid(x.device), chain.stds(x.device), tnet.doubled
+    x = x.clone()
+    for k in range(int(done.min()) + 1 if done.numel() else chain.steps, chain.steps):
+        active = done < k
+        if not bool(active.any()):
+            continue
+        v = tnet.velocity(_keep(zp, active, dbl)[:, None], pos[active, None])
+        xa = x[active]
+        vel = v(xa[:, None], grid[k].expand(xa.shape[0], 1))[:, 0]
+        eps = torch.randn(xa.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x[active] = chain.step_mean(xa, vel, grid[k], grid[k + 1] - grid[k]) + stds[k] * eps
+    return x
+
+
+@torch.no_grad()
+def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tensor, settings: CausalSampleConfig,
+                         gamma: int, residual_batch: int = 8, generator: torch.Generator | None = None,
+                         max_residual_rounds: int = 100_000, verify: str = "step",
+                         on_round: Callable[[torch.Tensor], None] | None = None) -> dict:
+    """labels (B,) -> {"latents": (B, C, H, W), "stats": SpeculativeStats, "source": (B, N)
+    int8 (:data:`ACCEPTED` or :data:`RESIDUAL` per token)}: samples of ``target``'s guided,
+    tempered chain (``settings``, sampler euler_maruyama), proposed by ``draft`` (same token
+    layout and settings). ``verify``: :data:`VERIFY_MODES`. ``on_round(n)`` hears the tokens
+    known per image after each round."""
+    if settings.sampler != "euler_maruyama":
+        raise ValueError(f"speculative decoding compares path densities, so the head must be sampled by "
+                         f"the Gaussian chain: use sampler euler_maruyama (got {settings.sampler!r})")
+    if gamma < 1 or residual_batch < 1 or verify not in VERIFY_MODES:
+        raise ValueError(f"gamma and residual_batch must be >= 1 and verify one of {VERIFY_MODES}, got "
+                         f"{gamma}, {residual_batch}, {verify!r}")
+    if (target.num_tokens, target.token_dim) != (draft.num_tokens, draft.token_dim):
+        raise ValueError(f"draft tokens {draft.num_tokens}×{draft.token_dim} differ from the target's "
+                         f"{target.num_tokens}×{target.token_dim}")
+    chain = settings.chain()
+    B, N, D, dev = labels.shape[0], target.num_tokens, target.token_dim, labels.device
+    K, stds = chain.steps, chain.stds(dev)
+    tnet = GuidedCausal(target, labels, settings.guidance, N + gamma)
+    dnet = GuidedCausal(draft, labels, settings.guidance, N + gamma)
+    dbl = tnet.doubled
+    tokens = torch.zeros(B, N + gamma, D, device=dev)
+    source = torch.zeros(B, N + gamma, dtype=torch.int8, device=dev)
+    n = torch.zeros(B, dtype=torch.long, device=dev)
+    steps = torch.arange(gamma, device=dev)
+    stats = SpeculativeStats()
+    batch = torch.arange(B, device=dev)
+    while bool((n < N).any()):
+        limit = (N - n).clamp(0, gamma)
+        pos = n[:, None] + steps
+        prev0 = tokens[batch, (n - 1).clamp_min(0)][:, None]
+        # the draft proposes gamma tokens, recording each path and its transition means
+        prev, props, paths, q_means, zq = prev0, [], [], [], []
+        for j in range(gamma):
+            z = dnet.condition(prev, pos[:, j:j + 1])
+            noise = torch.randn((B, 1, D), generator=generator, device=dev)
+            x, path, mq = chain.sample(dnet.velocity(z, pos[:, j:j + 1]), noise, generator, record=True)
+            props.append(x), paths.append(path), q_means.append(mq), zq.append(z)
+            prev = x
+        props, paths, q_means, zq = (torch.cat(v, dim=1) for v in (props, paths, q_means, zq))
+        # the target verifies all of them: one causal pass, one head call of gamma*K rows per image
+        zp = tnet.condition(torch.cat([prev0, props[:, :-1]], dim=1), pos)
+        p_means = _chain_means(tnet, zp, pos, chain, paths[:, :, :-1])
+        if verify == "step":  # transitions in order, token by token
+            c = accepted_prefix(step_log_ratio(paths, p_means, q_means, stds).reshape(B, gamma * K), limit * K,
+                                generator)
+            a, k_rej = c // K, c % K
+            stats.steps_proposed += int((limit * K).sum())
+            stats.steps_accepted += int(c.sum())
+        else:
+            a = accepted_prefix(path_log_ratio(paths, p_means, q_means, stds), limit, generator)
+        tokens.scatter_(1, pos[..., None].expand(-1, -1, D), props.to(tokens.dtype))
+        source.scatter_(1, pos, torch.where(steps[None] < a[:, None], ACCEPTED, 0).to(torch.int8))
+        rejected = a < limit
+        stats.proposed += int(limit.sum())
+        stats.tested += int(a.sum()) + int(rejected.sum())
+        stats.accepted += int(a.sum())
+        rows = rejected.nonzero()[:, 0]
+        if rows.numel():
+            cols, res_pos = a[rows], (n + a)[rows]
+            res_zp = _pick(zp, rows, cols, dbl)
+            if verify == "step":  # the rejected transition from the Gaussian residual, then the target's chain
+                k = k_rej[rows]
+                x = gaussian_residual(p_means[rows, cols, k], q_means[rows, cols, k], stds[k],
+                                      max(residual_batch, 64), generator, max_residual_rounds, stats)
+                new = _finish_chains(tnet, chain, x, k, res_zp, res_pos, generator)
+            else:
+                new = _residual_paths(tnet, dnet, chain, res_zp, _pick(zq, rows, cols, dbl), res_pos,
+                                      residual_batch, generator, max_residual_rounds, stats)
+            tokens[rows, res_pos] = new.to(tokens.dtype)
+            source[rows, res_pos] = RESIDUAL
+            stats.residual_tokens += rows.numel()
+        n = n + a + rejected.long()
+        if on_round is not None:
+            on_round(n.clone())
+    stats.tokens = B * N
+    stats.target_passes, stats.target_head_calls = tnet.passes, tnet.head_calls
+    stats.image_passes = B * tnet.passes
+    stats.draft_passes, stats.draft_head_calls = dnet.passes, dnet.head_calls
+    return {"latents": target.latent(tokens[:, :N].contiguous()), "stats": stats, "source": source[:, :N]}

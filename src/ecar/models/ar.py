@@ -1,0 +1,102 @@
+"""AR: a causal raster-order transformer with MAR's per-token flow head (the "AR" variant of
+MAR, Li et al., arXiv 2406.11838 §5.1, Table 1; docs/speculative.md).
+
+Sequence layout: N = g×g positions in raster order. The input at position 0 is the class
+embedding (the start token), at position i > 0 the linear embedding of token i − 1; each gets
+a learned position embedding. Attention is causal, the class also enters through adaLN, and
+the output at position i, plus a per-position head embedding, is the condition z of token i
+— so z_i depends on the class and the tokens before i only. The head is the shared
+per-token adaLN MLP (:class:`ecar.models.heads.TokenHead`, ``kind="mlp"``) MAR uses.
+
+Generation runs position by position with a KV cache (:meth:`AR.step`); the cache is a
+:class:`~ecar.layers.ragged_cache.RaggedKVCache`, so each image of a batch may stand at its
+own position (speculative decoding accepts a different number of tokens per image). A pure
+``nn.Module``: the loss, guidance and the loops live in :mod:`ecar.methods.ar` and
+:mod:`ecar.engine.causal` / :mod:`ecar.engine.speculative`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions
+from ecar.layers.ragged_cache import RaggedKVCache, ragged_mask
+from ecar.models.heads import TokenGridNetwork, TokenHead, TokenHeadConfig
+
+__all__ = ["AR", "ARConfig"]
+
+
+@dataclass
+class ARConfig(TokenHeadConfig):
+    """Causal AR architecture: transformer and per-token head fields (TokenHeadConfig)."""
+
+    name: str = "ar-tiny"
+
+
+class AR(TokenGridNetwork):
+    """Causal transformer + per-token head over C×size×size latents; tokens (B, N, D) with
+    N = (size / patch)², D = C·patch²."""
+
+    def __init__(self, cfg: ARConfig, channels: int, size: int, num_classes: int):
+        super().__init__()
+        self._set_grid(cfg, channels, size, num_classes)
+        h = cfg.hidden
+        self.embed = nn.Linear(self.token_dim, h)
+        self.pos = nn.Parameter(grid_positions(self.grid, h)[None].clone())
+        self.y_embed = LabelEmbedder(num_classes, h)
+        self.blocks = nn.ModuleList(AdaLNBlock(h, cfg.heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(h, eps=1e-6)
+        self.head_pos = nn.Parameter(torch.zeros(1, self.num_tokens, h))
+        self.head = TokenHead(self.token_dim, h, cfg.head_width, cfg.head_depth, kind="mlp")
+        nn.init.xavier_uniform_(self.embed.weight)
+        nn.init.zeros_(self.embed.bias)
+        nn.init.normal_(self.head_pos, std=0.02)
+        nn.init.normal_(self.y_embed.table.weight, std=0.02)
+
+    def _inputs(self, prev: torch.Tensor, pos: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """prev (B, L, D) the token before each position (ignored at position 0), pos (B, L)."""
+        at = pos.clamp(max=self.num_tokens - 1)
+        start = (pos == 0)[..., None]
+        h = torch.where(start, c[:, None].to(prev.dtype), self.embed(prev))
+        return h + self.pos[0][at]
+
+    def _out(self, h: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.norm(h) + self.head_pos[0][pos.clamp(max=self.num_tokens - 1)]
+
+    def condition(self, tokens: torch.Tensor, mask: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        """Training: tokens (B, N, D), y (B,) labels (null = num_classes) -> z (B, N, hidden),
+        z_i from the class and tokens < i (causal). ``mask`` is not read: every token is
+        predicted (the signature of MAR's, so the masked loss serves both)."""
+        b, n, _ = tokens.shape
+        pos = torch.arange(n, device=tokens.device).expand(b, n)
+        c = self.y_embed(y)
+        prev = torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, :-1]], dim=1)
+        h = self._inputs(prev, pos, c)
+        causal = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril()
+        for blk in self.blocks:
+            h = blk(h, c, mask=causal)
+        return self._out(h, pos)
+
+    def new_caches(self, capacity: int) -> list[RaggedKVCache]:
+        """One empty ragged cache per block, for positions < ``capacity`` (>= N)."""
+        return [RaggedKVCache(capacity) for _ in self.blocks]
+
+    def step(self, prev: torch.Tensor, pos: torch.Tensor, y: torch.Tensor,
+             caches: list[RaggedKVCache]) -> torch.Tensor:
+        """Generation: the conditions of L consecutive positions per image, with the cache.
+
+        prev (B, L, D): the token before each position (row 0 of position 0 is not read),
+        pos (B, L) long: positions (rows may differ; positions >= N are allowed up to the
+        caches' capacity and give conditions that mean nothing), y (B,) -> z (B, L, hidden).
+        Every earlier position of a row must have been written by an earlier call.
+        """
+        c = self.y_embed(y)
+        h = self._inputs(prev, pos, c)
+        mask = ragged_mask(pos, caches[0].capacity)
+        for blk, cache in zip(self.blocks, caches):
+            cache.at(pos)
+            h = blk(h, c, mask=mask, cache=cache)
+        return self._out(h, pos)

@@ -1,0 +1,261 @@
+"""Exact speculative decoding (docs/speculative.md): the acceptance and residual rules on a toy
+with closed-form densities (2-D Gaussian mixtures; a tempered rule is caught by the same
+test), the path density of the Gaussian chain, and the engine on random-weight causal
+networks: draft = target accepts everything, a different draft gives the target's samples,
+every token comes from an accepted proposal or a residual sample, and no fallback exists."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+from ecar.build import LatentSpec
+from ecar.config import load_config
+from ecar.engine.speculative import ACCEPTED, RESIDUAL, accepted_prefix, first_residual, generate_speculative
+from ecar.methods.ar import AR_METHOD
+from ecar.samplers.chain import GaussianChain, path_log_ratio
+
+ALPHA = 0.01
+"""Family-wise significance of every distribution test (Bonferroni over its projections)."""
+
+
+# --------------------------------------------------------------------------- toy: 2-D mixtures
+
+
+class Mixture:
+    """Isotropic 2-D Gaussian mixture with closed-form density, sampler and projected CDF."""
+
+    def __init__(self, weights, means, stds):
+        self.w = torch.tensor(weights, dtype=torch.float64)
+        self.mu = torch.tensor(means, dtype=torch.float64)
+        self.sd = torch.tensor(stds, dtype=torch.float64)
+
+    def sample(self, n: int, g: torch.Generator) -> torch.Tensor:
+        comp = torch.multinomial(self.w, n, replacement=True, generator=g)
+        return self.mu[comp] + self.sd[comp, None] * torch.randn(n, 2, generator=g, dtype=torch.float64)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        d2 = ((x[..., None, :] - self.mu) ** 2).sum(-1)
+        logc = torch.log(self.w) - 2 * torch.log(self.sd) - math.log(2 * math.pi) - d2 / (2 * self.sd**2)
+        return torch.logsumexp(logc, dim=-1)
+
+    def cdf(self, direction: torch.Tensor):
+        """CDF of ⟨x, direction⟩ (unit direction): a 1-D mixture."""
+        m = (self.mu @ direction).numpy()
+
+        def f(v):
+            return sum(w * sps.norm.cdf(v, loc=mi, scale=s) for w, mi, s in zip(self.w.numpy(), m, self.sd.numpy()))
+
+        return f
+
+
+TARGET = Mixture([0.5, 0.3, 0.2], [[-1.0, 0.0], [1.5, 1.0], [0.5, -2.0]], [0.5, 0.7, 0.4])
+DRAFT = Mixture([0.3, 0.4, 0.3], [[-0.8, 0.3], [1.2, 0.8], [0.0, -1.5]], [0.7, 0.6, 0.8])
+DIRECTIONS = [torch.tensor(v, dtype=torch.float64) / math.hypot(*v) for v in ([1, 0], [0, 1], [1, 1], [1, -1])]
+
+
+def speculative_toy(n: int, g: torch.Generator, accept_log_factor: float = 0.0, batch: int = 8) -> torch.Tensor:
+    """n tokens of TARGET proposed by DRAFT with the engine's rules (:func:`accepted_prefix`,
+    :func:`first_residual`). ``accept_log_factor`` > 0 makes the acceptance test
+    min(1, λ·p/q) with log λ = the factor, keeping the residual untempered — the kind of
+    tempered rule that is not exact."""
+    x = DRAFT.sample(n, g)
+    lr = (TARGET.log_prob(x) - DRAFT.log_prob(x) + accept_log_factor)[:, None]
+    ok = accepted_prefix(lr, torch.ones(n, dtype=torch.long), g) == 1
+    out = x.clone()
+    rows = (~ok).nonzero()[:, 0]
+    while rows.numel():
+        y = TARGET.sample(rows.numel() * batch, g).reshape(rows.numel(), batch, 2)
+        first = first_residual(TARGET.log_prob(y) - DRAFT.log_prob(y), g)
+        hit = first >= 0
+        out[rows[hit]] = y[hit.nonzero()[:, 0], first[hit]]
+        rows = rows[~hit]
+    return out
+
+
+def ks_pvalues(samples: torch.Tensor) -> list[float]:
+    """One-sample KS p-values of the projections of ``samples`` against TARGET's exact CDFs."""
+    return [sps.kstest((samples @ d).numpy(), TARGET.cdf(d)).pvalue for d in DIRECTIONS]
+
+
+def test_toy_speculative_samples_follow_the_target():
+    g = torch.Generator().manual_seed(0)
+    samples = speculative_toy(20_000, g)
+    assert min(ks_pvalues(samples)) > ALPHA / len(DIRECTIONS)
+    # the draft itself is far from the target: the test has power on this pair
+    assert min(ks_pvalues(DRAFT.sample(20_000, g))) < 1e-6
+
+
+def test_toy_tempered_acceptance_is_caught():
+    """Accepting with min(1, 2·p/q) but sampling the untempered residual (the released
+    CSpD code's kind of rule) is rejected by the same test at the same size."""
+    samples = speculative_toy(20_000, torch.Generator().manual_seed(0), accept_log_factor=math.log(2.0))
+    assert min(ks_pvalues(samples)) < ALPHA / len(DIRECTIONS)
+
+
+def test_residual_rule_samples_the_normalised_residual():
+    """Accepted residual candidates follow max(0, p − q)/TV: checked on one projection
+    against the residual's CDF by numerical integration on a grid."""
+    g = torch.Generator().manual_seed(1)
+    y = TARGET.sample(200_000, g).reshape(-1, 1, 2)
+    first = first_residual(TARGET.log_prob(y) - DRAFT.log_prob(y), g)
+    kept = y[first >= 0, 0]
+    assert kept.shape[0] > 5_000
+    grid = torch.stack(torch.meshgrid(torch.linspace(-5, 5, 801, dtype=torch.float64),
+                                      torch.linspace(-5, 5, 801, dtype=torch.float64), indexing="ij"), -1)
+    r = (TARGET.log_prob(grid).exp() - DRAFT.log_prob(grid).exp()).clamp_min(0)
+    xs = grid[:, 0, 0].numpy()
+    marginal = r.sum(1).numpy()
+    cdf = marginal.cumsum() / marginal.sum()
+    p = sps.kstest(kept[:, 0].numpy(), lambda v: np.interp(v, xs, cdf)).pvalue
+    assert p > ALPHA
+
+
+def test_accepted_prefix_stops_at_the_first_rejection_and_the_limit():
+    g = torch.Generator().manual_seed(0)
+    lr = torch.tensor([[0.0, 0.0, -1e9, 0.0], [0.0, 0.0, 0.0, 0.0], [-1e9, 0.0, 0.0, 0.0]])
+    a = accepted_prefix(lr, torch.tensor([4, 3, 4]), g)
+    assert a.tolist() == [2, 3, 0]
+    assert first_residual(torch.tensor([[-1.0, 0.0, 50.0, 50.0]]), g).tolist() == [2]
+    assert first_residual(torch.tensor([[-1.0, 0.0]]), g).tolist() == [-1]
+
+
+# --------------------------------------------------------------------------- the Gaussian chain
+
+
+def test_path_log_ratio_is_the_difference_of_exact_path_log_densities():
+    chain = GaussianChain(4, noise_scale=0.7, temperature=0.8)
+    g = torch.Generator().manual_seed(0)
+
+    def field(a):
+        return lambda x, t: a * x + (1 - t)[..., None] * 0.3
+
+    x, path, mp = chain.sample(field(-0.5), torch.randn(2, 3, 5, generator=g), g, record=True)
+    mq = chain.means(field(0.4), path[:, :, :-1])
+    assert torch.allclose(chain.means(field(-0.5), path[:, :, :-1]), mp, atol=1e-6)
+    stds = chain.stds()
+    assert bool((stds > 0).all())  # the last step is stochastic too
+    normal = torch.distributions.Normal
+
+    def logp(means):
+        start = normal(0.0, chain.temperature).log_prob(path[:, :, 0].double()).sum((-1,))
+        steps = normal(means.double(), stds.double()[:, None]).log_prob(path[:, :, 1:].double()).sum((-1, -2))
+        return start + steps
+
+    assert torch.allclose(path_log_ratio(path, mp, mq, stds), logp(mp) - logp(mq), atol=1e-6)
+    assert torch.equal(x, path[:, :, -1])
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+def _net(seed: int, *over: str):
+    """ar-tiny on 4×4×1 latents (patch 2: 4 tokens of dim 4), weights drawn from ``seed`` so
+    no zero-initialised layer makes draft and target agree."""
+    cfg = load_config(None, ["model.name=ar-tiny", "sample.steps=3", "sample.cfg=2.0",
+                             "sample.temperature=0.9", *over])
+    model = AR_METHOD.build(cfg.model, LatentSpec(1, 4, 10))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+    return cfg, model.eval()
+
+
+def _near(model, scale: float, seed: int):
+    """A copy of ``model`` with every weight moved by ``scale``·N(0, 1): a draft close to it."""
+    draft = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return draft
+
+
+def test_draft_equal_to_target_accepts_every_proposal():
+    cfg, target = _net(1, "sample.gamma=3")
+    labels = torch.arange(64) % 10
+    out = AR_METHOD.speculative(target, target, cfg.sample, labels, torch.Generator().manual_seed(0))
+    st = out["stats"].as_dict()
+    assert st["acceptance_rate"] == 1.0 and st["residual_tokens"] == 0
+    assert bool((out["source"] == ACCEPTED).all())
+    assert st["tokens_per_target_pass"] == pytest.approx(4 / 2)  # 4 tokens, gamma 3: passes of 3 and 1
+
+
+@pytest.mark.parametrize("verify", ["path", "step"])
+def test_speculative_samples_match_plain_sampling_of_the_target(verify):
+    """A different draft (acceptance well below 1): the target's tokens by speculative and by
+    plain sampling are indistinguishable (two-sample KS on all 16 coordinates, Bonferroni),
+    while the draft's own samples are not; for both verification modes."""
+    cfg, target = _net(1, "sample.gamma=3", f"sample.verify={verify}")
+    draft = _near(target, 0.01, 2)
+    n = 4000
+    labels = torch.arange(n) % 10
+    spec = AR_METHOD.speculative(target, draft, cfg.sample, labels, torch.Generator().manual_seed(0))
+    plain = AR_METHOD.generate(target, cfg.sample, labels, torch.Generator().manual_seed(1))["latents"]
+    other = AR_METHOD.generate(draft, cfg.sample, labels, torch.Generator().manual_seed(2))["latents"]
+    rate = spec["stats"].as_dict()["acceptance_rate"]
+    assert 0.05 < rate < 0.95
+
+    def pvals(a, b):
+        return [sps.ks_2samp(a.reshape(n, -1)[:, i].numpy(), b.reshape(n, -1)[:, i].numpy()).pvalue
+                for i in range(16)]
+
+    assert min(pvals(spec["latents"], plain)) > ALPHA / 16
+    assert min(pvals(other, plain)) < ALPHA / 16
+
+
+@pytest.mark.parametrize("verify", ["path", "step"])
+def test_every_token_comes_from_an_accepted_proposal_or_a_residual_sample(verify):
+    """Rejections forced by a draft far from the target, one residual candidate per try:
+    every output token is marked accepted or residual, the counts add up, and no token is the
+    zero vector a fallback would leave."""
+    cfg, target = _net(1, "sample.gamma=4", "sample.residual_batch=1", f"sample.verify={verify}")
+    _, draft = _net(3)
+    with torch.no_grad():
+        for p in draft.head.final.parameters():
+            p.mul_(4.0)
+    labels = torch.arange(32) % 10
+    out = AR_METHOD.speculative(target, draft, cfg.sample, labels, torch.Generator().manual_seed(0))
+    st, src = out["stats"], out["source"]
+    assert bool(((src == ACCEPTED) | (src == RESIDUAL)).all())
+    assert st.residual_tokens > 0 and st.residual_rounds > 1
+    assert int((src == ACCEPTED).sum()) == st.accepted and int((src == RESIDUAL).sum()) == st.residual_tokens
+    assert st.accepted + st.residual_tokens == st.tokens == 32 * 4
+    assert st.tested == st.accepted + st.residual_tokens  # one rejection per residual token
+    tokens = target.tokens(out["latents"])
+    assert bool((tokens.abs().sum(-1) > 0).all())
+
+
+@pytest.mark.parametrize("verify", ["path", "step"])
+def test_residual_sampling_raises_instead_of_falling_back(verify):
+    cfg, target = _net(1)
+    _, draft = _net(3)
+    settings = AR_METHOD.loop_settings(target, cfg.sample)
+    with pytest.raises(RuntimeError, match="residual sampling found no sample"):
+        generate_speculative(target, draft, torch.arange(16) % 10, settings, gamma=4, verify=verify,
+                             generator=torch.Generator().manual_seed(0), max_residual_rounds=0)
+
+
+def test_gaussian_residual_samples_the_residual_of_two_gaussians():
+    """The step residual max(0, N(a, s²) − N(b, s²)), 1-D: KS against its exact CDF
+    (Φ((z − a)/s) − Φ((z − b)/s)) / TV on z > (a + b)/2, for a > b."""
+    from ecar.engine.speculative import SpeculativeStats, gaussian_residual
+
+    a, b, sd, n = 0.3, -0.2, 0.5, 20_000
+    y = gaussian_residual(torch.full((n, 1), a), torch.full((n, 1), b), torch.full((n,), sd), 16,
+                          torch.Generator().manual_seed(0), 10_000, SpeculativeStats())[:, 0].double()
+    c = (a + b) / 2
+    tv = sps.norm.cdf((a - b) / (2 * sd)) - sps.norm.cdf((b - a) / (2 * sd))
+
+    def cdf(z):
+        z = np.maximum(z, c)
+        return (sps.norm.cdf((z - a) / sd) - sps.norm.cdf((z - b) / sd) - sps.norm.cdf((c - a) / sd)
+                + sps.norm.cdf((c - b) / sd)) / tv
+
+    assert bool((y > c).all()) and sps.kstest(y.numpy(), cdf).pvalue > ALPHA
