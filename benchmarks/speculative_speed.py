@@ -117,6 +117,8 @@ def main() -> None:
     ap.add_argument("--target", help="an existing target run (skips its training)")
     ap.add_argument("--target-steps", type=int, default=3000)
     ap.add_argument("--target-overrides", nargs="*", default=TARGET)
+    ap.add_argument("--draft", help="an existing distilled draft run, e.g. WORK/draft of an earlier run "
+                    "(skips the distillation; --draft-* settings are then only recorded)")
     ap.add_argument("--draft-steps", type=int, default=3000)
     ap.add_argument("--draft-overrides", nargs="*", default=DRAFT)
     ap.add_argument("--draft-batch", type=int, default=32)
@@ -141,19 +143,27 @@ def main() -> None:
         cfg = load_config(ROOT / "configs" / "digits_ar.yaml",
                           [*args.target_overrides, f"train.max_steps={args.target_steps}", *QUIET])
         train(cfg, target_run, progress=False)
-    draft_run = work / "draft_init"
-    dcfg = load_config(ROOT / "configs" / "digits_ar_draft.yaml", [*args.draft_overrides, "train.max_steps=1", *QUIET])
-    train(dcfg, draft_run, progress=False)  # a checkpoint of the draft's architecture, then distilled here
     target = load_for_inference(str(target_run), torch.device("cpu"))
-    draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
-    check_draft_pair(target.cfg, draft.cfg)
-    t0 = time.perf_counter()
-    losses = distill(target.model, draft.model, target.cfg, args.draft_steps, args.draft_batch, args.draft_lr,
-                     args.fm_weight, seed=0)
-    distill_s = time.perf_counter() - t0
-    draft_run = work / "draft"  # the distilled draft as a run: ecar sample --ckpt TARGET --draft it
-    save_checkpoint(draft_run, model=draft.model, ema=draft.model, cfg=draft.cfg, step=args.draft_steps,
-                    train_state={})
+    losses, distill_s = [float("nan")], None
+    if args.draft:
+        draft_run = Path(args.draft)
+        draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
+        check_draft_pair(target.cfg, draft.cfg)
+        draft.model.eval()
+    else:
+        draft_run = work / "draft_init"
+        dcfg = load_config(ROOT / "configs" / "digits_ar_draft.yaml",
+                           [*args.draft_overrides, "train.max_steps=1", *QUIET])
+        train(dcfg, draft_run, progress=False)  # a checkpoint of the draft's architecture, then distilled here
+        draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
+        check_draft_pair(target.cfg, draft.cfg)
+        t0 = time.perf_counter()
+        losses = distill(target.model, draft.model, target.cfg, args.draft_steps, args.draft_batch,
+                         args.draft_lr, args.fm_weight, seed=0)
+        distill_s = time.perf_counter() - t0
+        draft_run = work / "draft"  # the distilled draft as a run: ecar sample --ckpt TARGET --draft it
+        save_checkpoint(draft_run, model=draft.model, ema=draft.model, cfg=draft.cfg, step=args.draft_steps,
+                        train_state={})
     sample = apply_sample_overrides(target.cfg.sample, args.sample)
     gflops_t = count_flops(target.model, target.cfg, sample, batch=4)
     gflops_d = count_flops(draft.model, target.cfg, sample, batch=4)
@@ -192,7 +202,7 @@ def main() -> None:
         "command": "python benchmarks/speculative_speed.py " + " ".join(sys.argv[1:]),
         "target": {"run": str(target_run), "steps": target.step, "overrides": args.target_overrides,
                    "gflops_per_image": gflops_t},
-        "draft": {"run": str(draft_run), "overrides": args.draft_overrides, "distill_steps": args.draft_steps,
+        "draft": {"run": str(draft_run), "overrides": args.draft_overrides, "distill_steps": draft.step if args.draft else args.draft_steps,
                   "distill_seconds": distill_s, "final_loss": statistics.fmean(losses[-20:]),
                   "gflops_per_image": gflops_d},
         "draft_cheaper_by": gflops_t / gflops_d,
