@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecar.bench.run import DEFAULT_SWEEP, sweep_settings
+from ecar.bench.run import DEFAULT_SWEEP, run_bench, sweep_settings
 from ecar.build import LatentSpec
 from ecar.cli import main as cli_main
 from ecar.config import ConfigError, load_config
@@ -23,6 +23,7 @@ from ecar.methods import METHODS, apply_sample_overrides, method_of, total_steps
 from ecar.methods.xar import XAR_METHOD, XARSampleConfig, unit_guidance
 from ecar.models.dit import DiT, DiTConfig
 from ecar.models.xar import XAR, XARConfig, unit_layout
+from ecar.train.trainer import lr_factor
 from test_methods import _tiny as _method_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,3 +313,52 @@ def test_fashion_recipe_trains_and_samples(tmp_path, fashion_mnist_dir):
     assert cli_main(["train", "--quiet", "--config", str(ROOT / "configs" / "fashion_xar.yaml"),
                      "--out", str(run), *TINY]) == 0
     assert cli_main(["sample", "--ckpt", str(run), "--n", "10", "--out", str(tmp_path / "g.png")]) == 0
+
+
+def test_a_bench_of_xar_alone_reports_beside_an_earlier_bench(tmp_path, monkeypatch):
+    """``ecar bench --with OLD``: the earlier rows come first, unchanged (plus where they came
+    from), and the summary compares the new recipe with them; a bench measured differently
+    (here: another --n-eval) is refused with what differs."""
+    monkeypatch.setenv("ECAR_CACHE", str(tmp_path / "cache"))
+    kw = dict(train_minutes=0.05, n_eval=32, step_sweep=(0.5,), device="cpu", progress=False, cost_batch=4,
+              cost_repeats=1, seeds=(0,), samplers=("euler",))
+    old = run_bench([str(ROOT / "configs" / "digits_dit.yaml")], None, out=tmp_path / "old", overrides=TINY, **kw)
+    rows = run_bench([str(ROOT / "configs" / "digits_xar.yaml")], None, out=tmp_path / "new",
+                     overrides=TINY, previous=[tmp_path / "old"], **kw)
+    doc = json.loads((tmp_path / "new" / "bench.json").read_text())
+    assert [r["name"] for r in rows[:len(old)]] == ["digits_dit"] * len(old)
+    assert [dict((k, v) for k, v in r.items() if k != "bench") for r in rows[:len(old)]] == \
+        json.loads(json.dumps(old))
+    assert rows[0]["bench"] == str(tmp_path / "old" / "bench.json") and rows[-1]["mode"] == "xar"
+    assert doc["meta"]["with"][0]["path"] == str(tmp_path / "old" / "bench.json")
+    assert "equal_quality_vs_digits_dit" in doc["methods"]["digits_xar"]
+    with pytest.raises(ValueError, match=r"samples per setting \(--n-eval\): 32 there, 16 here"):
+        run_bench([str(ROOT / "configs" / "digits_xar.yaml")], None, out=tmp_path / "bad", overrides=TINY,
+                  previous=[tmp_path / "old" / "bench.json"], **{**kw, "n_eval": 16})
+    assert not (tmp_path / "bad").exists()  # refused before any training
+
+
+# --------------------------------------------------------------------------- the run length
+
+
+@pytest.mark.parametrize("max_steps", [6, 12])
+def test_the_learning_rate_schedule_follows_the_configured_run_length(max_steps, tmp_path):
+    """Warm-up, then a cosine that spans exactly the configured run: the logged rate of every
+    step is lr·lr_factor(step), halfway through the cosine it is halfway to the floor, the last
+    step is one step from the floor, and the schedule stretches with max_steps."""
+    over = ["train.warmup_steps=2", "train.lr=0.01", "train.min_lr_ratio=0.1", f"train.max_steps={max_steps}"]
+    cfg = load_config(ROOT / "configs" / "digits_xar.yaml", over)
+    w, floor = 2, 0.1
+    assert [lr_factor(s, cfg) for s in range(w)] == [0.5, 1.0]
+    span = max_steps - w
+    assert lr_factor(w, cfg) == pytest.approx(1.0)
+    assert lr_factor(w + span // 2, cfg) == pytest.approx(floor + (1 - floor) * 0.5)
+    assert lr_factor(max_steps - 1, cfg) == pytest.approx(floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (span - 1) / span)))
+    assert lr_factor(max_steps, cfg) == pytest.approx(floor)
+    other = load_config(ROOT / "configs" / "digits_xar.yaml", over[:-1] + [f"train.max_steps={2 * max_steps}"])
+    assert lr_factor(w + span // 2, other) > lr_factor(w + span // 2, cfg) + 0.1  # a longer run decays later
+    run = tmp_path / "run"
+    assert cli_main(["train", "--quiet", "--config", str(ROOT / "configs" / "digits_xar.yaml"), "--out", str(run),
+                     *TINY, *over, "train.log_every=1"]) == 0
+    logged = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([0.01 * lr_factor(s, cfg) for s in range(max_steps)])

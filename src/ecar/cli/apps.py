@@ -35,6 +35,8 @@ def add_bench(sub) -> None:
                   configs/digits_ecar.yaml --train-minutes 10 --out bench/digits
               ecar bench --ckpts runs/dit runs/ecar --out bench/mine --sweep 0.5,1,2 \\
                   --samplers euler --seeds 0,1,2
+              ecar bench --configs configs/fashion_xar.yaml --train-minutes 15 --n-eval 500 \\
+                  --with benchmarks/results/fashion_bench --out bench/fashion_xar
             """
         ),
     )
@@ -53,6 +55,9 @@ def add_bench(sub) -> None:
                    help="real split to compare with (default: heldout where the dataset has one)")
     p.add_argument("--features", help="feature network (default: by dataset)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--with", dest="previous", nargs="+", default=[], metavar="BENCH_JSON",
+                   help="earlier benches (bench.json or its directory) whose rows are reported beside "
+                        "these; they must share the budget, --n-eval, --seeds and the machine")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides for every recipe")
 
@@ -71,7 +76,7 @@ def cmd_bench(args) -> int:
             progress=not args.quiet, features=args.features, command=shlex.join(["ecar", *args.argv]),
             seeds=parse_ints(args.seeds, "--seeds") or [0],
             samplers=[v.strip() for v in args.samplers.split(",") if v.strip()],
-            reference_split=args.reference_split, overwrite=args.overwrite,
+            reference_split=args.reference_split, overwrite=args.overwrite, previous=args.previous,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
