@@ -8,13 +8,17 @@ screening (docs/xar.md).
         --json benchmarks/results/xar_noisy_context.json
 
 Each ``--variant NAME=OVERRIDES`` (comma-separated ``section.key=value``) trains the recipe
-with those overrides for ``--steps`` optimiser steps (``ecar train``; a fixed step count, not
+with those overrides (``sample.*`` ones go to ``ecar eval`` as flags instead) for ``--steps``
+optimiser steps (``ecar train``; a fixed step count, not
 a time budget, so nothing here is a timing) and scores the EMA weights with ``ecar eval
 --seeds`` (FID mean ± std over the sampling seeds, against the held-out split), plus the
 GFLOPs per image of the shipped sampler (:func:`ecar.eval.cost.count_flops`) and the
 training step's wall time as logged (indicative only: the machine is shared). Rows go into
 ``--json`` (a list; a variant's row is replaced when it is scored again), each with the
-commands that made it. Existing run directories are reused (delete one to retrain it).
+commands that made it. Existing run directories are reused (delete one to retrain it); a
+variant named ``RUN@LABEL`` scores the run of variant ``RUN`` (same training overrides,
+checked) with its own sampling overrides, e.g. ``noisy@ctx0.9=model.noisy_context=true,
+sample.context_time=0.9``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 
 from ecar.build import load_for_inference
 from ecar.eval.cost import count_flops
+from ecar.methods import apply_sample_overrides
 
 
 def _run(cmd: list[str]) -> None:
@@ -54,18 +59,29 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.variant:
         name, _, text = spec.partition("=")
         overrides = [o for o in re.split(r",(?![^\[]*\])", text) if o]
-        run = out / name
+        sample = [o for o in overrides if o.startswith("sample.")]
+        training = [o for o in overrides if not o.startswith("sample.")]
+        base = name.split("@")[0]
+        run = out / base
+        if base != name:
+            same = [r for r in rows if r["variant"] == base]
+            if not same or [o for o in same[0]["overrides"] if not o.startswith("sample.")] != training:
+                raise SystemExit(f"variant {name} scores the run of variant {base}: give {base} first, with "
+                                 f"the same training overrides ({training})")
         train_cmd = py + ["train", "--quiet", "--config", args.config, "--out", str(run),
-                          f"train.max_steps={args.steps}", "train.tensorboard=false", *overrides]
+                          f"train.max_steps={args.steps}", "train.tensorboard=false", *training]
         if not (run / "checkpoints").exists():
             _run(train_cmd)
-        score = run / "eval.json"
+        score = run / f"eval-{name}.json"
         eval_cmd = py + ["eval", "--ckpt", str(run), "--n", str(args.n), "--seeds", args.seeds,
                          "--metrics", "fid", "--json", str(score), "--overwrite"]
+        for o in sample:
+            key, _, value = o[len("sample."):].partition("=")
+            eval_cmd += ["--" + key.replace("_", "-"), value]
         _run(eval_cmd)
         res = json.loads(score.read_text())
         loaded = load_for_inference(str(run), torch.device("cpu"))
-        gflops = count_flops(loaded.model, loaded.cfg)
+        gflops = count_flops(loaded.model, loaded.cfg, apply_sample_overrides(loaded.cfg.sample, sample))
         logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         last = [r for r in logs if "loss" in r][-1]
         row = {"variant": name, "overrides": overrides, "config": args.config, "train_steps": args.steps,

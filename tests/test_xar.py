@@ -208,6 +208,21 @@ def test_kv_cached_sampling_equals_full_recomputation(unit, units, sampler):
     assert a["latents"].abs().mean() > 0.1
 
 
+
+@pytest.mark.parametrize("unit", ["token", "scale"])
+def test_renoised_context_is_cached_like_recomputation_and_changes_the_result(unit):
+    cfg, model, m = _tiny(f"model.unit={unit}", "sample.context_time=0.7", "sample.sampler=euler_maruyama")
+    settings = m.loop_settings(model, cfg.sample)
+    assert settings.context_time == 0.7
+    y = torch.tensor([2, 5])
+    a = generate_next_x(model, y, settings, torch.Generator().manual_seed(3))["latents"]
+    b = generate_next_x(model, y, settings, torch.Generator().manual_seed(3), use_cache=False)["latents"]
+    clean = m.generate(model, apply_sample_overrides(cfg.sample, {"context_time": 1.0}), y,
+                       torch.Generator().manual_seed(3))["latents"]
+    assert (a - b).abs().max() <= 1e-4 and (a - clean).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="context_time"):
+        apply_sample_overrides(cfg.sample, {"context_time": 0.0})
+
 def test_sampling_is_deterministic_for_a_seed_and_streams_each_unit():
     cfg, model, m = _tiny("model.unit=cell")
     y = torch.tensor([1, 2])

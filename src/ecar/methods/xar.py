@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ecar.engine.next_x import NextXSampleConfig, generate_next_x
+from ecar.errors import ConfigError
 from ecar.flow import FlowConfig
 from ecar.flow.next_x import NextXObjective
 from ecar.methods.base import Method, scale_count
@@ -51,6 +52,14 @@ class XARSampleConfig(SampleConfig):
     cfg_interval: list[float] | None = setting(
         None, "guide only units whose fraction of units generated (after the unit) is in [LO, HI]; no "
         "unconditional pass elsewhere (default: every unit)", metavar="LO,HI")
+    context_time: float = setting(
+        1.0, "time at which finished units enter the context: 1 = clean (default); below 1 each is "
+        "re-noised once with fresh noise, like the noisy context of training")
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 < self.context_time <= 1.0:
+            raise ConfigError(f"sample.context_time must be in (0, 1] (1 = clean context), got {self.context_time}")
 
 
 def unit_guidance(sample: SampleConfig, units: int) -> list[float]:
@@ -77,7 +86,7 @@ class XARMethod(Method):
         """The per-unit settings the next-X loop runs with."""
         U = model.num_units
         return NextXSampleConfig(tuple(self.step_counts(model, sample)), tuple(unit_guidance(sample, U)),
-                                 sample.sampler, sample.noise_scale)
+                                 sample.sampler, sample.noise_scale, sample.context_time)
 
     def generate(self, model: nn.Module, sample: XARSampleConfig, labels: torch.Tensor,
                  generator: torch.Generator | None = None, return_stages: bool = False,

@@ -283,8 +283,8 @@ class XAR(nn.Module):
         peeks = [_Peek(kv, b) for kv in cache]
         return self._trunk(self._embed(x, self.starts()[u]), self._conditions(t, y), which, caches=peeks)
 
-    def append_unit(self, x: torch.Tensor, y: torch.Tensor, u: int, cache: list[KVCache]) -> None:
-        """Add unit u's clean tokens x (B, n_u, D), at t = 1, to the cache (units in order)."""
-        t = torch.ones(x.shape[0], 1, device=x.device)
+    def append_unit(self, x: torch.Tensor, y: torch.Tensor, u: int, cache: list[KVCache], t: float = 1.0) -> None:
+        """Add unit u's tokens x (B, n_u, D) at time ``t`` (1 = clean) to the cache (units in order)."""
+        t = torch.full((x.shape[0], 1), float(t), device=x.device)
         which = torch.zeros(x.shape[1], dtype=torch.long, device=x.device)
         self._trunk(self._embed(x, self.starts()[u]), self._conditions(t, y), which, caches=cache, final=False)
