@@ -15,7 +15,7 @@ a time budget, so nothing here is a timing) and scores the EMA weights with ``ec
 GFLOPs per image of the shipped sampler (:func:`ecar.eval.cost.count_flops`) and the
 training step's wall time as logged (indicative only: the machine is shared). Rows go into
 ``--json`` (a list; a variant's row is replaced when it is scored again), each with the
-commands that made it. Existing run directories are reused (delete one to retrain it); a
+commands that made it. Existing run directories and scores are reused (delete one to redo it); a
 variant named ``RUN@LABEL`` scores the run of variant ``RUN`` (same training overrides,
 checked) with its own sampling overrides, e.g. ``noisy@ctx0.9=model.noisy_context=true,
 sample.context_time=0.9``.
@@ -74,11 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             _run(train_cmd)
         score = run / f"eval-{name}.json"
         eval_cmd = py + ["eval", "--ckpt", str(run), "--n", str(args.n), "--seeds", args.seeds,
-                         "--metrics", "fid", "--json", str(score), "--overwrite"]
+                         "--metrics", "fid", "--json", str(score)]
         for o in sample:
             key, _, value = o[len("sample."):].partition("=")
             eval_cmd += ["--" + key.replace("_", "-"), value]
-        _run(eval_cmd)
+        if not score.exists():  # delete it to score again
+            _run(eval_cmd)
         res = json.loads(score.read_text())
         loaded = load_for_inference(str(run), torch.device("cpu"))
         gflops = count_flops(loaded.model, loaded.cfg, apply_sample_overrides(loaded.cfg.sample, sample))
