@@ -117,6 +117,43 @@ def sweep_settings(model: torch.nn.Module, cfg: Config, step_sweep: Sequence[flo
     return out
 
 
+def load_previous(paths: Sequence[str | Path], train_minutes: float, n_eval: int, seeds: Sequence[int],
+                  device_name: str, reference_split: str | None) -> tuple[list[dict], list[dict]]:
+    """Rows of earlier benches to report beside this one (``ecar bench --with``), and a record
+    of each (path, command, date) for the metadata.
+
+    A row is comparable only if it was measured the same way: the same training budget,
+    samples per setting, sampling seeds, reference split and machine (``meta.device``, which
+    names the device and its threads; time per image is only comparable on one machine).
+    Anything else raises ValueError saying what differs.
+    """
+    rows: list[dict] = []
+    records: list[dict] = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "bench.json"
+        try:
+            doc = json.loads(path.read_text())
+            meta, prev = doc["meta"], doc["rows"]
+            a = meta["args"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--with {path}: not a bench.json written by ecar bench ({e})") from None
+        want = {"train budget (--train-minutes)": (float(a["train_minutes"]), float(train_minutes)),
+                "samples per setting (--n-eval)": (int(a["n_eval"]), int(n_eval)),
+                "sampling seeds (--seeds)": (list(a["seeds"]), [int(v) for v in seeds]),
+                "reference split (--reference-split)": (a.get("reference_split"), reference_split),
+                "machine": (meta.get("device"), device_name)}
+        differ = [f"{k}: {old!r} there, {new!r} here" for k, (old, new) in want.items() if old != new]
+        if differ:
+            raise ValueError(f"--with {path} was measured differently, so its rows cannot stand beside "
+                             f"these ({'; '.join(differ)}). Rerun with its settings on its machine, or "
+                             "bench all recipes together.")
+        rows += [dict(r, bench=str(path)) for r in prev]
+        records.append({"path": str(path), "command": meta.get("command"), "date": meta.get("date")})
+    return rows, records
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} ({device})"
@@ -251,6 +288,7 @@ def run_bench(
     reference_split: str | None = None,
     overwrite: bool = False,
     draft: str | None = None,
+    previous: Sequence[str | Path] = (),
 ) -> list[dict]:
     """Train (or load) each model, evaluate it along a sampler × step sweep, write the report.
 
@@ -285,6 +323,10 @@ def run_bench(
             each model is also sampled by speculative decoding at its shipped setting
             (``n_eval`` images, the first seed) and ``bench.json``'s ``speculative`` holds,
             per model, its FID, seconds per image and statistics (docs/speculative.md).
+        previous: ``bench.json`` files (or their directories) of earlier benches whose rows
+            are reported first, beside this bench's (:func:`load_previous`: the same budget,
+            n_eval, seeds, reference split and machine, or a ValueError), so a new recipe can
+            join a committed bench without retraining its models.
 
     Returns:
         The rows (also in ``bench.json``), ordered by model, shipped setting first.
@@ -314,8 +356,10 @@ def run_bench(
             log.info(line)
 
 
+    prev_rows, prev_records = load_previous(previous, train_minutes, n_eval, seeds, _device_name(dev),
+                                            reference_split)
     jobs: list[tuple[str, str, str]] = []  # (kind, source, name)
-    taken: set[str] = set()
+    taken: set[str] = {r["name"] for r in prev_rows}
     for c in configs:
         jobs.append(("config", c, _unique(Path(c).stem, taken)))
     for c in ckpts:
@@ -340,7 +384,7 @@ def run_bench(
 
     meta = {
         "command": command or _rebuild_command(configs, ckpts, train_minutes, out, overrides,
-                                               n_eval, step_sweep, device, seeds, samplers),
+                                               n_eval, step_sweep, device, seeds, samplers, previous),
         "args": {"configs": configs, "ckpts": ckpts, "train_minutes": train_minutes,
                  "out": str(out), "overrides": list(overrides), "n_eval": n_eval,
                  "step_sweep": list(step_sweep), "device": device, "features": features,
@@ -352,9 +396,11 @@ def run_bench(
         "python": platform.python_version(),
         "device": _device_name(dev),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "features": [],
+        "features": sorted({r["features"] for r in prev_rows if r.get("features")}),
     }
-    rows: list[dict] = []
+    if prev_records:
+        meta["with"] = prev_records
+    rows: list[dict] = list(prev_rows)
     extractors: dict[str, Any] = {}
     references: dict[tuple, dict] = {}
     for j, (kind, src, name) in enumerate(jobs, 1):
@@ -441,7 +487,7 @@ def run_bench(
 
 
 def _rebuild_command(configs, ckpts, train_minutes, out, overrides, n_eval, step_sweep, device,
-                     seeds, samplers) -> str:
+                     seeds, samplers, previous=()) -> str:
     parts = ["ecar", "bench"]
     if configs:
         parts += ["--configs", *configs]
@@ -453,5 +499,7 @@ def _rebuild_command(configs, ckpts, train_minutes, out, overrides, n_eval, step
               "--out", str(out)]
     if device != "auto":
         parts += ["--device", device]
+    if previous:
+        parts += ["--with", *(str(p) for p in previous)]
     parts += list(overrides)
     return shlex.join(parts)

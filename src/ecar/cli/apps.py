@@ -35,6 +35,8 @@ def add_bench(sub) -> None:
                   configs/digits_ecar.yaml --train-minutes 10 --out bench/digits
               ecar bench --ckpts runs/dit runs/ecar --out bench/mine --sweep 0.5,1,2 \\
                   --samplers euler --seeds 0,1,2
+              ecar bench --configs configs/fashion_xar.yaml --train-minutes 15 --n-eval 500 \\
+                  --with benchmarks/results/fashion_bench --out bench/fashion_xar
             """
         ),
     )
@@ -55,6 +57,9 @@ def add_bench(sub) -> None:
     p.add_argument("--draft", help="a draft checkpoint: also sample every model by speculative decoding "
                    "at its shipped setting and report acceptance, tokens per target pass, calls, FID (method ar)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--with", dest="previous", nargs="+", default=[], metavar="BENCH_JSON",
+                   help="earlier benches (bench.json or its directory) whose rows are reported beside "
+                        "these; they must share the budget, --n-eval, --seeds and the machine")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides for every recipe")
 
@@ -74,6 +79,7 @@ def cmd_bench(args) -> int:
             seeds=parse_ints(args.seeds, "--seeds") or [0],
             samplers=[v.strip() for v in args.samplers.split(",") if v.strip()],
             reference_split=args.reference_split, overwrite=args.overwrite, draft=args.draft,
+            previous=args.previous,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -19,6 +19,7 @@ from ecar.methods.base import Method
 from ecar.methods.dit import DIT
 from ecar.methods.ecar import ECAR_METHOD, FLOWAR_METHOD
 from ecar.methods.mar import MAR_METHOD
+from ecar.methods.xar import XAR_METHOD
 from ecar.samplers import SampleConfig
 from ecar.schema import dataclass_from_dict, field_names, parse_override
 
@@ -26,7 +27,7 @@ __all__ = ["DEFAULT_MODEL", "METHODS", "SamplerFlag", "apply_sample_overrides", 
            "method_named", "method_of", "model_names", "resolve_model_config",
            "resolve_sample_config", "sampler_flags"]
 
-METHODS: dict[str, Method] = {m.name: m for m in (DIT, ECAR_METHOD, FLOWAR_METHOD, MAR_METHOD, AR_METHOD)}
+METHODS: dict[str, Method] = {m.name: m for m in (DIT, ECAR_METHOD, FLOWAR_METHOD, MAR_METHOD, AR_METHOD, XAR_METHOD)}
 """Every registered method by name (the order of CLI choices and parametrised tests)."""
 
 DEFAULT_MODEL = "dit-tiny"
