@@ -286,6 +286,7 @@ def _sharding_worker(rank: int, port: int) -> None:
         with pytest.raises(OSError if rank == 0 else CheckpointError, match="No space|rank 0 could not"):
             par._agree(OSError(28, "No space left on device") if rank == 0 else None, "write")
         par._agree(None, "write")  # and a success lets every rank on
+        torch.distributed.barrier()  # no rank tears gloo down while its partner still uses it
     finally:
         cleanup()
 

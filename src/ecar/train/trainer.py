@@ -33,7 +33,7 @@ from ecar.imageio import save_grid, to_uint8
 from ecar.latent_cache import check_cache_autoencoder
 from ecar.serialization import is_empty_dir, remove_tree
 from ecar.train.data_order import BatchStream
-from ecar.train.distributed import DistInfo, all_reduce_max, all_reduce_mean, cleanup, init_distributed
+from ecar.train.distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier, cleanup, init_distributed
 from ecar.train.ema import ema_decay, make_ema, update_ema
 from ecar.train.parallel import Parallel
 
@@ -161,7 +161,9 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     replacing = check_run_dir(out, resume, overwrite)
     dist_info = init_distributed(cfg.train.device)
     try:
-        return _train(cfg, out, resume, replacing, progress, dist_info)
+        summary = _train(cfg, out, resume, replacing, progress, dist_info)
+        barrier()  # every rank done (rank 0 may still have been sampling) before gloo/NCCL teardown
+        return summary
     finally:
         cleanup()
 
