@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ecar.engine.units import UnitReport
 from ecar.samplers import SAMPLER_NAMES, time_grid
 from ecar.samplers.chain import GaussianChain
 from ecar.samplers.temperature import integrate_at_temperature
@@ -109,7 +110,7 @@ def generate_causal(model: nn.Module, labels: torch.Tensor, settings: CausalSamp
     chain = settings.chain() if settings.sampler == "euler_maruyama" else None
     grid = time_grid(settings.steps, device=dev)
     tokens = torch.zeros(B, N, D, device=dev)
-    stages = []
+    report = UnitReport(return_stages, on_unit)
     for i in range(N):
         pos = torch.full((B, 1), i, dtype=torch.long, device=dev)
         prev = tokens[:, i - 1:i] if i else tokens[:, :1]
@@ -121,13 +122,5 @@ def generate_causal(model: nn.Module, labels: torch.Tensor, settings: CausalSamp
             x = integrate_at_temperature(settings.sampler, lambda x, t: v(x, t.expand(B, 1)), noise, grid,
                                          generator, settings.noise_scale, settings.temperature)
         tokens[:, i] = x[:, 0].to(tokens.dtype)
-        if return_stages or on_unit is not None:
-            current = model.latent(tokens.clone())
-            if return_stages:
-                stages.append(current)
-            if on_unit is not None:
-                on_unit(i, current)
-    out = {"latents": model.latent(tokens)}
-    if return_stages:
-        out["stages"] = stages
-    return out
+        report.add(i, lambda: model.latent(tokens.clone()))  # tokens fill in place
+    return report.result(model.latent(tokens))

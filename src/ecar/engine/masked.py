@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ecar.engine.units import UnitReport
 from ecar.flow.masking import random_orders
 from ecar.samplers import SAMPLER_NAMES, guided, time_grid
 from ecar.samplers.temperature import integrate_at_temperature
@@ -75,7 +76,7 @@ def generate_masked(
     masked = torch.ones(B, N, dtype=torch.bool, device=dev)
     null = torch.full_like(labels, model.null_class)
     grid = time_grid(settings.steps, device=dev)
-    stages, start = [], 0
+    report, start = UnitReport(return_stages, on_unit), 0
     for k, (n, scale) in enumerate(zip(settings.counts, settings.guidance)):
         idx = orders[:, start:start + n]
         start += n
@@ -94,13 +95,5 @@ def generate_masked(
                                        settings.noise_scale, settings.temperature)
         tokens = tokens.scatter(1, idx[..., None].expand(-1, -1, D), new.to(tokens.dtype))
         masked = masked.scatter(1, idx, False)
-        if return_stages or on_unit is not None:
-            current = model.latent(tokens)
-            if return_stages:
-                stages.append(current)
-            if on_unit is not None:
-                on_unit(k, current)
-    out = {"latents": model.latent(tokens)}
-    if return_stages:
-        out["stages"] = stages
-    return out
+        report.add(k, lambda: model.latent(tokens))
+    return report.result(model.latent(tokens))

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ecar.engine.units import UnitReport
 from ecar.flow.pyramid import jump, upsample
 from ecar.samplers import guided, integrate, time_grid
 
@@ -70,7 +71,7 @@ def generate_multistage(
     n0 = sched.sizes[0]
     start = torch.randn((B, C, n0, n0), generator=generator, device=dev)
     cond = torch.zeros_like(start)  # the AR input of stage 1: nothing decided yet
-    ends = []
+    report = UnitReport(return_stages, on_unit)
     for s in range(S):
         if guide and all(sc == 1.0 for sc in scales[s:]):
             guide, y = False, labels
@@ -97,9 +98,7 @@ def generate_multistage(
             generator, stages.noise_scale,
         )
         end = model.stage_latent(tokens, s)
-        ends.append(end)
-        if on_unit is not None:
-            on_unit(s, end)
+        report.add(s, lambda: end)
         if s + 1 < S:
             n = sched.sizes[s + 1]
             cond = upsample(end, n)
@@ -107,7 +106,4 @@ def generate_multistage(
                 start = torch.randn((B, C, n, n), generator=generator, device=dev)
             else:
                 start = jump(end, sched.tau[s], sched.sigma[s + 1], n, generator)
-    out = {"latents": ends[-1]}
-    if return_stages:
-        out["stages"] = ends
-    return out
+    return report.result(end)

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ecar.engine.units import UnitReport
 from ecar.flow.paths import interpolate
 from ecar.samplers import SAMPLER_NAMES, guided, integrate, time_grid
 
@@ -76,7 +77,7 @@ def generate_next_x(
     tc = float(settings.context_time)
     done: list[torch.Tensor] = []
     context: list[torch.Tensor] = []
-    stages = []
+    report = UnitReport(return_stages, on_unit)
     for u in range(U):
         if guide and all(s == 1.0 for s in scales[u:]):
             guide, y = False, labels
@@ -106,13 +107,5 @@ def generate_next_x(
             context.append(ctx)
             if use_cache:
                 model.append_unit(torch.cat([ctx, ctx]) if guide else ctx, y, u, cache, t=tc)
-        if return_stages or on_unit is not None:
-            current = model.latent(torch.cat(done, dim=1))
-            if return_stages:
-                stages.append(current)
-            if on_unit is not None:
-                on_unit(u, current)
-    out = {"latents": model.latent(torch.cat(done, dim=1))}
-    if return_stages:
-        out["stages"] = stages
-    return out
+        report.add(u, lambda: model.latent(torch.cat(done, dim=1)))
+    return report.result(model.latent(torch.cat(done, dim=1)))

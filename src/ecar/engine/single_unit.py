@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ecar.engine.units import UnitReport
 from ecar.samplers import SampleConfig, guidance_scale, guided, integrate, time_grid
 
 
@@ -37,9 +38,6 @@ def generate_single_unit(
     v = guided(model_fn, labels, null, scale_fn)
     grid = time_grid(sample.steps, device=labels.device)
     out = integrate(sample.sampler, v, x, grid, generator, sample.noise_scale)
-    if on_unit is not None:
-        on_unit(0, out)
-    result = {"latents": out}
-    if return_stages:
-        result["stages"] = [out]
-    return result
+    report = UnitReport(return_stages, on_unit)
+    report.add(0, lambda: out)
+    return report.result(out)
