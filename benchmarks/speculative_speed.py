@@ -147,16 +147,14 @@ def main() -> None:
     losses, distill_s = [float("nan")], None
     if args.draft:
         draft_run = Path(args.draft)
-        draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
-        check_draft_pair(target.cfg, draft.cfg)
-        draft.model.eval()
     else:
         draft_run = work / "draft_init"
         dcfg = load_config(ROOT / "configs" / "digits_ar_draft.yaml",
                            [*args.draft_overrides, "train.max_steps=1", *QUIET])
         train(dcfg, draft_run, progress=False)  # a checkpoint of the draft's architecture, then distilled here
-        draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
-        check_draft_pair(target.cfg, draft.cfg)
+    draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
+    check_draft_pair(target.cfg, draft.cfg)
+    if not args.draft:
         t0 = time.perf_counter()
         losses = distill(target.model, draft.model, target.cfg, args.draft_steps, args.draft_batch,
                          args.draft_lr, args.fm_weight, seed=0)
