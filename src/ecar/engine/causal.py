@@ -6,7 +6,11 @@ position per call with a KV cache, and the per-token head samples the token from
 :mod:`ecar.samplers.chain` (noise at every step, including the last) — the sampler whose
 path density speculative decoding (:mod:`ecar.engine.speculative`) compares, so plain and
 speculative sampling of a target have the same distribution. ``euler`` / ``heun`` integrate
-the head's ODE (no density: plain sampling only).
+the head's ODE (no density: plain sampling only). ``time_power`` spaces the head's time grid
+(finer near the data end); with ``chain_end`` < 1 the chain stops at that time, the next
+tokens' transformer input is the chain's state there and the output token is finished by one
+deterministic Euler step (:meth:`~ecar.samplers.chain.GaussianChain.finish`), which keeps
+the path density speculative decoding compares.
 
 Guidance doubles the batch (conditional + null label) through transformer and head and
 mixes the velocities v_u + w_i·(v_c − v_u), with a scale w_i per token position.
@@ -21,8 +25,8 @@ import torch
 from torch import nn
 
 from ecar.engine.units import UnitReport
-from ecar.samplers import SAMPLER_NAMES, time_grid
-from ecar.samplers.chain import GaussianChain
+from ecar.samplers import SAMPLER_NAMES
+from ecar.samplers.chain import GaussianChain, power_grid
 from ecar.samplers.temperature import integrate_at_temperature
 
 __all__ = ["CausalSampleConfig", "GuidedCausal", "generate_causal"]
@@ -38,15 +42,23 @@ class CausalSampleConfig:
     sampler: str = "euler_maruyama"
     noise_scale: float = 1.0
     temperature: float = 1.0
+    time_power: float = 1.0
+    chain_end: float = 1.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.temperature < 0 or self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"CausalSampleConfig: steps >= 1, temperature >= 0 and a sampler of "
                              f"{', '.join(SAMPLER_NAMES)}; got {self.steps}, {self.temperature}, {self.sampler!r}")
+        if not self.time_power > 0 or not 0 < self.chain_end <= 1:
+            raise ValueError(f"CausalSampleConfig: time_power > 0 and 0 < chain_end <= 1; got {self.time_power}, "
+                             f"{self.chain_end}")
+        if self.chain_end < 1 and self.sampler != "euler_maruyama":
+            raise ValueError(f"chain_end < 1 stops the Gaussian chain early (sampler euler_maruyama); the "
+                             f"{self.sampler} ODE integrates to t = 1")
 
     def chain(self) -> GaussianChain:
         """The head's Gaussian chain (raises ValueError where it has no density)."""
-        return GaussianChain(self.steps, self.noise_scale, self.temperature)
+        return GaussianChain(self.steps, self.noise_scale, self.temperature, self.time_power, self.chain_end)
 
 
 class GuidedCausal:
@@ -108,16 +120,20 @@ def generate_causal(model: nn.Module, labels: torch.Tensor, settings: CausalSamp
     B, N, D, dev = labels.shape[0], model.num_tokens, model.token_dim, labels.device
     net = GuidedCausal(model, labels, settings.guidance, N)
     chain = settings.chain() if settings.sampler == "euler_maruyama" else None
-    grid = time_grid(settings.steps, device=dev)
+    grid = power_grid(settings.steps, settings.time_power, device=dev)
     tokens = torch.zeros(B, N, D, device=dev)
+    context = torch.zeros(B, N, D, device=dev) if settings.chain_end < 1 else tokens
     report = UnitReport(return_stages, on_unit)
     for i in range(N):
         pos = torch.full((B, 1), i, dtype=torch.long, device=dev)
-        prev = tokens[:, i - 1:i] if i else tokens[:, :1]
+        prev = context[:, i - 1:i] if i else context[:, :1]
         v = net.velocity(net.condition(prev, pos), pos)
         noise = torch.randn((B, 1, D), generator=generator, device=dev)
         if chain is not None:
             x = chain.sample(v, noise, generator)[0]
+            if chain.finishes:  # later tokens condition on the chain's state; the output is finished
+                context[:, i] = x[:, 0].to(context.dtype)
+                x = chain.finish(v, x)
         else:
             x = integrate_at_temperature(settings.sampler, lambda x, t: v(x, t.expand(B, 1)), noise, grid,
                                          generator, settings.noise_scale, settings.temperature)

@@ -122,13 +122,34 @@ def _expand(z: torch.Tensor, m: int) -> torch.Tensor:
     return z[:, None].expand(-1, m, -1)
 
 
+def _rows(zq: torch.Tensor, pos: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conditions zq (B or 2B, M, F) and positions pos (B, M), each repeated for j rows per token."""
+    return (zq[:, :, None].expand(-1, -1, j, -1).reshape(zq.shape[0], -1, zq.shape[-1]),
+            pos[:, :, None].expand(-1, -1, j).reshape(pos.shape[0], -1))
+
+
 def _chain_means(net: GuidedCausal, zq: torch.Tensor, pos: torch.Tensor, chain: GaussianChain,
                  states: torch.Tensor) -> torch.Tensor:
     """Means of ``net``'s chain at states (B, M, K, D) for conditions zq (B or 2B, M, F) at
     positions pos (B, M): one head call of M·K rows per image."""
-    k = chain.steps
-    rows = zq[:, :, None].expand(-1, -1, k, -1).reshape(zq.shape[0], -1, zq.shape[-1])
-    return chain.means(net.velocity(rows, pos[:, :, None].expand(-1, -1, k).reshape(pos.shape[0], -1)), states)
+    return chain.means(net.velocity(*_rows(zq, pos, chain.steps)), states)
+
+
+def _verify(net: GuidedCausal, zp: torch.Tensor, pos: torch.Tensor, chain: GaussianChain,
+            paths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's transition means (B, M, K, D) along recorded paths (B, M, K + 1, D) and the
+    tokens it finishes them to (B, M, D): one head call of M·K rows per image (M·(K + 1) when
+    the chain stops before t = 1)."""
+    return chain.means_and_finish(net.velocity(*_rows(zp, pos, paths.shape[2] - (not chain.finishes))), paths)
+
+
+def _finish(net: GuidedCausal, chain: GaussianChain, x: torch.Tensor, z: torch.Tensor, pos: torch.Tensor
+            ) -> torch.Tensor:
+    """Chain states x (R, D) at t = ``end`` of rows with conditions z (R or 2R, F) at positions pos
+    (R,) -> the tokens ``net`` finishes them to (one head call; x itself when the chain ends at 1)."""
+    if not chain.finishes:
+        return x
+    return chain.finish(net.velocity(z[:, None], pos[:, None]), x[:, None])[:, 0]
 
 
 def gaussian_residual(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor, candidates: int,
@@ -237,7 +258,8 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
     tnet = GuidedCausal(target, labels, settings.guidance, N + gamma)
     dnet = GuidedCausal(draft, labels, settings.guidance, N + gamma)
     dbl = tnet.doubled
-    tokens = torch.zeros(B, N + gamma, D, device=dev)
+    tokens = torch.zeros(B, N + gamma, D, device=dev)  # the output, finished by the target
+    context = torch.zeros(B, N + gamma, D, device=dev) if chain.finishes else tokens  # the chain's states
     source = torch.zeros(B, N + gamma, dtype=torch.int8, device=dev)
     n = torch.zeros(B, dtype=torch.long, device=dev)
     steps = torch.arange(gamma, device=dev)
@@ -246,7 +268,7 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
     while bool((n < N).any()):
         limit = (N - n).clamp(0, gamma)
         pos = n[:, None] + steps
-        prev0 = tokens[batch, (n - 1).clamp_min(0)][:, None]
+        prev0 = context[batch, (n - 1).clamp_min(0)][:, None]
         # the draft proposes gamma tokens, recording each path and its transition means
         prev, props, paths, q_means, zq = prev0, [], [], [], []
         for j in range(gamma):
@@ -257,8 +279,9 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
             prev = x
         props, paths, q_means, zq = (torch.cat(v, dim=1) for v in (props, paths, q_means, zq))
         # the target verifies all of them: one causal pass, one head call of gamma*K rows per image
+        # (gamma*(K + 1) with the target's finishing step)
         zp = tnet.condition(torch.cat([prev0, props[:, :-1]], dim=1), pos)
-        p_means = _chain_means(tnet, zp, pos, chain, paths[:, :, :-1])
+        p_means, finished = _verify(tnet, zp, pos, chain, paths)
         if verify == "step":  # transitions in order, token by token
             c = accepted_prefix(step_log_ratio(paths, p_means, q_means, stds).reshape(B, gamma * K), limit * K,
                                 generator)
@@ -267,7 +290,9 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
             stats.steps_accepted += int(c.sum())
         else:
             a = accepted_prefix(path_log_ratio(paths, p_means, q_means, stds), limit, generator)
-        tokens.scatter_(1, pos[..., None].expand(-1, -1, D), props.to(tokens.dtype))
+        tokens.scatter_(1, pos[..., None].expand(-1, -1, D), finished.to(tokens.dtype))
+        if chain.finishes:
+            context.scatter_(1, pos[..., None].expand(-1, -1, D), props.to(context.dtype))
         source.scatter_(1, pos, torch.where(steps[None] < a[:, None], ACCEPTED, 0).to(torch.int8))
         rejected = a < limit
         stats.proposed += int(limit.sum())
@@ -285,7 +310,9 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
             else:
                 new = _residual_paths(tnet, dnet, chain, res_zp, _pick(zq, rows, cols, dbl), res_pos,
                                       residual_batch, generator, max_residual_rounds, stats)
-            tokens[rows, res_pos] = new.to(tokens.dtype)
+            if chain.finishes:
+                context[rows, res_pos] = new.to(context.dtype)
+            tokens[rows, res_pos] = _finish(tnet, chain, new, res_zp, res_pos).to(tokens.dtype)
             source[rows, res_pos] = RESIDUAL
             stats.residual_tokens += rows.numel()
         n = n + a + rejected.long()

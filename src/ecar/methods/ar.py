@@ -59,6 +59,11 @@ class ARSampleConfig(SampleConfig):
         "(default: every token)", metavar="LO,HI")
     temperature: float = setting(1.0, "multiplies the head's noise: its start noise and, with "
                                  "euler_maruyama, each step's noise (< 1 sharpens)")
+    time_power: float = setting(1.0, "head time grid t_k = chain_end·(1 − (1 − k/K)^p): p > 1 takes finer "
+                                "steps near the data, where the chain's last noise would stay in the sample")
+    chain_end: float = setting(1.0, "euler_maruyama: the Gaussian chain stops at this time (< 1) and one "
+                               "deterministic Euler step of the head finishes the output token, while the "
+                               "next tokens condition on the chain's state (docs/speculative.md)")
     gamma: int = setting(4, "speculative decoding (ecar sample --draft): tokens the draft proposes per "
                          "target pass")
     residual_batch: int = setting(8, "speculative decoding: candidate paths drawn at once when a "
@@ -75,6 +80,12 @@ class ARSampleConfig(SampleConfig):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"sample.{key} must be an integer >= 1, got {shown(value)}")
         check_choice("sample.verify", self.verify, VERIFY_MODES)
+        if not self.time_power > 0 or not 0 < self.chain_end <= 1:
+            raise ConfigError(f"sample.time_power must be > 0 and sample.chain_end in (0, 1]; got "
+                              f"{shown(self.time_power)}, {shown(self.chain_end)}")
+        if self.chain_end < 1 and self.sampler != "euler_maruyama":
+            raise ConfigError(f"sample.chain_end < 1 stops the Gaussian chain early (sampler euler_maruyama); "
+                              f"the {self.sampler} ODE integrates to t = 1: leave chain_end at 1")
 
 
 class ARObjective(MaskedFlowObjective):
@@ -110,7 +121,8 @@ class ARMethod(Method):
         n = model.num_tokens
         scales = tuple(guidance_scale(sample.cfg, sample.cfg_schedule, (i + 1) / n, sample.cfg_interval)
                        for i in range(n))
-        return CausalSampleConfig(scales, sample.steps, sample.sampler, sample.noise_scale, sample.temperature)
+        return CausalSampleConfig(scales, sample.steps, sample.sampler, sample.noise_scale, sample.temperature,
+                                  sample.time_power, sample.chain_end)
 
     def generate(self, model: nn.Module, sample: ARSampleConfig, labels: torch.Tensor,
                  generator: torch.Generator | None = None, return_stages: bool = False,

@@ -14,6 +14,15 @@ path x_{0:K} has the density N(x_0; 0, τ²I)·Π_k N(x_{k+1}; m_k, τ²σ_k²I)
 share grid, s and τ and differ only in v have the path log-ratio :func:`path_log_ratio`
 (the start term cancels). Guidance keeps this: the guided velocity is an affine mix of two
 velocities, so the guided transition is still Gaussian with the guided mean.
+
+Two settings shape the chain without touching its exactness. ``power`` p spaces the grid as
+t_k = end·(1 − (1 − k/K)^p): p > 1 takes finer steps near the data end, where the last
+step's noise (std τ·√(s·(1 − t_{K−1})·Δ_{K−1})) would otherwise stay in the sample. ``end``
+< 1 stops the chain at t_K = end; :meth:`GaussianChain.finish` then maps its state to t = 1
+by one deterministic Euler step of the velocity. The path up to ``end`` keeps its exact
+density, and the finished token is a deterministic function of that path and of the
+network that finishes it, so a verifier that finishes with its own velocity outputs its own
+law (docs/speculative.md, "Finishing the chain").
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["GaussianChain", "path_log_ratio", "step_log_ratio"]
+__all__ = ["GaussianChain", "path_log_ratio", "power_grid", "step_log_ratio"]
 
 RowVelocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``v(x (B, M, D), t (B, M)) -> (B, M, D)``: a velocity with one time per row."""
@@ -37,16 +46,26 @@ class GaussianChain:
     steps: int
     noise_scale: float = 1.0
     temperature: float = 1.0
+    power: float = 1.0
+    end: float = 1.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or not self.noise_scale > 0 or not self.temperature > 0:
             raise ValueError(f"a Gaussian chain needs steps >= 1, noise_scale > 0 and temperature > 0 "
                              f"(else a step has no density); got {self.steps}, {self.noise_scale}, "
                              f"{self.temperature}")
+        if not self.power > 0 or not 0 < self.end <= 1:
+            raise ValueError(f"a Gaussian chain needs power > 0 and 0 < end <= 1; got {self.power}, {self.end}")
+
+    @property
+    def finishes(self) -> bool:
+        """Whether the chain stops before t = 1 (``end`` < 1) and a deterministic step finishes it."""
+        return self.end < 1
 
     def grid(self, device=None) -> torch.Tensor:
-        """(K + 1,) float32: uniform times from 0 to 1 (those of :func:`~ecar.samplers.time_grid`)."""
-        return torch.linspace(0.0, 1.0, self.steps + 1, device=device)
+        """(K + 1,) float32: t_k = end·(1 − (1 − k/K)^power); uniform from 0 to 1 (those of
+        :func:`~ecar.samplers.time_grid`) by default."""
+        return power_grid(self.steps, self.power, self.end, device)
 
     def stds(self, device=None) -> torch.Tensor:
         """(K,) the standard deviation τ·σ_k of each transition, all > 0."""
@@ -66,6 +85,26 @@ class GaussianChain:
         x = states.reshape(b, m * k, d)
         v = velocity(x, t.repeat(m)[None].expand(b, -1)).reshape(b, m, k, d)
         return self.step_mean(states, v, t[:, None], dt[:, None])
+
+    def finish(self, velocity: RowVelocity, x: torch.Tensor) -> torch.Tensor:
+        """The chain's last state x (B, M, D) at t = ``end`` -> the token at t = 1: one Euler step
+        x + (1 − end)·v(x, end) (x itself when ``end`` = 1, no call)."""
+        if not self.finishes:
+            return x
+        t = torch.full(x.shape[:2], self.end, dtype=x.dtype, device=x.device)
+        return x + (1.0 - self.end) * velocity(x, t)
+
+    def means_and_finish(self, velocity: RowVelocity, path: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For recorded paths (B, M, K + 1, D): the transition means (B, M, K, D) and the finished
+        tokens (B, M, D) under ``velocity``, in one call of M·K rows per path batch (M·(K + 1)
+        when the chain finishes)."""
+        if not self.finishes:
+            return self.means(velocity, path[:, :, :-1]), path[:, :, -1]
+        b, m, k1, d = path.shape
+        g = self.grid(path.device).to(path.dtype)
+        v = velocity(path.reshape(b, m * k1, d), g.repeat(m)[None].expand(b, -1)).reshape(b, m, k1, d)
+        states, t, dt = path[:, :, :-1], g[:-1, None], (g[1:] - g[:-1])[:, None]
+        return self.step_mean(states, v[:, :, :-1], t, dt), path[:, :, -1] + (1.0 - self.end) * v[:, :, -1]
 
     def step_mean(self, x: torch.Tensor, v: torch.Tensor, t, dt) -> torch.Tensor:
         """m(x, t) = x + Δ·[v − ½·s·(x − t·v)] (broadcasting t and Δ)."""
@@ -95,6 +134,14 @@ class GaussianChain:
         if not record:
             return x, None, None
         return x, torch.stack(path, dim=2), torch.stack(means, dim=2)
+
+
+def power_grid(steps: int, power: float = 1.0, end: float = 1.0, device=None) -> torch.Tensor:
+    """(steps + 1,) float32 times end·(1 − (1 − k/K)^power), k = 0 … K; ``power`` 1 and ``end`` 1
+    give exactly the uniform grid of :func:`~ecar.samplers.time_grid`."""
+    u = torch.linspace(0.0, 1.0, steps + 1, device=device)
+    g = u if power == 1 else 1 - (1 - u.double()) ** power
+    return (g if end == 1 else g.double() * end).float()
 
 
 def step_log_ratio(path: torch.Tensor, means_p: torch.Tensor, means_q: torch.Tensor,
