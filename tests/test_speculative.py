@@ -2,23 +2,31 @@
 with closed-form densities (2-D Gaussian mixtures; a tempered rule is caught by the same
 test), the path density of the Gaussian chain, and the engine on random-weight causal
 networks: draft = target accepts everything, a different draft gives the target's samples,
-every token comes from an accepted proposal or a residual sample, and no fallback exists."""
+every token comes from an accepted proposal or a residual sample, and no fallback exists.
+The first two engine facts are checked again on tiny checkpoints trained on digits by the
+product's trainer (last section)."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats as sps
 
-from ecar.build import LatentSpec
+from ecar.build import LatentSpec, load_for_inference
 from ecar.config import load_config
 from ecar.engine.speculative import ACCEPTED, RESIDUAL, accepted_prefix, first_residual, generate_speculative
+from ecar.generate import check_draft_pair
 from ecar.methods.ar import AR_METHOD
 from ecar.samplers.chain import GaussianChain, path_log_ratio
+from ecar.train.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ALPHA = 0.01
 """Family-wise significance of every distribution test (Bonferroni over its projections)."""
@@ -301,3 +309,91 @@ def test_power_grid_is_uniform_by_default_and_finer_near_the_end():
     g = power_grid(4, 2.0, 0.9)
     assert torch.allclose(g, torch.tensor([0.0, 0.39375, 0.675, 0.84375, 0.9]))
     assert bool((g[1:] - g[:-1]).diff().lt(0).all())  # steps shrink towards the data end
+
+
+# --------------------------------------------------------------------------- trained tiny checkpoints
+
+TRAINED_TINY = ["data.resolution=8", "model.patch=2", "model.depth=1", "model.heads=2", "model.head_depth=1",
+                "train.batch_size=32", "train.warmup_steps=10", "train.log_every=50", "train.tensorboard=false",
+                "train.sample_every=0", "train.ckpt_every=0", "train.device=cpu", "sample.steps=4",
+                "sample.gamma=3"]
+"""digits at its native 8×8 with patch 2: 16 tokens of 4 values; a one-block transformer and a
+one-layer head, 4 chain steps per token. CPU, so the checkpoints are the same on every machine."""
+
+
+@pytest.fixture(scope="module")
+def trained_pair(tmp_path_factory):
+    """(target, draft) loaded from two runs of ``ecar.train.trainer.train`` on digits (a few
+    seconds each): the target is 32 wide (transformer and head) and trained 300 steps, the
+    draft is 16 wide with another seed — the same data, method and token layout, so
+    ``check_draft_pair`` accepts it."""
+    root = tmp_path_factory.mktemp("speculative-trained")
+    recipe = ROOT / "configs" / "digits_ar.yaml"
+    runs = {"target": ["model.hidden=32", "model.head_width=32", "train.max_steps=300", "train.seed=0"],
+            "draft": ["model.hidden=16", "model.head_width=16", "train.max_steps=300", "train.seed=1"]}
+    loaded = []
+    for name, over in runs.items():
+        train(load_config(recipe, [*TRAINED_TINY, *over]), root / name, progress=False)
+        loaded.append(load_for_inference(str(root / name), torch.device("cpu")))
+    target, draft = loaded
+    check_draft_pair(target.cfg, draft.cfg)
+    assert target.step == draft.step == 300 and target.model.num_tokens == 16
+    return target, draft
+
+
+def _image_statistics(latents: torch.Tensor, model) -> dict[str, np.ndarray]:
+    """Per-image statistics of (N, 1, 8, 8) samples: single token coordinates at the start, the
+    middle and the end of the raster order, the image's mean, spread and top-minus-bottom
+    intensity, and its centre (the 2×2 middle pixels)."""
+    tokens = model.tokens(latents)  # (N, 16, 4)
+    flat = latents.flatten(1)
+    h = latents.shape[-1] // 2
+    out = {f"token{i}[{c}]": tokens[:, i, c] for i, c in ((0, 0), (3, 3), (5, 1), (9, 2), (10, 0), (15, 3))}
+    out["mean"] = flat.mean(1)
+    out["std"] = flat.std(1)
+    out["top-bottom"] = latents[:, :, :h].flatten(1).mean(1) - latents[:, :, h:].flatten(1).mean(1)
+    out["centre"] = latents[:, :, h - 1:h + 1, h - 1:h + 1].flatten(1).mean(1)
+    return {k: v.double().numpy() for k, v in out.items()}
+
+
+def _ks_pvalues(a: torch.Tensor, b: torch.Tensor, model) -> dict[str, float]:
+    """Two-sample KS p-value of every statistic of :func:`_image_statistics`."""
+    sa, sb = _image_statistics(a, model), _image_statistics(b, model)
+    return {k: float(sps.ks_2samp(sa[k], sb[k]).pvalue) for k in sa}
+
+
+@pytest.mark.parametrize("verify", ["path", "step"])
+def test_trained_draft_equal_to_target_accepts_every_proposal(trained_pair, verify):
+    target, _ = trained_pair
+    sample = dataclasses.replace(target.cfg.sample, verify=verify)
+    labels = torch.arange(200) % 10
+    with torch.no_grad():
+        out = AR_METHOD.speculative(target.model, target.model, sample, labels, torch.Generator().manual_seed(0))
+    st = out["stats"].as_dict()
+    assert st["acceptance_rate"] == 1.0 and st["residual_tokens"] == 0 and st["tokens"] == 200 * 16
+    assert bool((out["source"] == ACCEPTED).all())
+    assert bool(torch.isfinite(out["latents"]).all())
+
+
+@pytest.mark.parametrize("verify", ["path", "step"])
+def test_trained_speculative_samples_match_plain_sampling_of_the_target(trained_pair, verify):
+    """The trained 16-wide draft (rejections at a fair rate): 4,000 images of the trained target
+    by speculative and by plain sampling are indistinguishable by two-sample KS tests on ten
+    per-image statistics (Bonferroni), while the same tests tell the draft's own samples from
+    the target's."""
+    target, draft = trained_pair
+    sample = dataclasses.replace(target.cfg.sample, verify=verify)
+    n = 4000
+    labels = torch.arange(n) % 10
+    with torch.no_grad():
+        spec = AR_METHOD.speculative(target.model, draft.model, sample, labels, torch.Generator().manual_seed(0))
+        plain = AR_METHOD.generate(target.model, sample, labels, torch.Generator().manual_seed(1))["latents"]
+        other = AR_METHOD.generate(draft.model, sample, labels, torch.Generator().manual_seed(2))["latents"]
+    st = spec["stats"].as_dict()
+    assert 0.05 < st["acceptance_rate"] < 0.98 and st["residual_tokens"] > 0
+    assert spec["latents"].shape == plain.shape == (n, 1, 8, 8)
+    same = _ks_pvalues(spec["latents"], plain, target.model)
+    level = ALPHA / len(same)
+    assert len(same) >= 8
+    assert min(same.values()) > level, same
+    assert min(_ks_pvalues(other, plain, target.model).values()) < level  # the test has power on this pair
