@@ -1,15 +1,15 @@
 """Wall-clock speed-up of exact speculative decoding over plain decoding of the same target
 (issue 9; docs/speculative.md), at equal output distribution.
 
-1. A target ``ar`` model on digits (``configs/digits_ar.yaml`` with ``--target-overrides``,
-   default depth 8 and a 256-wide, 4-deep head) is trained for ``--target-steps`` (or taken
-   from ``--target RUN``).
-2. A draft (``configs/digits_ar_draft.yaml`` with ``--draft-overrides``: depth 1, a 64-wide
-   head) is trained for ``--draft-steps`` by distillation: its head velocity regresses the
-   target's at the same (x_t, t, prefix, label) — label dropped like in training — plus the
-   ordinary flow-matching loss, weight ``--fm-weight``. A draft close to the target raises
-   the acceptance rate, which the path densities make demanding. It is saved as the run
-   ``WORK/draft`` (``ecar sample --ckpt TARGET --draft WORK/draft``).
+1. A target ``ar`` model on digits (``configs/digits_ar.yaml`` with ``--target-overrides``)
+   is trained for ``--target-steps`` (or taken from ``--target RUN``).
+2. The draft (``--draft-kind``):
+   ``head`` (default): the target's own transformer with a Gaussian-mixture head whose chain
+   needs no network call per step, distilled on the target's own guided chains by the path KL
+   (``ecar.train.draft``, what ``ecar draft`` runs); the engine reuses the target's passes.
+   ``network``: a separate small ``ar`` network (``configs/digits_ar_draft.yaml`` with
+   ``--draft-overrides``) distilled by regressing its head velocity on the target's.
+   ``--draft RUN`` reuses a draft made earlier. It is saved as the run ``WORK/draft``.
 3. GFLOPs per image of both at the sampling settings (``ecar.eval.cost.count_flops``, plain
    sampling of each network): the draft must be >= 4× cheaper.
 4. Timing: ``--time-images`` images in batches of ``--time-batch`` (speculative decoding
@@ -17,9 +17,8 @@
    same seeds, ``--repeats`` times, median. Time only on a quiet machine.
 5. Equal distribution: FID (digits classifier features, held-out digits) of ``--fid-n``
    images per seed for plain and speculative sampling of the target, seeds ``--seeds``;
-   the JSON holds both means ± std, the acceptance rate and tokens per target pass, and
-   the FID of the target's ODE (Euler) sampler as a check that the Gaussian chain (noise at
-   every step) samples the trained model as well as the ODE does.
+   the JSON holds both means ± std, the acceptance rate and tokens per verification, and
+   the FID of the target's ODE (Euler) sampler for reference.
 
     python benchmarks/speculative_speed.py --out benchmarks/results/speculative_speed.json
 
@@ -51,10 +50,12 @@ from ecar.eval.evaluate import default_feature_net, fid_of_images, reference_sta
 from ecar.flow import drop_labels, interpolate, sample_time, target_velocity
 from ecar.generate import check_draft_pair, generate_images, labels_for
 from ecar.methods import apply_sample_overrides
+from ecar.train.draft import distill_draft_head, make_draft_head
 from ecar.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET = ["model.depth=8", "model.hidden=128", "model.head_width=256", "model.head_depth=4"]
+TARGET = ["model.depth=4", "model.hidden=128", "model.head_width=256", "model.head_depth=4",
+          "model.context_time=0.9", "sample.time_power=2"]
 DRAFT = ["model.depth=1", "model.hidden=64", "model.heads=4", "model.head_width=64", "model.head_depth=1"]
 QUIET = ["train.tensorboard=false", "train.sample_every=0", "train.ckpt_every=0"]
 
@@ -119,9 +120,12 @@ def main() -> None:
     ap.add_argument("--target-overrides", nargs="*", default=TARGET)
     ap.add_argument("--draft", help="an existing distilled draft run, e.g. WORK/draft of an earlier run "
                     "(skips the distillation; --draft-* settings are then only recorded)")
-    ap.add_argument("--draft-steps", type=int, default=3000)
+    ap.add_argument("--draft-kind", choices=("head", "network"), default="head")
+    ap.add_argument("--draft-steps", type=int, default=1000)
+    ap.add_argument("--components", type=int, default=8, help="--draft-kind head: mixture components")
     ap.add_argument("--draft-overrides", nargs="*", default=DRAFT)
-    ap.add_argument("--draft-batch", type=int, default=32)
+    ap.add_argument("--draft-batch", type=int, help="images per distillation step (default: 8 for a head, "
+                    "whose loss runs the target's chains at every position, 32 for a network)")
     ap.add_argument("--draft-lr", type=float, default=1e-3)
     ap.add_argument("--fm-weight", type=float, default=0.1)
     ap.add_argument("--sample", nargs="*", default=["steps=10", "gamma=4", "residual_batch=8"],
@@ -137,6 +141,7 @@ def main() -> None:
         raise SystemExit(f"error: {args.out} exists; choose a new --out")
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.draft_batch = args.draft_batch or (8 if args.draft_kind == "head" else 32)
     work = Path(args.work or tempfile.mkdtemp(prefix="ecar-spec-"))
     target_run = Path(args.target) if args.target else work / "target"
     if not args.target:
@@ -145,24 +150,39 @@ def main() -> None:
         train(cfg, target_run, progress=False)
     target = load_for_inference(str(target_run), torch.device("cpu"))
     losses, distill_s = [float("nan")], None
+    sample = apply_sample_overrides(target.cfg.sample, args.sample)
     if args.draft:
         draft_run = Path(args.draft)
+        draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
+    elif args.draft_kind == "head":
+        t0 = time.perf_counter()
+        model, dcfg = make_draft_head(target.model, target.cfg, args.components, 256)
+        res = distill_draft_head(target.model, model, target.cfg, sample, steps=args.draft_steps,
+                                 batch=args.draft_batch, lr=args.draft_lr)
+        distill_s, losses = time.perf_counter() - t0, res["losses"]
+        draft_run = work / "draft"  # ecar sample --ckpt TARGET --draft it
+        save_checkpoint(draft_run, model=model, ema=model, cfg=dcfg, step=args.draft_steps, train_state={})
+        draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
     else:
         draft_run = work / "draft_init"
         dcfg = load_config(ROOT / "configs" / "digits_ar_draft.yaml",
                            [*args.draft_overrides, "train.max_steps=1", *QUIET])
         train(dcfg, draft_run, progress=False)  # a checkpoint of the draft's architecture, then distilled here
-    draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
-    check_draft_pair(target.cfg, draft.cfg)
-    if not args.draft:
+        draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
+        check_draft_pair(target.cfg, draft.cfg)
         t0 = time.perf_counter()
         losses = distill(target.model, draft.model, target.cfg, args.draft_steps, args.draft_batch,
                          args.draft_lr, args.fm_weight, seed=0)
         distill_s = time.perf_counter() - t0
-        draft_run = work / "draft"  # the distilled draft as a run: ecar sample --ckpt TARGET --draft it
+        draft_run = work / "draft"
         save_checkpoint(draft_run, model=draft.model, ema=draft.model, cfg=draft.cfg, step=args.draft_steps,
                         train_state={})
-    sample = apply_sample_overrides(target.cfg.sample, args.sample)
+    check_draft_pair(target.cfg, draft.cfg)
+    report = Path(draft_run) / "draft.json"  # what ecar draft measured while distilling
+    distillation = json.loads(report.read_text()) if report.exists() else (
+        {k: v for k, v in res.items() if k != "losses"} if args.draft_kind == "head" and not args.draft else None)
+    if distillation:
+        distillation.pop("losses", None)
     gflops_t = count_flops(target.model, target.cfg, sample, batch=4)
     gflops_d = count_flops(draft.model, target.cfg, sample, batch=4)
 
@@ -200,9 +220,10 @@ def main() -> None:
         "command": "python benchmarks/speculative_speed.py " + " ".join(sys.argv[1:]),
         "target": {"run": str(target_run), "steps": target.step, "overrides": args.target_overrides,
                    "gflops_per_image": gflops_t},
-        "draft": {"run": str(draft_run), "overrides": args.draft_overrides, "distill_steps": draft.step if args.draft else args.draft_steps,
+        "draft": {"run": str(draft_run), "kind": args.draft_kind if not args.draft else draft.cfg.model.head_type,
+                  "overrides": args.draft_overrides if args.draft_kind == "network" else [], "distill_steps": draft.step if args.draft else args.draft_steps,
                   "distill_seconds": distill_s, "final_loss": statistics.fmean(losses[-20:]),
-                  "gflops_per_image": gflops_d},
+                  "gflops_per_image": gflops_d, "distillation": distillation},
         "draft_cheaper_by": gflops_t / gflops_d,
         "sample": {k: v for k, v in vars(sample).items()},
         "timing": {"images": args.time_images, "batch": args.time_batch, "plain_s": plain_s,

@@ -144,9 +144,9 @@ def test_cli_samples_with_a_draft_and_refuses_a_mismatched_pair(tmp_path, monkey
 def test_bench_reports_speculative_statistics_with_a_draft(tmp_path, monkeypatch):
     monkeypatch.setenv("ECAR_CACHE", str(tmp_path / "cache"))
     target, draft = tmp_path / "t", tmp_path / "d"
-    for run, recipe in ((target, "digits_ar.yaml"), (draft, "digits_ar_draft.yaml")):
+    for run, recipe, depth in ((target, "digits_ar.yaml", 2), (draft, "digits_ar_draft.yaml", 1)):
         assert cli_main(["train", "--quiet", "--config", str(ROOT / "configs" / recipe), "--out", str(run),
-                         *TINY, "model.depth=1"]) == 0
+                         *TINY, f"model.depth={depth}"]) == 0
     out = tmp_path / "bench"
     assert cli_main(["bench", "--ckpts", str(target), "--draft", str(draft), "--n-eval", "8", "--sweep", "1",
                      "--seeds", "0", "--quiet", "--out", str(out)]) == 0

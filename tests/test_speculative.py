@@ -193,7 +193,16 @@ def test_draft_equal_to_target_accepts_every_proposal(chain):
     st = out["stats"].as_dict()
     assert st["acceptance_rate"] == 1.0 and st["residual_tokens"] == 0
     assert bool((out["source"] == ACCEPTED).all())
-    assert st["tokens_per_target_pass"] == pytest.approx(4 / 2)  # 4 tokens, gamma 3: passes of 3 and 1
+    assert st["tokens_per_round"] == pytest.approx(4 / 2)  # 4 tokens, gamma 3: rounds of 3 and 1
+    # the draft is the target, so its transformer is too: the target's passes serve both heads
+    assert st["draft_passes"] == 0 and st["target_passes"] == 2 * 3
+    settings = AR_METHOD.loop_settings(target, cfg.sample)
+    own = generate_speculative(target, target, labels, settings, gamma=3, generator=torch.Generator().manual_seed(0),
+                               verify=cfg.sample.verify, share_passes=False)
+    st = own["stats"].as_dict()
+    assert st["acceptance_rate"] == 1.0 and st["tokens_per_target_pass"] == pytest.approx(4 / 2)
+    assert st["draft_passes"] == 2 * 3
+    assert torch.allclose(own["latents"], out["latents"], atol=1e-4)  # sharing passes changes the cost, not the samples
 
 
 FINISHING = ("sample.time_power=2", "sample.chain_end=0.8")

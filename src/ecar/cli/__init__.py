@@ -19,11 +19,13 @@ from ecar.train.trainer import TrainingInterrupted
 from ecar.cli.apps import add_bench, add_demo, add_serve, cmd_bench, cmd_demo, cmd_serve
 from ecar.cli.commands import (
     add_cache_latents,
+    add_draft,
     add_eval,
     add_info,
     add_sample,
     add_train,
     cmd_cache_latents,
+    cmd_draft,
     cmd_eval,
     cmd_info,
     cmd_sample,
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(sub)
     add_demo(sub)
     add_cache_latents(sub)
+    add_draft(sub)
     add_serve(sub)
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     for p in sub.choices.values():  # also after the command: `ecar train ... --debug`
@@ -79,7 +82,7 @@ def _setup_logging(verbose: bool) -> None:
 
 COMMANDS = {
     "train": cmd_train, "sample": cmd_sample, "info": cmd_info, "eval": cmd_eval,
-    "bench": cmd_bench, "demo": cmd_demo, "cache-latents": cmd_cache_latents, "serve": cmd_serve,
+    "bench": cmd_bench, "demo": cmd_demo, "cache-latents": cmd_cache_latents, "draft": cmd_draft, "serve": cmd_serve,
 }
 
 

@@ -18,7 +18,7 @@ from ecar.eval.evaluate import evaluate_checkpoint
 from ecar.generate import check_draft_pair, check_generation_fits, generate_images, labels_for
 from ecar.imageio import save_grid, save_images, save_png, to_uint8
 from ecar.latent_cache import DTYPES, cache_latents
-from ecar.methods import apply_sample_overrides, flag_overrides, sampler_flags
+from ecar.methods import apply_sample_overrides, flag_overrides, method_of, sampler_flags
 from ecar.serialization import atomic_write, check_output_dir, check_output_file
 from ecar.train.trainer import check_run_dir, train
 
@@ -242,6 +242,7 @@ def cmd_sample(args) -> int:
     if draft:
         st = out["speculative"]
         print(f"speculative decoding (gamma {sample.gamma}): acceptance rate {st['acceptance_rate']:.3f}, "
+              f"{st['tokens_per_round']:.2f} tokens per verification, "
               f"{st['tokens_per_target_pass']:.2f} tokens per target pass; target: {st['target_passes']} passes, "
               f"{st['target_head_calls']} head calls; draft: {st['draft_passes']} passes, "
               f"{st['draft_head_calls']} head calls; {st['residual_tokens']} residual samples from "
@@ -249,6 +250,86 @@ def cmd_sample(args) -> int:
     if args.stages_out:
         save_png(stages_strip(out["stages"], max_rows=min(8, args.n)), args.stages_out)
         print(f"wrote the stage strip to {args.stages_out}")
+    return 0
+
+
+def add_draft(sub) -> None:
+    p = sub.add_parser(
+        "draft",
+        help="distil a speculative draft head for an ar checkpoint",
+        formatter_class=formatter,
+        description=textwrap.dedent(
+            """\
+            Make a draft for exact speculative decoding (docs/speculative.md): the target's own
+            transformer (frozen) with a Gaussian-mixture head whose flow velocity is closed form,
+            distilled on the target's own guided chains to minimise the path KL that sets the
+            acceptance rate. Distil with the sampler settings you will sample with (the flags
+            below; default: the target's recipe).
+
+            examples:
+              ecar draft --ckpt runs/ar --out runs/ar_draft
+              ecar sample --ckpt runs/ar --draft runs/ar_draft --out grid.png
+
+            Writes a run (a checkpoint of the ar method with model.head_type=mixture) and
+            draft.json in it: the distillation's losses, the held-out path KL per chain step and
+            E[min(1, exp(-KL))], a proxy of the acceptance rate.
+            """
+        ),
+    )
+    p.add_argument("--ckpt", required=True, help="the target ar checkpoint")
+    p.add_argument("--out", required=True, help="new or empty run directory for the draft")
+    p.add_argument("--distill-steps", type=int, default=1000, help="distillation steps (default 1000)")
+    p.add_argument("--batch", type=int, default=8, help="target samples per step (all positions of each; default 8)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--components", type=int, default=8, help="mixture components per token (default 8)")
+    p.add_argument("--width", type=int, default=256, help="width of the mixture head's MLP (default 256)")
+    p.add_argument("--pool", type=int, default=2000, help="target samples drawn once as prefixes (default 2000)")
+    add_sampler_args(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_draft(args) -> int:
+    from tqdm.auto import tqdm
+
+    from ecar.checkpoint import save_checkpoint
+    from ecar.train.draft import distill_draft_head, make_draft_head
+
+    for flag, value in (("--distill-steps", args.distill_steps), ("--batch", args.batch), ("--components", args.components),
+                        ("--width", args.width), ("--pool", args.pool)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    device = pick_device(args.device, where="--device")
+    target = load_for_inference(args.ckpt, device)
+    if method_of(target.cfg.model).name != "ar":
+        raise UsageError(f"{args.ckpt} is a {method_of(target.cfg.model).name} checkpoint: a draft head needs the "
+                         "causal method ar")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out '{out}' exists and is not an empty directory; choose a new one for the draft")
+    sample = apply_sample_overrides(target.cfg.sample, flag_overrides(args))
+    draft, dcfg = make_draft_head(target.model, target.cfg, args.components, args.width, args.seed)
+    dcfg.sample = sample
+    bar = tqdm(total=args.distill_steps, desc="draft", disable=args.quiet)
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(path_kl=f"{loss:.3f}")
+
+    res = distill_draft_head(target.model, draft, target.cfg, sample, steps=args.distill_steps, batch=args.batch,
+                             lr=args.lr, pool=args.pool, seed=args.seed, on_step=on_step)
+    bar.close()
+    save_checkpoint(out, model=draft, ema=draft, cfg=dcfg, step=args.distill_steps, train_state={})
+    tail = res["losses"][-50:]
+    report = {"target": str(args.ckpt), "steps": args.distill_steps, "batch": args.batch, "components": args.components,
+              "width": args.width, "pool": args.pool, "final_path_kl": sum(tail) / len(tail), **res}
+    atomic_write(out / "draft.json", (json.dumps(report, indent=2) + "\n").encode())
+    print(f"distilled a {args.components}-component draft head in {args.distill_steps} steps: held-out path KL per token "
+          f"{sum(res['held_out_kl_per_step']):.3f}, acceptance proxy {res['held_out_acceptance_proxy']:.3f}")
+    print(f"next: ecar sample --ckpt {args.ckpt} --draft {out} --out {out}/grid.png")
     return 0
 
 

@@ -77,12 +77,16 @@ class GuidedCausal:
         self.caches = model.new_caches(capacity)
         self.passes = self.head_calls = 0
 
-    def condition(self, prev: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """prev (B, L, D), pos (B, L) -> projected head conditions (B or 2B, L, head_width)."""
+    def hidden(self, prev: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """prev (B, L, D), pos (B, L) -> the transformer's outputs (B or 2B, L, hidden): one pass."""
         if self.doubled:
             prev, pos = torch.cat([prev, prev]), torch.cat([pos, pos])
         self.passes += 1
-        return self.model.head_condition(self.model.step(prev, pos, self.labels, self.caches))
+        return self.model.step(prev, pos, self.labels, self.caches)
+
+    def condition(self, prev: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """prev (B, L, D), pos (B, L) -> projected head conditions (B or 2B, L, head_width)."""
+        return self.model.head_condition(self.hidden(prev, pos))
 
     def velocity(self, zc: torch.Tensor, pos: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The guided head velocity v(x (B, M, D), t (B, M)) for rows with conditions zc
@@ -111,7 +115,8 @@ class GuidedCausal:
 def generate_causal(model: nn.Module, labels: torch.Tensor, settings: CausalSampleConfig,
                     generator: torch.Generator | None = None, return_stages: bool = False,
                     on_unit: Callable[[int, torch.Tensor], None] | None = None) -> dict:
-    """labels (B,) -> {"latents": (B, C, H, W)}; with ``return_stages`` also ``"stages"``,
+    """labels (B,) -> {"latents": (B, C, H, W)} (and ``"context"``, the chain's states the
+    transformer read, when the chain stops early); with ``return_stages`` also ``"stages"``,
     the latent after every token (tokens not yet generated are 0). ``on_unit(i, latent)``
     hears it as soon as token i exists.
 
@@ -139,4 +144,7 @@ def generate_causal(model: nn.Module, labels: torch.Tensor, settings: CausalSamp
                                          generator, settings.noise_scale, settings.temperature)
         tokens[:, i] = x[:, 0].to(tokens.dtype)
         report.add(i, lambda: model.latent(tokens.clone()))  # tokens fill in place
-    return report.result(model.latent(tokens))
+    out = report.result(model.latent(tokens))
+    if context is not tokens:
+        out["context"] = model.latent(context)  # what later tokens were conditioned on
+    return out

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ecar.engine.causal import CausalSampleConfig, GuidedCausal
+from ecar.models.ar import shares_transformer
 from ecar.samplers.chain import GaussianChain, path_log_ratio, step_log_ratio
 
 __all__ = ["ACCEPTED", "RESIDUAL", "VERIFY_MODES", "SpeculativeStats", "accepted_prefix", "first_residual",
@@ -90,6 +91,8 @@ class SpeculativeStats:
     residual_tokens: int = 0
     residual_candidates: int = 0
     residual_rounds: int = 0
+    rounds: int = 0
+    image_rounds: int = 0
     seconds: float = 0.0
 
     def add(self, other: "SpeculativeStats") -> None:
@@ -101,11 +104,13 @@ class SpeculativeStats:
         proposal the target tests is accepted; the proposals after a rejection are never
         tested), ``accepted_per_proposed`` (accepted / proposed) and
         ``tokens_per_target_pass`` (tokens per image and target transformer pass: tokens /
-        Σ passes × images of the batch)."""
+        Σ passes × images of the batch) and ``tokens_per_round`` (tokens per image and
+        verification: what one target head call over the proposals yields)."""
         out = asdict(self)
         out["acceptance_rate"] = self.accepted / self.tested if self.tested else float("nan")
         out["accepted_per_proposed"] = self.accepted / self.proposed if self.proposed else float("nan")
         out["tokens_per_target_pass"] = self.tokens / self.image_passes if self.image_passes else float("nan")
+        out["tokens_per_round"] = self.tokens / self.image_rounds if self.image_rounds else float("nan")
         return out
 
 
@@ -237,12 +242,15 @@ def _finish_chains(tnet: GuidedCausal, chain: GaussianChain, x: torch.Tensor, do
 def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tensor, settings: CausalSampleConfig,
                          gamma: int, residual_batch: int = 8, generator: torch.Generator | None = None,
                          max_residual_rounds: int = 100_000, verify: str = "step",
-                         on_round: Callable[[torch.Tensor], None] | None = None) -> dict:
+                         on_round: Callable[[torch.Tensor], None] | None = None, share_passes: bool = True) -> dict:
     """labels (B,) -> {"latents": (B, C, H, W), "stats": SpeculativeStats, "source": (B, N)
     int8 (:data:`ACCEPTED` or :data:`RESIDUAL` per token)}: samples of ``target``'s guided,
     tempered chain (``settings``, sampler euler_maruyama), proposed by ``draft`` (same token
     layout and settings). ``verify``: :data:`VERIFY_MODES`. ``on_round(n)`` hears the tokens
-    known per image after each round."""
+    known per image after each round. When the draft has the target's transformer
+    (:func:`~ecar.models.ar.shares_transformer`: a draft *head*, ``ecar draft``) and
+    ``share_passes``, the target's passes condition both heads: the proposals cost target
+    passes plus the draft head's chains, and the verification is one head call."""
     if settings.sampler != "euler_maruyama":
         raise ValueError(f"speculative decoding compares path densities, so the head must be sampled by "
                          f"the Gaussian chain: use sampler euler_maruyama (got {settings.sampler!r})")
@@ -253,6 +261,7 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
         raise ValueError(f"draft tokens {draft.num_tokens}×{draft.token_dim} differ from the target's "
                          f"{target.num_tokens}×{target.token_dim}")
     chain = settings.chain()
+    shared = share_passes and shares_transformer(target, draft)
     B, N, D, dev = labels.shape[0], target.num_tokens, target.token_dim, labels.device
     K, stds = chain.steps, chain.stds(dev)
     tnet = GuidedCausal(target, labels, settings.guidance, N + gamma)
@@ -270,9 +279,14 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
         pos = n[:, None] + steps
         prev0 = context[batch, (n - 1).clamp_min(0)][:, None]
         # the draft proposes gamma tokens, recording each path and its transition means
-        prev, props, paths, q_means, zq = prev0, [], [], [], []
+        prev, props, paths, q_means, zq, zp = prev0, [], [], [], [], []
         for j in range(gamma):
-            z = dnet.condition(prev, pos[:, j:j + 1])
+            if shared:  # the target's pass gives both heads their conditions
+                h = tnet.hidden(prev, pos[:, j:j + 1])
+                z = draft.head_condition(h)
+                zp.append(target.head_condition(h))
+            else:
+                z = dnet.condition(prev, pos[:, j:j + 1])
             noise = torch.randn((B, 1, D), generator=generator, device=dev)
             x, path, mq = chain.sample(dnet.velocity(z, pos[:, j:j + 1]), noise, generator, record=True)
             props.append(x), paths.append(path), q_means.append(mq), zq.append(z)
@@ -280,7 +294,9 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
         props, paths, q_means, zq = (torch.cat(v, dim=1) for v in (props, paths, q_means, zq))
         # the target verifies all of them: one causal pass, one head call of gamma*K rows per image
         # (gamma*(K + 1) with the target's finishing step)
-        zp = tnet.condition(torch.cat([prev0, props[:, :-1]], dim=1), pos)
+        zp = torch.cat(zp, dim=1) if shared else tnet.condition(torch.cat([prev0, props[:, :-1]], dim=1), pos)
+        stats.rounds += 1
+        stats.image_rounds += int((limit > 0).sum())
         p_means, finished = _verify(tnet, zp, pos, chain, paths)
         if verify == "step":  # transitions in order, token by token
             c = accepted_prefix(step_log_ratio(paths, p_means, q_means, stds).reshape(B, gamma * K), limit * K,

@@ -130,12 +130,13 @@ class MaskedFlowObjective(nn.Module):
 
     def masked_loss(
         self, tokens: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, context: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The loss for a given mask: tokens (B, N, D), y (B,) (labels already dropped),
-        mask (B, N) bool (True = masked, at least one per batch)."""
+        mask (B, N) bool (True = masked, at least one per batch). ``context`` (B, N, D): what the
+        transformer reads in place of the tokens (default: the tokens themselves)."""
         m, f = self.model, self.flow
-        z = m.condition(tokens, mask, y)
+        z = m.condition(tokens if context is None else context, mask, y)
         x1, zm = tokens[mask], z[mask]  # (n, D), (n, hidden): row-major over (image, position)
         if self.head_batch_mul > 1:
             x1, zm = x1.repeat(self.head_batch_mul, 1), zm.repeat(self.head_batch_mul, 1)

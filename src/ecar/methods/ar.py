@@ -26,7 +26,7 @@ from torch import nn
 from ecar.engine.causal import CausalSampleConfig, generate_causal
 from ecar.engine.speculative import VERIFY_MODES, generate_speculative
 from ecar.errors import ConfigError, shown
-from ecar.flow import FlowConfig, drop_labels
+from ecar.flow import FlowConfig, drop_labels, interpolate
 from ecar.flow.masking import MaskedFlowObjective
 from ecar.methods.base import Method, scale_count
 from ecar.models.ar import AR, ARConfig
@@ -61,9 +61,10 @@ class ARSampleConfig(SampleConfig):
                                  "euler_maruyama, each step's noise (< 1 sharpens)")
     time_power: float = setting(1.0, "head time grid t_k = chain_end·(1 − (1 − k/K)^p): p > 1 takes finer "
                                 "steps near the data, where the chain's last noise would stay in the sample")
-    chain_end: float = setting(1.0, "euler_maruyama: the Gaussian chain stops at this time (< 1) and one "
-                               "deterministic Euler step of the head finishes the output token, while the "
-                               "next tokens condition on the chain's state (docs/speculative.md)")
+    chain_end: float | None = setting(
+        None, "euler_maruyama: the Gaussian chain stops at this time (< 1) and one deterministic Euler step "
+        "of the head finishes the output token, while the next tokens condition on the chain's state "
+        "(docs/speculative.md); default: the model's context_time (1 unless trained for it)")
     gamma: int = setting(4, "speculative decoding (ecar sample --draft): tokens the draft proposes per "
                          "target pass")
     residual_batch: int = setting(8, "speculative decoding: candidate paths drawn at once when a "
@@ -80,10 +81,10 @@ class ARSampleConfig(SampleConfig):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"sample.{key} must be an integer >= 1, got {shown(value)}")
         check_choice("sample.verify", self.verify, VERIFY_MODES)
-        if not self.time_power > 0 or not 0 < self.chain_end <= 1:
+        if not self.time_power > 0 or not (self.chain_end is None or 0 < self.chain_end <= 1):
             raise ConfigError(f"sample.time_power must be > 0 and sample.chain_end in (0, 1]; got "
                               f"{shown(self.time_power)}, {shown(self.chain_end)}")
-        if self.chain_end < 1 and self.sampler != "euler_maruyama":
+        if self.chain_end is not None and self.chain_end < 1 and self.sampler != "euler_maruyama":
             raise ConfigError(f"sample.chain_end < 1 stops the Gaussian chain early (sampler euler_maruyama); "
                               f"the {self.sampler} ODE integrates to t = 1: leave chain_end at 1")
 
@@ -100,7 +101,12 @@ class ARObjective(MaskedFlowObjective):
         tokens = m.tokens(x)
         y = drop_labels(y, self.flow.class_dropout, m.null_class, generator)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return self.masked_loss(tokens, y, mask, generator)
+        c = m.cfg.context_time
+        context = None
+        if c < 1:  # the transformer reads tokens at flow time c, as the chain's state at sample.chain_end
+            noise = torch.randn(tokens.shape, generator=generator, device=tokens.device, dtype=tokens.dtype)
+            context = interpolate(noise, tokens, torch.full(tokens.shape[:1], c, device=tokens.device))
+        return self.masked_loss(tokens, y, mask, generator, context)
 
 
 class ARMethod(Method):
@@ -121,8 +127,11 @@ class ARMethod(Method):
         n = model.num_tokens
         scales = tuple(guidance_scale(sample.cfg, sample.cfg_schedule, (i + 1) / n, sample.cfg_interval)
                        for i in range(n))
+        end = sample.chain_end
+        if end is None:  # the time the transformer was trained to read (ODE samplers end at 1)
+            end = model.cfg.context_time if sample.sampler == "euler_maruyama" else 1.0
         return CausalSampleConfig(scales, sample.steps, sample.sampler, sample.noise_scale, sample.temperature,
-                                  sample.time_power, sample.chain_end)
+                                  sample.time_power, end)
 
     def generate(self, model: nn.Module, sample: ARSampleConfig, labels: torch.Tensor,
                  generator: torch.Generator | None = None, return_stages: bool = False,

@@ -22,11 +22,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions
 from ecar.layers.ragged_cache import RaggedKVCache, ragged_mask
-from ecar.models.heads import TokenGridNetwork, TokenHead, TokenHeadConfig
+from ecar.models.heads import MixtureHead, TokenGridNetwork, TokenHead, TokenHeadConfig
+from ecar.schema import check_choice
 
-__all__ = ["AR", "ARConfig"]
+__all__ = ["AR", "ARConfig", "HEAD_TYPES", "shares_transformer"]
+
+HEAD_TYPES = ("flow", "mixture")
 
 
 @dataclass
@@ -34,6 +38,24 @@ class ARConfig(TokenHeadConfig):
     """Causal AR architecture: transformer and per-token head fields (TokenHeadConfig)."""
 
     name: str = "ar-tiny"
+    context_time: float = 1.0
+    """Training: the transformer reads each earlier token noised to this flow time,
+    t·x + (1 − t)·ε, as the Gaussian chain's state when sampling stops it early
+    (``sample.chain_end``, which defaults to this); 1 = clean tokens."""
+
+    head_type: str = "flow"
+    """``flow``: MAR's per-token adaLN MLP velocity head; ``mixture``: a diagonal Gaussian
+    mixture of ``mixture_components`` per token whose flow velocity is closed form
+    (:class:`~ecar.models.heads.MixtureHead`; the speculative draft head, ``ecar draft``)."""
+    mixture_components: int = 8
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("model.head_type", self.head_type, HEAD_TYPES)
+        if not isinstance(self.mixture_components, int) or self.mixture_components < 1:
+            raise ConfigError(f"model.mixture_components must be an integer >= 1, got {shown(self.mixture_components)}")
+        if not 0 < self.context_time <= 1:
+            raise ConfigError(f"model.context_time must be in (0, 1], got {shown(self.context_time)}")
 
 
 class AR(TokenGridNetwork):
@@ -50,7 +72,10 @@ class AR(TokenGridNetwork):
         self.blocks = nn.ModuleList(AdaLNBlock(h, cfg.heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(h, eps=1e-6)
         self.head_pos = nn.Parameter(torch.zeros(1, self.num_tokens, h))
-        self.head = TokenHead(self.token_dim, h, cfg.head_width, cfg.head_depth, kind="mlp")
+        if cfg.head_type == "mixture":
+            self.head = MixtureHead(self.token_dim, h, cfg.head_width, cfg.mixture_components)
+        else:
+            self.head = TokenHead(self.token_dim, h, cfg.head_width, cfg.head_depth, kind="mlp")
         nn.init.xavier_uniform_(self.embed.weight)
         nn.init.zeros_(self.embed.bias)
         nn.init.normal_(self.head_pos, std=0.02)
@@ -100,3 +125,14 @@ class AR(TokenGridNetwork):
             cache.at(pos)
             h = blk(h, c, mask=mask, cache=cache)
         return self._out(h, pos)
+
+
+def shares_transformer(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two AR networks have the same transformer (every parameter and buffer outside
+    ``head.`` equal): then one's conditions are the other's, and a draft head on the target's
+    transformer can reuse the target's passes."""
+    sa, sb = a.state_dict(), b.state_dict()
+    ka = [k for k in sa if not k.startswith("head.")]
+    if ka != [k for k in sb if not k.startswith("head.")]:
+        return False
+    return all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in ka)

@@ -136,3 +136,45 @@ class TokenGridNetwork(nn.Module):
         """Head velocity of tokens x (B, n, D) at time u (scalar, (B,) or (B, n)) given their
         projected conditions zc (B, n, head_width)."""
         return self.head(x, u, zc)
+
+
+class MixtureHead(nn.Module):
+    """A per-token head whose velocity needs no network call per step: an MLP maps the
+    condition once per token to a diagonal Gaussian mixture over the token (``components``
+    weights, means and scales), and the velocity is that mixture's exact flow velocity,
+
+        v(x, t) = E[x1 − x0 | x_t = x] = Σ_i r_i(x, t)·[μ_i + (t·σ_i² − (1 − t)) / S_i ⊙ (x − t·μ_i)],
+
+    with x1 ~ mixture, x0 ~ N(0, I), S_i = t²·σ_i² + (1 − t)² and r_i the posterior weight of
+    component i given x_t (GIVT-like output, arXiv 2312.02116, in the flow's terms). Used as a
+    cheap speculative draft head on the target's own transformer (docs/speculative.md): its
+    Gaussian chain costs a few tensor operations per step. Same interface as
+    :class:`TokenHead` (``project`` once per token, then ``forward(x, u, zc)``)."""
+
+    def __init__(self, token_dim: int, cond_dim: int, width: int, components: int):
+        super().__init__()
+        self.k, self.dim = components, token_dim
+        self.mlp = nn.Sequential(nn.Linear(cond_dim, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+                                 nn.Linear(width, components * (1 + 2 * token_dim)))
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """(…, cond_dim) -> (…, k·(1 + 2·D)): log weights, means and variances, packed."""
+        k, d = self.k, self.dim
+        raw = self.mlp(z)
+        logw = torch.log_softmax(raw[..., :k], dim=-1)
+        var = torch.exp(2 * raw[..., k + k * d:].clamp(-7.0, 2.0))
+        return torch.cat([logw, raw[..., k:k + k * d], var], dim=-1)
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor, mask=None, pos=None) -> torch.Tensor:
+        """x (B, N, D), u scalar, (B,) or (B, N), zc from :meth:`project` (B, N, …) -> (B, N, D)."""
+        k, d = self.k, self.dim
+        u = torch.as_tensor(u, dtype=x.dtype, device=x.device)
+        if u.dim() == 1:
+            u = u[:, None]
+        t = u[..., None, None] if u.dim() else u  # against (B, N, k, D)
+        logw = zc[..., :k]
+        mu, var = zc[..., k:k + k * d].unflatten(-1, (k, d)), zc[..., k + k * d:].unflatten(-1, (k, d))
+        s = t * t * var + (1 - t) ** 2
+        diff = x[..., None, :] - t * mu
+        resp = torch.softmax(logw - 0.5 * (diff * diff / s + torch.log(s)).sum(-1), dim=-1)
+        return (resp[..., None] * (mu + (t * var - (1 - t)) / s * diff)).sum(-2)
