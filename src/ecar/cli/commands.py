@@ -85,9 +85,10 @@ def add_sample(sub) -> None:
               ecar sample --ckpt runs/ar --draft runs/ar_draft --gamma 4 --out grid.png
 
             --draft: exact speculative decoding (docs/speculative.md): the draft checkpoint
-            (same method, data, autoencoder and token layout) proposes --gamma tokens per
-            target pass; the images are samples of --ckpt's model, and the acceptance rate,
-            tokens per target pass, calls and wall-clock are printed.
+            (same method, data, autoencoder and token layout; `ecar draft` makes one from
+            --ckpt) proposes --gamma tokens per verification; the images are samples of
+            --ckpt's model, and the acceptance rate, tokens per verification, calls and
+            wall-clock are printed.
             """
         ),
     )
