@@ -118,6 +118,9 @@ def test_ecar_draft_makes_a_draft_that_ecar_sample_uses(tmp_path, capsys):
     assert cli_main(["draft", "--ckpt", str(target), "--out", str(draft), "--distill-steps", "1", "--quiet"]) == 2
     assert "choose a new one for the draft" in capsys.readouterr().err
     assert json.loads((draft / "draft.json").read_text()) == report
+    # a draft for an ODE sampler is refused before anything is written
+    assert cli_main(["draft", "--ckpt", str(target), "--out", str(tmp_path / "d2"), "--sampler", "euler", "--quiet"]) == 2
+    assert "euler_maruyama" in capsys.readouterr().err and not (tmp_path / "d2").exists()
 
 
 def test_ecar_draft_refuses_a_target_that_is_not_ar(tmp_path, capsys):

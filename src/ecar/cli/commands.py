@@ -312,6 +312,9 @@ def cmd_draft(args) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out '{out}' exists and is not an empty directory; choose a new one for the draft")
     sample = apply_sample_overrides(target.cfg.sample, flag_overrides(args))
+    if sample.sampler != "euler_maruyama":
+        raise UsageError(f"speculative decoding samples the head's Gaussian chain (--sampler euler_maruyama); "
+                         f"a draft for the {sample.sampler} ODE would never be used")
     draft, dcfg = make_draft_head(target.model, target.cfg, args.components, args.width, args.seed)
     dcfg.sample = sample
     bar = tqdm(total=args.distill_steps, desc="draft", disable=args.quiet)
