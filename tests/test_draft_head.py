@@ -121,6 +121,9 @@ def test_ecar_draft_makes_a_draft_that_ecar_sample_uses(tmp_path, capsys):
     # a draft for an ODE sampler is refused before anything is written
     assert cli_main(["draft", "--ckpt", str(target), "--out", str(tmp_path / "d2"), "--sampler", "euler", "--quiet"]) == 2
     assert "euler_maruyama" in capsys.readouterr().err and not (tmp_path / "d2").exists()
+    for flag in ("--distill-steps", "--batch", "--components", "--width", "--pool"):
+        assert cli_main(["draft", "--ckpt", str(target), "--out", str(tmp_path / "d2"), flag, "0", "--quiet"]) == 2
+        assert f"{flag}=0 is not valid" in capsys.readouterr().err and not (tmp_path / "d2").exists()
 
 
 def test_ecar_draft_refuses_a_target_that_is_not_ar(tmp_path, capsys):

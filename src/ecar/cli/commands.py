@@ -297,11 +297,7 @@ def cmd_draft(args) -> int:
     from ecar.checkpoint import save_checkpoint
     from ecar.train.draft import distill_draft_head, make_draft_head
 
-    for flag, value in (("--distill-steps", args.distill_steps), ("--batch", args.batch), ("--components", args.components),
-                        ("--width", args.width), ("--pool", args.pool)):
-        if value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
-    if not args.lr > 0:
+    if not args.lr > 0:  # the integer flags' ranges: cli.common.check_args
         raise UsageError(f"--lr must be > 0, got {args.lr}")
     device = pick_device(args.device, where="--device")
     target = load_for_inference(args.ckpt, device)

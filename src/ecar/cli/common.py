@@ -65,7 +65,8 @@ class UsageError(ValueError):
     """A command-line flag that is not valid (exit code 2)."""
 
 
-_ARG_MINIMUM = {"n": 1, "batch_size": 1, "nrow": 1, "n_eval": 2, "fid_samples": 0, "seed": 0}
+_ARG_MINIMUM = {"n": 1, "batch_size": 1, "nrow": 1, "n_eval": 2, "fid_samples": 0, "seed": 0,
+                "distill_steps": 1, "batch": 1, "components": 1, "width": 1, "pool": 1}
 
 
 """Smallest valid value of the integer flags, by argparse dest (a flag a command lacks is skipped)."""
