@@ -37,8 +37,8 @@ from ecar.engine.causal import CausalSampleConfig, GuidedCausal
 from ecar.models.ar import shares_transformer
 from ecar.samplers.chain import GaussianChain, path_log_ratio, step_log_ratio
 
-__all__ = ["ACCEPTED", "RESIDUAL", "VERIFY_MODES", "SpeculativeStats", "accepted_prefix", "first_residual",
-           "gaussian_residual", "generate_speculative"]
+__all__ = ["ACCEPTED", "RESIDUAL", "VERIFY_MODES", "SpeculativeStats", "accepted_prefix", "chain_means",
+           "first_residual", "gaussian_residual", "generate_speculative"]
 
 VERIFY_MODES = ("step", "path")
 """What a proposal's acceptance test compares: each Gaussian transition of its chain (``step``)
@@ -133,7 +133,7 @@ def _rows(zq: torch.Tensor, pos: torch.Tensor, j: int) -> tuple[torch.Tensor, to
             pos[:, :, None].expand(-1, -1, j).reshape(pos.shape[0], -1))
 
 
-def _chain_means(net: GuidedCausal, zq: torch.Tensor, pos: torch.Tensor, chain: GaussianChain,
+def chain_means(net: GuidedCausal, zq: torch.Tensor, pos: torch.Tensor, chain: GaussianChain,
                  states: torch.Tensor) -> torch.Tensor:
     """Means of ``net``'s chain at states (B, M, K, D) for conditions zq (B or 2B, M, F) at
     positions pos (B, M): one head call of M·K rows per image."""
@@ -210,7 +210,7 @@ def _residual_paths(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain
         prow = pos[rows, None].expand(-1, m)
         noise = torch.randn((rows.numel(), m, out.shape[-1]), generator=generator, device=pos.device)
         y, ypath, ym = chain.sample(tnet.velocity(_expand(zp, m), prow), noise, generator, record=True)
-        qm = _chain_means(dnet, _expand(zq, m), prow, chain, ypath[:, :, :-1])
+        qm = chain_means(dnet, _expand(zq, m), prow, chain, ypath[:, :, :-1])
         first = first_residual(path_log_ratio(ypath, ym, qm, stds), generator)
         ok = first >= 0
         stats.residual_candidates += int(ok.numel()) * m

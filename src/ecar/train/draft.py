@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from ecar.config import Config
+from ecar.engine.causal import GuidedCausal
+from ecar.engine.speculative import chain_means
 from ecar.generate import labels_for
 from ecar.methods import method_of
 from ecar.samplers.chain import GaussianChain
@@ -74,39 +76,28 @@ def target_pool(target: nn.Module, cfg: Config, sample, n: int, generator: torch
     return torch.cat(out), labels
 
 
-def _guided_chain(target: nn.Module, tokens: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
-                  chain: GaussianChain, g: torch.Generator):
-    """Transformer outputs (2B, N, h) on prefixes ``tokens`` (B, N, D) with labels and null
-    labels, and the target's guided chain over every position: paths (B, N, K + 1, D), means."""
-    b = tokens.shape[0]
-    h = target.condition(torch.cat([tokens, tokens]), None, torch.cat([y, torch.full_like(y, target.null_class)]))
-    zp = target.head_condition(h)
-    wn = w[None, :, None]
+def _positions(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) -> (B, N) long: every position of every prefix."""
+    b, n = tokens.shape[:2]
+    return torch.arange(n, device=tokens.device).expand(b, n)
 
-    def v(x, t):
-        vc, vu = target.velocity(torch.cat([x, x]), torch.cat([t, t]), zp).chunk(2)
-        return vu + wn * (vc - vu)
 
+def _guided_chain(tnet: GuidedCausal, tokens: torch.Tensor, chain: GaussianChain, g: torch.Generator):
+    """Transformer outputs on prefixes ``tokens`` (B, N, D) for ``tnet``'s labels (and their null
+    half where guided: (B or 2B, N, hidden)), and the target's guided chain over every position:
+    paths (B, N, K + 1, D), means (B, N, K, D)."""
+    h = tnet.model.condition(torch.cat([tokens, tokens]) if tnet.doubled else tokens, None, tnet.labels)
+    v = tnet.velocity(tnet.model.head_condition(h), _positions(tokens))
     noise = torch.randn(tokens.shape, generator=g, device=tokens.device)
     _, path, means = chain.sample(v, noise, g, record=True)
     return h, path, means
 
 
-def path_kl(draft: nn.Module, h: torch.Tensor, path: torch.Tensor, means: torch.Tensor, w: torch.Tensor,
+def path_kl(dnet: GuidedCausal, h: torch.Tensor, path: torch.Tensor, means: torch.Tensor,
             chain: GaussianChain) -> torch.Tensor:
     """(B, N, K): KL of each transition, target means vs the draft's guided means on the paths."""
-    b, n, k1, d = path.shape
-    k = k1 - 1
-    grid, stds = chain.grid(path.device), chain.stds(path.device)
-    states = path[:, :, :-1].reshape(b, n * k, d)
-    t = grid[:-1].repeat(n)[None].expand(b, -1)
-    zc = draft.head_condition(h)
-    zc = zc[:, :, None].expand(-1, -1, k, -1).reshape(2 * b, n * k, -1)
-    vc, vu = draft.velocity(torch.cat([states, states]), torch.cat([t, t]), zc).chunk(2)
-    wr = w[None, :, None].expand(b, n, k).reshape(b, n * k, 1)
-    v = (vu + wr * (vc - vu)).reshape(b, n, k, d)
-    mq = chain.step_mean(path[:, :, :-1], v, grid[:-1][:, None], (grid[1:] - grid[:-1])[:, None])
-    return (mq - means).pow(2).sum(-1) / (2 * stds.pow(2))
+    mq = chain_means(dnet, dnet.model.head_condition(h), _positions(path), chain, path[:, :, :-1])
+    return (mq - means).pow(2).sum(-1) / (2 * chain.stds(path.device).pow(2))
 
 
 def distill_draft_head(target: nn.Module, draft: nn.Module, cfg: Config, sample, steps: int = 1000,
@@ -117,8 +108,14 @@ def distill_draft_head(target: nn.Module, draft: nn.Module, cfg: Config, sample,
     "held_out_acceptance_proxy": E[min(1, exp(−KL))] over held-out tokens}."""
     method = method_of(cfg.model)
     settings = method.loop_settings(target, sample)
-    chain, w = settings.chain(), torch.tensor(settings.guidance, device=next(target.parameters()).device)
-    g = torch.Generator(device=w.device).manual_seed(seed)
+    chain, dev = settings.chain(), next(target.parameters()).device
+    g = torch.Generator(device=dev).manual_seed(seed)
+
+    def nets(labels: torch.Tensor) -> tuple[GuidedCausal, GuidedCausal]:
+        """Target and draft bound to ``labels`` with the sampled guidance (per position)."""
+        return (GuidedCausal(target, labels, settings.guidance, target.num_tokens),
+                GuidedCausal(draft, labels, settings.guidance, target.num_tokens))
+
     target.eval()
     for p in target.parameters():
         p.requires_grad_(False)
@@ -129,10 +126,11 @@ def distill_draft_head(target: nn.Module, draft: nn.Module, cfg: Config, sample,
     draft.train()
     losses = []
     for step in range(steps):
-        idx = torch.randint(pool, (batch,), generator=g, device=w.device)
+        idx = torch.randint(pool, (batch,), generator=g, device=dev)
+        tnet, dnet = nets(train_y[idx])
         with torch.no_grad():
-            h, path, means = _guided_chain(target, target.tokens(train_x[idx]), train_y[idx], w, chain, g)
-        loss = path_kl(draft, h, path, means, w, chain).sum(-1).mean()
+            h, path, means = _guided_chain(tnet, target.tokens(train_x[idx]), chain, g)
+        loss = path_kl(dnet, h, path, means, chain).sum(-1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in opt.param_groups:  # linear warm-up, cosine decay
@@ -146,7 +144,8 @@ def distill_draft_head(target: nn.Module, draft: nn.Module, cfg: Config, sample,
             on_step(step, losses[-1])
     draft.eval()
     with torch.no_grad():
-        h, path, means = _guided_chain(target, target.tokens(held_x), held_y, w, chain, g)
-        kl = path_kl(draft, h, path, means, w, chain)
+        tnet, dnet = nets(held_y)
+        h, path, means = _guided_chain(tnet, target.tokens(held_x), chain, g)
+        kl = path_kl(dnet, h, path, means, chain)
     return {"losses": losses, "held_out_kl_per_step": [float(v) for v in kl.mean((0, 1))],
             "held_out_acceptance_proxy": float(torch.exp(-kl.sum(-1)).clamp(max=1).mean())}
