@@ -79,11 +79,18 @@ class GaussianChain:
         states (B, M, K, D): x_0 … x_{K−1} of B·M paths -> (B, M, K, D) the means m_k of
         x_{k+1}. ``velocity`` sees (B, M·K, D) rows with their times (B, M·K).
         """
-        b, m, k, d = states.shape
+        return self._step_means(states, self._velocities(velocity, states))
+
+    def _velocities(self, velocity: RowVelocity, states: torch.Tensor) -> torch.Tensor:
+        """``velocity`` at states (B, M, J, D), state j at grid time t_j: one call of M·J rows."""
+        b, m, j, d = states.shape
+        t = self.grid(states.device)[:j].to(states.dtype)
+        return velocity(states.reshape(b, m * j, d), t.repeat(m)[None].expand(b, -1)).reshape(b, m, j, d)
+
+    def _step_means(self, states: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The means m_k of states x_0 … x_{K−1} (B, M, K, D) given their velocities v."""
         g = self.grid(states.device)
         t, dt = g[:-1].to(states.dtype), (g[1:] - g[:-1]).to(states.dtype)
-        x = states.reshape(b, m * k, d)
-        v = velocity(x, t.repeat(m)[None].expand(b, -1)).reshape(b, m, k, d)
         return self.step_mean(states, v, t[:, None], dt[:, None])
 
     def finish(self, velocity: RowVelocity, x: torch.Tensor) -> torch.Tensor:
@@ -100,11 +107,8 @@ class GaussianChain:
         when the chain finishes)."""
         if not self.finishes:
             return self.means(velocity, path[:, :, :-1]), path[:, :, -1]
-        b, m, k1, d = path.shape
-        g = self.grid(path.device).to(path.dtype)
-        v = velocity(path.reshape(b, m * k1, d), g.repeat(m)[None].expand(b, -1)).reshape(b, m, k1, d)
-        states, t, dt = path[:, :, :-1], g[:-1, None], (g[1:] - g[:-1])[:, None]
-        return self.step_mean(states, v[:, :, :-1], t, dt), path[:, :, -1] + (1.0 - self.end) * v[:, :, -1]
+        v = self._velocities(velocity, path)
+        return self._step_means(path[:, :, :-1], v[:, :, :-1]), path[:, :, -1] + (1.0 - self.end) * v[:, :, -1]
 
     def step_mean(self, x: torch.Tensor, v: torch.Tensor, t, dt) -> torch.Tensor:
         """m(x, t) = x + Δ·[v − ½·s·(x − t·v)] (broadcasting t and Δ)."""
