@@ -149,12 +149,13 @@ def main() -> None:
                           [*args.target_overrides, f"train.max_steps={args.target_steps}", *QUIET])
         train(cfg, target_run, progress=False)
     target = load_for_inference(str(target_run), torch.device("cpu"))
-    losses, distill_s = [float("nan")], None
+    losses, distill_s, res = [float("nan")], None, None
     sample = apply_sample_overrides(target.cfg.sample, args.sample)
     if args.draft:
         draft_run = Path(args.draft)
         draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
-    elif args.draft_kind == "head":
+        check_draft_pair(target.cfg, draft.cfg)
+    elif args.draft_kind == "head":  # built from the target: a pair by construction
         t0 = time.perf_counter()
         model, dcfg = make_draft_head(target.model, target.cfg, args.components, 256)
         res = distill_draft_head(target.model, model, target.cfg, sample, steps=args.draft_steps,
@@ -177,12 +178,9 @@ def main() -> None:
         draft_run = work / "draft"
         save_checkpoint(draft_run, model=draft.model, ema=draft.model, cfg=draft.cfg, step=args.draft_steps,
                         train_state={})
-    check_draft_pair(target.cfg, draft.cfg)
-    report = Path(draft_run) / "draft.json"  # what ecar draft measured while distilling
-    distillation = json.loads(report.read_text()) if report.exists() else (
-        {k: v for k, v in res.items() if k != "losses"} if args.draft_kind == "head" and not args.draft else None)
-    if distillation:
-        distillation.pop("losses", None)
+    report = Path(draft_run) / "draft.json"  # what ecar draft measured while distilling (or res: distilled here)
+    distillation = json.loads(report.read_text()) if report.exists() else res
+    distillation = distillation and {k: v for k, v in distillation.items() if k != "losses"}
     gflops_t = count_flops(target.model, target.cfg, sample, batch=4)
     gflops_d = count_flops(draft.model, target.cfg, sample, batch=4)
 
