@@ -45,6 +45,32 @@ def test_mixture_velocity_is_the_exact_flow_velocity_of_the_mixture(t):
         assert float(got) == pytest.approx(expected, abs=1e-5)
 
 
+def test_mixture_stepper_and_step_chain_reproduce_the_velocity_and_the_chain():
+    """The stepper's precomputed velocity equals the head's forward at every grid time, and a
+    chain run by ``sample_steps`` on it (guided, as in the engine) draws the same path as
+    ``sample`` from the same generator state."""
+    from ecar.engine.causal import GuidedCausal
+    from ecar.samplers.chain import GaussianChain
+
+    head = MixtureHead(4, 8, 16, 5).requires_grad_(False)
+    zc = head.project(torch.randn(3, 2, 8))
+    x = torch.randn(3, 2, 4)
+    chain = GaussianChain(6, 1.0, 0.9, 2.0, 0.9)
+    grid = chain.grid()
+    step = head.stepper(zc, grid[:-1])
+    for k in range(6):
+        assert torch.allclose(step(x, k), head(x, grid[k], zc), atol=1e-6)
+    _, model = _net(1, "model.head_type=mixture", "model.mixture_components=5")
+    net = GuidedCausal(model, torch.tensor([1, 7]), (2.0,) * model.num_tokens, model.num_tokens)
+    z = net.condition(torch.zeros(2, 1, model.token_dim), torch.zeros(2, 1, dtype=torch.long))
+    pos = torch.zeros(2, 1, dtype=torch.long)
+    noise = torch.randn(2, 1, model.token_dim)
+    a = chain.sample(net.velocity(z, pos), noise, torch.Generator().manual_seed(3), record=True)
+    b = chain.sample_steps(net.step_velocity(z, pos, grid), noise, torch.Generator().manual_seed(3), record=True)
+    for u, v in zip(a, b):
+        assert torch.allclose(u, v, atol=1e-5)
+
+
 def test_draft_head_shares_the_targets_transformer_and_nothing_else():
     cfg, target = _net(1)
     draft, dcfg = make_draft_head(target, cfg, components=4, width=32)

@@ -185,6 +185,23 @@ def _near(model, scale: float, seed: int):
     return draft
 
 
+FINISHING = ("sample.time_power=2", "sample.chain_end=0.8")
+"""A chain on a power grid that stops at t = 0.8 and is finished by the target's Euler step."""
+
+
+def test_draft_equal_to_target_accepts_every_token_one_at_a_time():
+    """γ = 1 (the token-by-token loop): every chain accepted, one target pass and one
+    verification head call per token, the draft head's steps on the shared passes."""
+    cfg, target = _net(1, "sample.gamma=1", *FINISHING)
+    labels = torch.arange(64) % 10
+    out = AR_METHOD.speculative(target, target, cfg.sample, labels, torch.Generator().manual_seed(0))
+    st = out["stats"].as_dict()
+    assert st["acceptance_rate"] == 1.0 and st["residual_tokens"] == 0 and st["tokens_per_round"] == 1.0
+    assert bool((out["source"] == ACCEPTED).all())
+    assert st["target_passes"] == 4 and st["target_head_calls"] == 4 and st["draft_passes"] == 0
+    assert st["draft_head_calls"] == 4 * 3  # the draft's chain: sample.steps=3 per token
+
+
 @pytest.mark.parametrize("chain", [(), ("sample.time_power=2", "sample.chain_end=0.8")])
 def test_draft_equal_to_target_accepts_every_proposal(chain):
     cfg, target = _net(1, "sample.gamma=3", *chain)
@@ -205,17 +222,15 @@ def test_draft_equal_to_target_accepts_every_proposal(chain):
     assert torch.allclose(own["latents"], out["latents"], atol=1e-4)  # sharing passes changes the cost, not the samples
 
 
-FINISHING = ("sample.time_power=2", "sample.chain_end=0.8")
-"""A chain on a power grid that stops at t = 0.8 and is finished by the target's Euler step."""
-
-
-@pytest.mark.parametrize("verify,chain", [("path", ()), ("step", ()), ("path", FINISHING), ("step", FINISHING)])
-def test_speculative_samples_match_plain_sampling_of_the_target(verify, chain):
+@pytest.mark.parametrize("verify,chain,gamma", [("path", (), 3), ("step", (), 3), ("path", FINISHING, 3),
+                                                ("step", FINISHING, 3), ("step", FINISHING, 1), ("path", (), 1)])
+def test_speculative_samples_match_plain_sampling_of_the_target(verify, chain, gamma):
     """A different draft (acceptance well below 1): the target's tokens by speculative and by
     plain sampling are indistinguishable (two-sample KS on all 16 coordinates, Bonferroni),
     while the draft's own samples are not; for both verification modes, and for a chain that
-    stops early and is finished by the target (the draft's own finishing never reaches the output)."""
-    cfg, target = _net(1, "sample.gamma=3", f"sample.verify={verify}", *chain)
+    stops early and is finished by the target (the draft's own finishing never reaches the output);
+    γ = 1 runs the token-by-token loop."""
+    cfg, target = _net(1, f"sample.gamma={gamma}", f"sample.verify={verify}", *chain)
     draft = _near(target, 0.01, 2)
     n = 4000
     labels = torch.arange(n) % 10
@@ -236,12 +251,12 @@ def test_speculative_samples_match_plain_sampling_of_the_target(verify, chain):
     assert min(pvals(other, plain)) < ALPHA / 16
 
 
-@pytest.mark.parametrize("verify", ["path", "step"])
-def test_every_token_comes_from_an_accepted_proposal_or_a_residual_sample(verify):
+@pytest.mark.parametrize("verify,gamma", [("path", 4), ("step", 4), ("path", 1), ("step", 1)])
+def test_every_token_comes_from_an_accepted_proposal_or_a_residual_sample(verify, gamma):
     """Rejections forced by a draft far from the target, one residual candidate per try:
     every output token is marked accepted or residual, the counts add up, and no token is the
     zero vector a fallback would leave."""
-    cfg, target = _net(1, "sample.gamma=4", "sample.residual_batch=1", f"sample.verify={verify}")
+    cfg, target = _net(1, f"sample.gamma={gamma}", "sample.residual_batch=1", f"sample.verify={verify}")
     _, draft = _net(3)
     with torch.no_grad():
         for p in draft.head.final.parameters():
@@ -258,13 +273,13 @@ def test_every_token_comes_from_an_accepted_proposal_or_a_residual_sample(verify
     assert bool((tokens.abs().sum(-1) > 0).all())
 
 
-@pytest.mark.parametrize("verify", ["path", "step"])
-def test_residual_sampling_raises_instead_of_falling_back(verify):
+@pytest.mark.parametrize("verify,gamma", [("path", 4), ("step", 4), ("path", 1), ("step", 1)])
+def test_residual_sampling_raises_instead_of_falling_back(verify, gamma):
     cfg, target = _net(1)
     _, draft = _net(3)
     settings = AR_METHOD.loop_settings(target, cfg.sample)
     with pytest.raises(RuntimeError, match="residual sampling found no sample"):
-        generate_speculative(target, draft, torch.arange(16) % 10, settings, gamma=4, verify=verify,
+        generate_speculative(target, draft, torch.arange(16) % 10, settings, gamma=gamma, verify=verify,
                              generator=torch.Generator().manual_seed(0), max_residual_rounds=0)
 
 
@@ -384,14 +399,14 @@ def test_trained_draft_equal_to_target_accepts_every_proposal(trained_pair, veri
     assert bool(torch.isfinite(out["latents"]).all())
 
 
-@pytest.mark.parametrize("verify", ["path", "step"])
-def test_trained_speculative_samples_match_plain_sampling_of_the_target(trained_pair, verify):
+@pytest.mark.parametrize("verify,gamma", [("path", 3), ("step", 3), ("step", 1)])
+def test_trained_speculative_samples_match_plain_sampling_of_the_target(trained_pair, verify, gamma):
     """The trained 16-wide draft (rejections at a fair rate): 4,000 images of the trained target
     by speculative and by plain sampling are indistinguishable by two-sample KS tests on ten
     per-image statistics (Bonferroni), while the same tests tell the draft's own samples from
     the target's."""
     target, draft = trained_pair
-    sample = dataclasses.replace(target.cfg.sample, verify=verify)
+    sample = dataclasses.replace(target.cfg.sample, verify=verify, gamma=gamma)
     n = 4000
     labels = torch.arange(n) % 10
     with torch.no_grad():

@@ -26,7 +26,7 @@ from torch import nn
 
 from ecar.engine.units import UnitReport
 from ecar.samplers import SAMPLER_NAMES
-from ecar.samplers.chain import GaussianChain, power_grid
+from ecar.samplers.chain import GaussianChain, StepVelocity, power_grid
 from ecar.samplers.temperature import integrate_at_temperature
 
 __all__ = ["CausalSampleConfig", "GuidedCausal", "generate_causal"]
@@ -98,7 +98,27 @@ class GuidedCausal:
             if not self.doubled:
                 return self.model.velocity(x, t, zc)
             vc, vu = self.model.velocity(torch.cat([x, x]), torch.cat([t, t]), zc).chunk(2)
-            return vu + w.to(x.dtype) * (vc - vu)
+            return torch.lerp(vu, vc, w.to(x.dtype))  # vu + w·(vc − vu)
+
+        return v
+
+    def step_velocity(self, zc: torch.Tensor, pos: torch.Tensor, grid: torch.Tensor) -> StepVelocity:
+        """:meth:`velocity` told the step k of a chain on ``grid`` (K + 1,) instead of its time: a
+        head with a ``stepper`` (:meth:`~ecar.models.heads.MixtureHead.stepper`) prepares its
+        x-free parts once for every grid time; any other head is called at t_k."""
+        stepper = getattr(self.model.head, "stepper", None)
+        if stepper is None:
+            v = self.velocity(zc, pos)
+            return lambda x, k: v(x, grid[k].to(x.dtype).expand(x.shape[:2]))
+        w = self.scales[pos.clamp(max=len(self.scales) - 1)][..., None].to(zc.dtype)
+        head = stepper(zc.unflatten(0, (2, -1)) if self.doubled else zc, grid[:-1])  # both halves at once
+
+        def v(x: torch.Tensor, k: int) -> torch.Tensor:
+            self.head_calls += 1
+            if not self.doubled:
+                return head(x, k)
+            vc, vu = head(x, k)
+            return torch.lerp(vu, vc, w)
 
         return v
 

@@ -220,22 +220,115 @@ def _residual_paths(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain
     return out
 
 
-def _finish_chains(tnet: GuidedCausal, chain: GaussianChain, x: torch.Tensor, done: torch.Tensor,
-                   zp: torch.Tensor, pos: torch.Tensor, generator) -> torch.Tensor:
-    """Run the target's chain on from state x (R, D) after step ``done`` (R,) (x is x_{done+1})
-    to x_K: rows advance together, each only at its own later steps. Returns (R, D)."""
-    grid, stds, dbl = chain.grid(x.device), chain.stds(x.device), tnet.doubled
-    x = x.clone()
-    for k in range(int(done.min()) + 1 if done.numel() else chain.steps, chain.steps):
-        active = done < k
-        if not bool(active.any()):
-            continue
-        v = tnet.velocity(_keep(zp, active, dbl)[:, None], pos[active, None])
-        xa = x[active]
-        vel = v(xa[:, None], grid[k].expand(xa.shape[0], 1))[:, 0]
-        eps = torch.randn(xa.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x[active] = chain.step_mean(xa, vel, grid[k], grid[k + 1] - grid[k]) + stds[k] * eps
-    return x
+def _continue_chains(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain, x: torch.Tensor,
+                     done: torch.Tensor, zp: torch.Tensor, zq: torch.Tensor, pos: torch.Tensor, candidates: int,
+                     generator, max_rounds: int, stats: SpeculativeStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chains known up to state x_done (x (R, D), done (R,) in 1 … K) after a residual draw, run
+    on to x_K by speculation again: the draft proposes each row's remaining transitions from
+    its own state, the target tests them in order in one head call (which also finishes the
+    token), and a rejected transition is drawn from the Gaussian residual, after which the
+    rest is proposed anew. Rows advance together from the earliest one; a row's transitions
+    before its own ``done`` are held (its state copied) and count as accepted. Conditions
+    zp, zq (R or 2R, F), positions (R,). Returns (x_K (R, D), finished tokens (R, D))."""
+    K, dev, dbl = chain.steps, x.device, tnet.doubled
+    stds, grid = chain.stds(dev), chain.grid(dev)
+    state, token, done = x.clone(), torch.empty_like(x), done.clone()
+    rows = torch.arange(x.shape[0], device=dev)
+    while rows.numel():
+        s0, d = int(done[rows].min()), done[rows]
+        rp, rq, p = GuidedCausal.rows(zp, rows, dbl)[:, None], GuidedCausal.rows(zq, rows, dbl)[:, None], pos[rows, None]
+        cur, states, q_means = state[rows, None], [state[rows, None]], []
+        v = dnet.step_velocity(rq, p, grid)
+        for k in range(s0, K):
+            mean = chain.step_mean(cur, v(cur, k), k)
+            eps = torch.randn(cur.shape, generator=generator, device=dev, dtype=cur.dtype)
+            cur = torch.where((d <= k)[:, None, None], mean + stds[k] * eps, cur)
+            states.append(cur), q_means.append(mean)
+        path = torch.stack(states, dim=2)  # (r, 1, K + 1 − s0, D)
+        q_means = torch.stack(q_means, dim=2) if q_means else path[:, :, :0]
+        p_means, finished = chain.means_and_finish(tnet.velocity(rp, p), path, s0)
+        held = torch.arange(s0, K, device=dev)[None] < d[:, None]
+        lr = step_log_ratio(path, p_means, q_means, stds[s0:])[:, 0].masked_fill(held, torch.inf)
+        c = accepted_prefix(lr, torch.full_like(d, K - s0), generator)  # transitions from s0 accepted
+        complete = c == K - s0
+        state[rows[complete]] = path[complete, 0, -1]
+        token[rows[complete]] = finished[complete, 0]
+        rej = (~complete).nonzero()[:, 0]
+        if rej.numel():
+            j = c[rej]
+            state[rows[rej]] = gaussian_residual(p_means[rej, 0, j], q_means[rej, 0, j], stds[s0 + j], candidates,
+                                                 generator, max_rounds, stats)
+            done[rows[rej]] = s0 + j + 1
+        rows = rows[rej]
+    return state, token
+
+
+def _replace(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain, verify: str, zp: torch.Tensor,
+             zq: torch.Tensor, pos: torch.Tensor, p_means: torch.Tensor, q_means: torch.Tensor,
+             k: torch.Tensor | None, residual_batch: int, generator, max_rounds: int,
+             stats: SpeculativeStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """New draws for R rejected proposals with target and draft conditions zp, zq (R or 2R, F) at
+    positions pos (R,): the chain state (R, D) at its end and the token (R, D) the target
+    finishes it to. ``step``: the rejected transition k (R,) from the Gaussian residual of the
+    two means (R, K, D) there, then the target's chain; ``path``: the path residual."""
+    stats.residual_tokens += pos.shape[0]
+    if verify == "step":
+        r, m = torch.arange(k.shape[0], device=k.device), max(residual_batch, 64)
+        x = gaussian_residual(p_means[r, k], q_means[r, k], chain.stds(k.device)[k], m, generator, max_rounds, stats)
+        return _continue_chains(tnet, dnet, chain, x, k + 1, zp, zq, pos, m, generator, max_rounds, stats)
+    new = _residual_paths(tnet, dnet, chain, zp, zq, pos, residual_batch, generator, max_rounds, stats)
+    return new, _finish(tnet, chain, new, zp, pos)
+
+
+def _generate_token_by_token(target: nn.Module, draft: nn.Module, tnet: GuidedCausal, dnet: GuidedCausal,
+                             shared: bool, chain: GaussianChain, verify: str, residual_batch: int, generator,
+                             max_rounds: int, on_round, stats: SpeculativeStats) -> dict:
+    """γ = 1: every image gains exactly one token per round, so all stand at the same position
+    and the round needs none of the ragged bookkeeping. The draft speculates the K steps of
+    each token's chain; the target checks them in one head call (K + 1 rows with its finishing
+    step) instead of running them one after the other."""
+    B, N, D, dev = tnet.batch, target.num_tokens, target.token_dim, tnet.labels.device
+    K, stds, grid, dbl = chain.steps, chain.stds(dev), chain.grid(dev), tnet.doubled
+    tokens = torch.zeros(B, N, D, device=dev)
+    context = torch.zeros(B, N, D, device=dev) if chain.finishes else tokens
+    source = torch.full((B, N), ACCEPTED, dtype=torch.int8, device=dev)
+    all_steps, zero = torch.full((B,), K, device=dev), torch.zeros(B, dtype=torch.long, device=dev)
+    for i in range(N):
+        pos = torch.full((B, 1), i, dtype=torch.long, device=dev)
+        prev = context[:, i - 1:i] if i else context[:, :1]
+        if shared:
+            h = tnet.hidden(prev, pos)
+            zq, zp = draft.head_condition(h), target.head_condition(h)
+        else:
+            zq, zp = dnet.condition(prev, pos), tnet.condition(prev, pos)
+        noise = torch.randn((B, 1, D), generator=generator, device=dev)
+        x, path, q_means = chain.sample_steps(dnet.step_velocity(zq, pos, grid), noise, generator, record=True)
+        p_means, finished = _verify(tnet, zp, pos, chain, path)
+        if verify == "step":
+            c = accepted_prefix(step_log_ratio(path, p_means, q_means, stds)[:, 0], all_steps, generator)
+            ok, k_rej = c == K, c.clamp(max=K - 1)
+            stats.steps_accepted += int(c.sum())
+        else:
+            ok, k_rej = accepted_prefix(path_log_ratio(path, p_means, q_means, stds), all_steps.clamp(max=1),
+                                        generator) == 1, None
+        context[:, i], tokens[:, i] = x[:, 0].to(context.dtype), finished[:, 0].to(tokens.dtype)
+        rows = (~ok).nonzero()[:, 0]
+        if rows.numel():
+            cols = zero[:rows.numel()]
+            new, tok = _replace(tnet, dnet, chain, verify, _pick(zp, rows, cols, dbl), _pick(zq, rows, cols, dbl),
+                                pos[rows, 0], p_means[rows, 0], q_means[rows, 0],
+                                None if k_rej is None else k_rej[rows], residual_batch, generator, max_rounds, stats)
+            if chain.finishes:
+                context[rows, i] = new.to(context.dtype)
+            tokens[rows, i] = tok.to(tokens.dtype)
+            source[rows, i] = RESIDUAL
+        stats.accepted += B - rows.numel()
+        if on_round is not None:
+            on_round(torch.full((B,), i + 1, dtype=torch.long, device=dev))
+    stats.rounds, stats.image_rounds = N, B * N
+    stats.proposed = stats.tested = B * N
+    stats.steps_proposed = B * N * K if verify == "step" else 0
+    return {"tokens": tokens, "source": source}
 
 
 @torch.no_grad()
@@ -263,16 +356,20 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
     chain = settings.chain()
     shared = share_passes and shares_transformer(target, draft)
     B, N, D, dev = labels.shape[0], target.num_tokens, target.token_dim, labels.device
-    K, stds = chain.steps, chain.stds(dev)
+    K, stds, grid = chain.steps, chain.stds(dev), chain.grid(dev)
     tnet = GuidedCausal(target, labels, settings.guidance, N + gamma)
     dnet = GuidedCausal(draft, labels, settings.guidance, N + gamma)
     dbl = tnet.doubled
+    stats = SpeculativeStats()
+    if gamma == 1:
+        out = _generate_token_by_token(target, draft, tnet, dnet, shared, chain, verify, residual_batch, generator,
+                                       max_residual_rounds, on_round, stats)
+        return _result(target, tnet, dnet, stats, out["tokens"], out["source"])
     tokens = torch.zeros(B, N + gamma, D, device=dev)  # the output, finished by the target
     context = torch.zeros(B, N + gamma, D, device=dev) if chain.finishes else tokens  # the chain's states
     source = torch.zeros(B, N + gamma, dtype=torch.int8, device=dev)
     n = torch.zeros(B, dtype=torch.long, device=dev)
     steps = torch.arange(gamma, device=dev)
-    stats = SpeculativeStats()
     batch = torch.arange(B, device=dev)
     while bool((n < N).any()):
         limit = (N - n).clamp(0, gamma)
@@ -288,7 +385,8 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
             else:
                 z = dnet.condition(prev, pos[:, j:j + 1])
             noise = torch.randn((B, 1, D), generator=generator, device=dev)
-            x, path, mq = chain.sample(dnet.velocity(z, pos[:, j:j + 1]), noise, generator, record=True)
+            x, path, mq = chain.sample_steps(dnet.step_velocity(z, pos[:, j:j + 1], grid), noise, generator,
+                                             record=True)
             props.append(x), paths.append(path), q_means.append(mq), zq.append(z)
             prev = x
         props, paths, q_means, zq = (torch.cat(v, dim=1) for v in (props, paths, q_means, zq))
@@ -317,25 +415,25 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
         rows = rejected.nonzero()[:, 0]
         if rows.numel():
             cols, res_pos = a[rows], (n + a)[rows]
-            res_zp = _pick(zp, rows, cols, dbl)
-            if verify == "step":  # the rejected transition from the Gaussian residual, then the target's chain
-                k = k_rej[rows]
-                x = gaussian_residual(p_means[rows, cols, k], q_means[rows, cols, k], stds[k],
-                                      max(residual_batch, 64), generator, max_residual_rounds, stats)
-                new = _finish_chains(tnet, chain, x, k, res_zp, res_pos, generator)
-            else:
-                new = _residual_paths(tnet, dnet, chain, res_zp, _pick(zq, rows, cols, dbl), res_pos,
-                                      residual_batch, generator, max_residual_rounds, stats)
+            new, tok = _replace(tnet, dnet, chain, verify, _pick(zp, rows, cols, dbl), _pick(zq, rows, cols, dbl),
+                                res_pos, p_means[rows, cols], q_means[rows, cols],
+                                k_rej[rows] if verify == "step" else None, residual_batch, generator,
+                                max_residual_rounds, stats)
             if chain.finishes:
                 context[rows, res_pos] = new.to(context.dtype)
-            tokens[rows, res_pos] = _finish(tnet, chain, new, res_zp, res_pos).to(tokens.dtype)
+            tokens[rows, res_pos] = tok.to(tokens.dtype)
             source[rows, res_pos] = RESIDUAL
-            stats.residual_tokens += rows.numel()
         n = n + a + rejected.long()
         if on_round is not None:
             on_round(n.clone())
+    return _result(target, tnet, dnet, stats, tokens[:, :N], source[:, :N])
+
+
+def _result(target: nn.Module, tnet: GuidedCausal, dnet: GuidedCausal, stats: SpeculativeStats,
+            tokens: torch.Tensor, source: torch.Tensor) -> dict:
+    B, N = source.shape
     stats.tokens = B * N
     stats.target_passes, stats.target_head_calls = tnet.passes, tnet.head_calls
     stats.image_passes = B * tnet.passes
     stats.draft_passes, stats.draft_head_calls = dnet.passes, dnet.head_calls
-    return {"latents": target.latent(tokens[:, :N].contiguous()), "stats": stats, "source": source[:, :N]}
+    return {"latents": target.latent(tokens.contiguous()), "stats": stats, "source": source}

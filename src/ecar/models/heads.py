@@ -165,16 +165,42 @@ class MixtureHead(nn.Module):
         var = torch.exp(2 * raw[..., k + k * d:].clamp(-7.0, 2.0))
         return torch.cat([logw, raw[..., k:k + k * d], var], dim=-1)
 
+    def _unpack(self, zc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k, d = self.k, self.dim
+        return zc[..., :k], zc[..., k:k + k * d].unflatten(-1, (k, d)), zc[..., k + k * d:].unflatten(-1, (k, d))
+
+    @staticmethod
+    def _terms(logw, mu, var, t):
+        """The x-free parts of the velocity at time(s) t (broadcast against (…, k, D)): half the
+        precision 1/(2·S), t·μ, the component bias log w − ½·Σ log S, and the affine map
+        μ + c·(x − t·μ) = a + c·x of each component (a = μ − c·t·μ, c = (t·σ² − (1 − t)) / S)."""
+        s = t * t * var + (1 - t) ** 2
+        c = (t * var - (1 - t)) / s
+        tmu = t * mu
+        return 0.5 / s, tmu, logw - 0.5 * torch.log(s).sum(-1), mu - c * tmu, c
+
+    @staticmethod
+    def _velocity(x, half_prec, tmu, bias, a, c):
+        diff = x[..., None, :] - tmu
+        resp = torch.softmax(bias - (diff * diff * half_prec).sum(-1), dim=-1)
+        return (resp[..., None] * torch.addcmul(a, c, x[..., None, :])).sum(-2)
+
     def forward(self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor, mask=None, pos=None) -> torch.Tensor:
         """x (B, N, D), u scalar, (B,) or (B, N), zc from :meth:`project` (B, N, …) -> (B, N, D)."""
-        k, d = self.k, self.dim
         u = torch.as_tensor(u, dtype=x.dtype, device=x.device)
         if u.dim() == 1:
             u = u[:, None]
         t = u[..., None, None] if u.dim() else u  # against (B, N, k, D)
-        logw = zc[..., :k]
-        mu, var = zc[..., k:k + k * d].unflatten(-1, (k, d)), zc[..., k + k * d:].unflatten(-1, (k, d))
-        s = t * t * var + (1 - t) ** 2
-        diff = x[..., None, :] - t * mu
-        resp = torch.softmax(logw - 0.5 * (diff * diff / s + torch.log(s)).sum(-1), dim=-1)
-        return (resp[..., None] * (mu + (t * var - (1 - t)) / s * diff)).sum(-2)
+        return self._velocity(x, *self._terms(*self._unpack(zc), t))
+
+    def stepper(self, zc: torch.Tensor, times: torch.Tensor):
+        """The velocity on a fixed time grid, its x-free parts computed once for all times:
+        zc (…, B, N, P) from :meth:`project`, times (K,) -> ``v(x (B, N, D), k) -> (…, B, N, D)``,
+        the velocity at time ``times[k]`` (what a Gaussian chain needs at each of its steps; same
+        values as :meth:`forward`, far fewer operations per step). Leading dims of zc broadcast
+        against x: conditional and null halves (2, B, N, P) give both velocities of one x."""
+        logw, mu, var = self._unpack(zc)
+        t = times.to(zc.dtype).reshape(-1, *([1] * (zc.dim() + 1)))  # against (K, …, k, D)
+        terms = self._terms(logw[None], mu[None], var[None], t)
+        bias = terms[2]  # (K, B, N, k): one fewer broadcast dim than the rest
+        return lambda x, k: self._velocity(x, terms[0][k], terms[1][k], bias[k], terms[3][k], terms[4][k])

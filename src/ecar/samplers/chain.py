@@ -27,15 +27,19 @@ law (docs/speculative.md, "Finishing the chain").
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-__all__ = ["GaussianChain", "path_log_ratio", "power_grid", "step_log_ratio"]
+__all__ = ["GaussianChain", "StepVelocity", "path_log_ratio", "power_grid", "step_log_ratio"]
 
 RowVelocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``v(x (B, M, D), t (B, M)) -> (B, M, D)``: a velocity with one time per row."""
+
+StepVelocity = Callable[[torch.Tensor, int], torch.Tensor]
+"""``v(x (B, M, D), k) -> (B, M, D)``: a velocity at the chain's grid time t_k."""
 
 
 @dataclass(frozen=True)
@@ -64,14 +68,13 @@ class GaussianChain:
 
     def grid(self, device=None) -> torch.Tensor:
         """(K + 1,) float32: t_k = end·(1 − (1 − k/K)^power); uniform from 0 to 1 (those of
-        :func:`~ecar.samplers.time_grid`) by default."""
-        return power_grid(self.steps, self.power, self.end, device)
+        :func:`~ecar.samplers.time_grid`) by default. Computed once per chain and device (read
+        only: the same tensor is returned each time)."""
+        return _grid(self.steps, self.power, self.end, torch.device(device) if device is not None else None)
 
     def stds(self, device=None) -> torch.Tensor:
-        """(K,) the standard deviation τ·σ_k of each transition, all > 0."""
-        g = self.grid(device).double()
-        t, dt = g[:-1], g[1:] - g[:-1]
-        return (self.temperature * torch.sqrt(self.noise_scale * (1 - t) * dt)).float()
+        """(K,) the standard deviation τ·σ_k of each transition, all > 0 (cached like :meth:`grid`)."""
+        return _stds(self, torch.device(device) if device is not None else None)
 
     def means(self, velocity: RowVelocity, states: torch.Tensor) -> torch.Tensor:
         """The transition means of given states in one velocity call.
@@ -81,17 +84,16 @@ class GaussianChain:
         """
         return self._step_means(states, self._velocities(velocity, states))
 
-    def _velocities(self, velocity: RowVelocity, states: torch.Tensor) -> torch.Tensor:
-        """``velocity`` at states (B, M, J, D), state j at grid time t_j: one call of M·J rows."""
+    def _velocities(self, velocity: RowVelocity, states: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """``velocity`` at states (B, M, J, D), state j at grid time t_{start + j}: one call of M·J rows."""
         b, m, j, d = states.shape
-        t = self.grid(states.device)[:j].to(states.dtype)
+        t = self.grid(states.device)[start:start + j].to(states.dtype)
         return velocity(states.reshape(b, m * j, d), t.repeat(m)[None].expand(b, -1)).reshape(b, m, j, d)
 
-    def _step_means(self, states: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The means m_k of states x_0 … x_{K−1} (B, M, K, D) given their velocities v."""
-        g = self.grid(states.device)
-        t, dt = g[:-1].to(states.dtype), (g[1:] - g[:-1]).to(states.dtype)
-        return self.step_mean(states, v, t[:, None], dt[:, None])
+    def _step_means(self, states: torch.Tensor, v: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The means m_k of states x_start … x_{K−1} (B, M, K − start, D) given their velocities v."""
+        a, b = (c[start:start + states.shape[2], None].to(states.dtype) for c in _coefficients(self, states.device))
+        return states * a + v * b
 
     def finish(self, velocity: RowVelocity, x: torch.Tensor) -> torch.Tensor:
         """The chain's last state x (B, M, D) at t = ``end`` -> the token at t = 1: one Euler step
@@ -101,18 +103,23 @@ class GaussianChain:
         t = torch.full(x.shape[:2], self.end, dtype=x.dtype, device=x.device)
         return x + (1.0 - self.end) * velocity(x, t)
 
-    def means_and_finish(self, velocity: RowVelocity, path: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For recorded paths (B, M, K + 1, D): the transition means (B, M, K, D) and the finished
-        tokens (B, M, D) under ``velocity``, in one call of M·K rows per path batch (M·(K + 1)
-        when the chain finishes)."""
+    def means_and_finish(self, velocity: RowVelocity, path: torch.Tensor, start: int = 0
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For recorded paths (B, M, K + 1 − start, D) of states x_start … x_K: the means of their
+        transitions (B, M, K − start, D) and the finished tokens (B, M, D) under ``velocity``, in
+        one call of M·(K − start) rows per path batch (one more per path when the chain finishes)."""
         if not self.finishes:
-            return self.means(velocity, path[:, :, :-1]), path[:, :, -1]
-        v = self._velocities(velocity, path)
-        return self._step_means(path[:, :, :-1], v[:, :, :-1]), path[:, :, -1] + (1.0 - self.end) * v[:, :, -1]
+            states = path[:, :, :-1]
+            return self._step_means(states, self._velocities(velocity, states, start), start), path[:, :, -1]
+        v = self._velocities(velocity, path, start)
+        return (self._step_means(path[:, :, :-1], v[:, :, :-1], start),
+                path[:, :, -1] + (1.0 - self.end) * v[:, :, -1])
 
-    def step_mean(self, x: torch.Tensor, v: torch.Tensor, t, dt) -> torch.Tensor:
-        """m(x, t) = x + Δ·[v − ½·s·(x − t·v)] (broadcasting t and Δ)."""
-        return x + dt * (v - 0.5 * self.noise_scale * (x - t * v))
+    def step_mean(self, x: torch.Tensor, v: torch.Tensor, k) -> torch.Tensor:
+        """m_k(x) = x + Δ_k·[v − ½·s·(x − t_k·v)] = a_k·x + b_k·v of step(s) k (an int, or a
+        tensor broadcasting against x)."""
+        a, b = _coefficients(self, x.device)
+        return x * a[k].to(x.dtype) + v * b[k].to(x.dtype)
 
     def sample(self, velocity: RowVelocity, noise: torch.Tensor, generator: torch.Generator | None = None,
                record: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -120,24 +127,51 @@ class GaussianChain:
 
         Returns (x_K (B, M, D), path (B, M, K + 1, D) or None, means (B, M, K, D) or None):
         with ``record`` the visited states and the mean of every transition, as needed for
-        the path density. Draws: K normals of the shape of ``noise``, in step order.
+        the path density. Draws: K normals of the shape of ``noise`` at once, (K, *noise.shape),
+        row k for step k.
         """
         g = self.grid(noise.device)
-        stds = self.stds(noise.device)
+        return self.sample_steps(lambda x, k: velocity(x, g[k].to(x.dtype).expand(x.shape[:2])), noise,
+                                 generator, record)
+
+    def sample_steps(self, velocity: StepVelocity, noise: torch.Tensor, generator: torch.Generator | None = None,
+                     record: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`sample` with a velocity told the step k instead of the time t_k (a head that
+        precomputes its x-free parts per grid time, :meth:`~ecar.models.heads.MixtureHead.stepper`)."""
+        a, b = (c.tolist() for c in _coefficients(self, noise.device))
+        stds = self.stds(noise.device).tolist()
         x = self.temperature * noise
+        eps = torch.randn((self.steps, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
         path, means = [x], []
         for k in range(self.steps):
-            t = g[k].to(x.dtype).expand(x.shape[:2])
-            v = velocity(x, t)
-            mean = self.step_mean(x, v, g[k], g[k + 1] - g[k])
-            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = mean + stds[k] * eps
+            mean = torch.add(x * a[k], velocity(x, k), alpha=b[k])
+            x = torch.add(mean, eps[k], alpha=stds[k])
             if record:
                 path.append(x)
                 means.append(mean)
         if not record:
             return x, None, None
         return x, torch.stack(path, dim=2), torch.stack(means, dim=2)
+
+
+@functools.lru_cache(maxsize=64)
+def _grid(steps: int, power: float, end: float, device) -> torch.Tensor:
+    return power_grid(steps, power, end, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _stds(chain: GaussianChain, device) -> torch.Tensor:
+    g = chain.grid(device).double()
+    t, dt = g[:-1], g[1:] - g[:-1]
+    return (chain.temperature * torch.sqrt(chain.noise_scale * (1 - t) * dt)).float()
+
+
+@functools.lru_cache(maxsize=64)
+def _coefficients(chain: GaussianChain, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K,), (K,): a_k = 1 − ½·s·Δ_k and b_k = Δ_k·(1 + ½·s·t_k), the step mean a_k·x + b_k·v."""
+    g = chain.grid(device).double()
+    t, dt = g[:-1], g[1:] - g[:-1]
+    return (1 - 0.5 * chain.noise_scale * dt).float(), (dt * (1 + 0.5 * chain.noise_scale * t)).float()
 
 
 def power_grid(steps: int, power: float = 1.0, end: float = 1.0, device=None) -> torch.Tensor:
