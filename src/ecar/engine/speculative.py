@@ -19,8 +19,16 @@ value: after ``max_residual_rounds`` batches without success the call raises.
 
 With ``verify="step"`` the γ·K Gaussian transitions are tested one by one instead (same
 rule, transition densities); the first rejected transition is drawn from the residual of
-two equal-covariance Gaussians (:func:`gaussian_residual`, no network call) and the
-target's chain finishes that token.
+two equal-covariance Gaussians (:func:`gaussian_residual`, no network call), and the rest
+of that token's chain is speculated again (:func:`_continue_chains`: the draft proposes the
+remaining transitions from the new state, the target tests them in one head call) until it
+reaches its end.
+
+With γ = 1 every image gains exactly one token per round, so the loop runs position by
+position for the whole batch (:func:`_generate_token_by_token`): the speculation is then
+over the K steps of each token's chain, checked in one head call instead of K sequential
+ones — on a CPU, where larger γ mainly adds passes and chains after a rejection, the
+fastest setting (docs/speculative.md).
 
 Exactness for tokens follows from exactness for paths: the token is the path's last state.
 """
@@ -293,6 +301,7 @@ def _generate_token_by_token(target: nn.Module, draft: nn.Module, tnet: GuidedCa
     context = torch.zeros(B, N, D, device=dev) if chain.finishes else tokens
     source = torch.full((B, N), ACCEPTED, dtype=torch.int8, device=dev)
     all_steps, zero = torch.full((B,), K, device=dev), torch.zeros(B, dtype=torch.long, device=dev)
+    steps_accepted = 0  # a tensor after the first token: summed without a sync per token
     for i in range(N):
         pos = torch.full((B, 1), i, dtype=torch.long, device=dev)
         prev = context[:, i - 1:i] if i else context[:, :1]
@@ -307,12 +316,12 @@ def _generate_token_by_token(target: nn.Module, draft: nn.Module, tnet: GuidedCa
         if verify == "step":
             c = accepted_prefix(step_log_ratio(path, p_means, q_means, stds)[:, 0], all_steps, generator)
             ok, k_rej = c == K, c.clamp(max=K - 1)
-            stats.steps_accepted += int(c.sum())
+            steps_accepted = steps_accepted + c.sum()
         else:
             ok, k_rej = accepted_prefix(path_log_ratio(path, p_means, q_means, stds), all_steps.clamp(max=1),
                                         generator) == 1, None
         context[:, i], tokens[:, i] = x[:, 0].to(context.dtype), finished[:, 0].to(tokens.dtype)
-        rows = (~ok).nonzero()[:, 0]
+        rows = (~ok).nonzero()[:, 0] if not bool(ok.all()) else zero[:0]
         if rows.numel():
             cols = zero[:rows.numel()]
             new, tok = _replace(tnet, dnet, chain, verify, _pick(zp, rows, cols, dbl), _pick(zq, rows, cols, dbl),
@@ -328,6 +337,7 @@ def _generate_token_by_token(target: nn.Module, draft: nn.Module, tnet: GuidedCa
     stats.rounds, stats.image_rounds = N, B * N
     stats.proposed = stats.tested = B * N
     stats.steps_proposed = B * N * K if verify == "step" else 0
+    stats.steps_accepted += int(steps_accepted)
     return {"tokens": tokens, "source": source}
 
 

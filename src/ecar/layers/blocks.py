@@ -43,16 +43,23 @@ class AdaLNBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
+    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The six adaLN vectors of condition c (a caller that reuses one c may keep them)."""
+        s1, g1, a1, s2, g2, a2 = self.ada(c).chunk(6, dim=-1)
+        if a1.dim() == 2:
+            a1, a2 = a1[:, None], a2[:, None]
+        return s1, g1, a1, s2, g2, a2
+
     def forward(
         self,
         x: torch.Tensor,
         c: torch.Tensor,
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        mod: tuple[torch.Tensor, ...] | None = None,
     ) -> torch.Tensor:
-        s1, g1, a1, s2, g2, a2 = self.ada(c).chunk(6, dim=-1)
-        if a1.dim() == 2:
-            a1, a2 = a1[:, None], a2[:, None]
+        """``mod``: :meth:`modulation` of ``c``, when the caller has it already."""
+        s1, g1, a1, s2, g2, a2 = mod if mod is not None else self.modulation(c)
         x = x + a1 * self.attn(modulate(self.norm1(x), s1, g1), mask=mask, cache=cache)
         return x + a2 * self.mlp(modulate(self.norm2(x), s2, g2))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["RaggedKVCache", "ragged_mask"]
+__all__ = ["RaggedKVCache", "check_positions", "ragged_mask"]
 
 
 class RaggedKVCache:
@@ -28,11 +28,13 @@ class RaggedKVCache:
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.pos: torch.Tensor | None = None
+        self.label_terms: tuple | None = None
+        """What a model keeps for one generation beside its cache (AR: the labels' embedding and
+        adaLN modulations, computed at the first pass)."""
 
     def at(self, pos: torch.Tensor) -> None:
         """Positions (B, L) long of the tokens the next ``extend`` writes (each < capacity)."""
-        if int(pos.max()) >= self.capacity or int(pos.min()) < 0:
-            raise ValueError(f"positions must be in [0, {self.capacity}), got {int(pos.min())}..{int(pos.max())}")
+        check_positions(pos, self.capacity)
         self.pos = pos
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,6 +49,13 @@ class RaggedKVCache:
         self.k.scatter_(2, idx, k)
         self.v.scatter_(2, idx, v)
         return self.k, self.v
+
+
+def check_positions(pos: torch.Tensor, capacity: int) -> None:
+    """Raise ValueError unless every position is in [0, capacity)."""
+    lo, hi = pos.aminmax()
+    if int(hi) >= capacity or int(lo) < 0:
+        raise ValueError(f"positions must be in [0, {capacity}), got {int(lo)}..{int(hi)}")
 
 
 def ragged_mask(pos: torch.Tensor, capacity: int) -> torch.Tensor:

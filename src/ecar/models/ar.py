@@ -24,7 +24,7 @@ from torch import nn
 
 from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions
-from ecar.layers.ragged_cache import RaggedKVCache, ragged_mask
+from ecar.layers.ragged_cache import RaggedKVCache, check_positions, ragged_mask
 from ecar.models.heads import MixtureHead, TokenGridNetwork, TokenHead, TokenHeadConfig
 from ecar.schema import check_choice
 
@@ -118,13 +118,25 @@ class AR(TokenGridNetwork):
         caches' capacity and give conditions that mean nothing), y (B,) -> z (B, L, hidden).
         Every earlier position of a row must have been written by an earlier call.
         """
-        c = self.y_embed(y)
+        c, mods = self._label_terms(y, caches)
         h = self._inputs(prev, pos, c)
+        check_positions(pos, caches[0].capacity)
         mask = ragged_mask(pos, caches[0].capacity)
-        for blk, cache in zip(self.blocks, caches):
-            cache.at(pos)
-            h = blk(h, c, mask=mask, cache=cache)
+        for blk, cache, mod in zip(self.blocks, caches, mods):
+            cache.pos = pos  # checked once above for every block's cache
+            h = blk(h, c, mask=mask, cache=cache, mod=mod)
         return self._out(h, pos)
+
+    def _label_terms(self, y: torch.Tensor, caches: list[RaggedKVCache]) -> tuple[torch.Tensor, list]:
+        """The class embedding of labels y and every block's adaLN modulation of it: computed at
+        a generation's first pass and kept with its caches (the labels are the same tensor for
+        every pass of one generation; other labels are recomputed)."""
+        memo = caches[0].label_terms
+        if memo is None or memo[0] is not y:
+            c = self.y_embed(y)
+            memo = (y, c, [blk.modulation(c) for blk in self.blocks])
+            caches[0].label_terms = memo
+        return memo[1], memo[2]
 
 
 def shares_transformer(a: nn.Module, b: nn.Module) -> bool:

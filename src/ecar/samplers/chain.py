@@ -127,8 +127,7 @@ class GaussianChain:
 
         Returns (x_K (B, M, D), path (B, M, K + 1, D) or None, means (B, M, K, D) or None):
         with ``record`` the visited states and the mean of every transition, as needed for
-        the path density. Draws: K normals of the shape of ``noise`` at once, (K, *noise.shape),
-        row k for step k.
+        the path density. Draws: K normals of the shape of ``noise``, in step order.
         """
         g = self.grid(noise.device)
         return self.sample_steps(lambda x, k: velocity(x, g[k].to(x.dtype).expand(x.shape[:2])), noise,
@@ -141,11 +140,11 @@ class GaussianChain:
         a, b = (c.tolist() for c in _coefficients(self, noise.device))
         stds = self.stds(noise.device).tolist()
         x = self.temperature * noise
-        eps = torch.randn((self.steps, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
         path, means = [x], []
         for k in range(self.steps):
             mean = torch.add(x * a[k], velocity(x, k), alpha=b[k])
-            x = torch.add(mean, eps[k], alpha=stds[k])
+            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = torch.add(mean, eps, alpha=stds[k])
             if record:
                 path.append(x)
                 means.append(mean)
