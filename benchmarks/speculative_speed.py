@@ -61,7 +61,8 @@ TARGET = ["model.depth=4", "model.hidden=128", "model.head_width=256", "model.he
           "model.context_time=0.9", "sample.time_power=2"]
 DRAFT = ["model.depth=1", "model.hidden=64", "model.heads=4", "model.head_width=64", "model.head_depth=1"]
 QUIET = ["train.tensorboard=false", "train.sample_every=0", "train.ckpt_every=0"]
-SETTINGS = ["gamma=1,verify=step", "gamma=2,verify=step", "gamma=1,verify=path", "gamma=4,verify=path"]
+SETTINGS = ["gamma=1,verify=step", "gamma=2,verify=step", "gamma=3,verify=step", "gamma=1,verify=path",
+            "gamma=4,verify=path"]
 
 
 def distill(target, draft, cfg, steps: int, batch: int, lr: float, fm_weight: float, seed: int) -> list[float]:
@@ -125,8 +126,10 @@ def main() -> None:
     ap.add_argument("--draft", help="an existing distilled draft run, e.g. WORK/draft of an earlier run "
                     "(skips the distillation; --draft-* settings are then only recorded)")
     ap.add_argument("--draft-kind", choices=("head", "network"), default="head")
-    ap.add_argument("--draft-steps", type=int, default=1000)
-    ap.add_argument("--components", type=int, default=8, help="--draft-kind head: mixture components")
+    ap.add_argument("--draft-steps", type=int, default=4000, help="distillation steps (the head's; a network "
+                    "draft was distilled 1,500 in its run)")
+    ap.add_argument("--components", type=int, default=32, help="--draft-kind head: mixture components")
+    ap.add_argument("--draft-width", type=int, default=512, help="--draft-kind head: width of the mixture MLP")
     ap.add_argument("--draft-overrides", nargs="*", default=DRAFT)
     ap.add_argument("--draft-batch", type=int, help="images per distillation step (default: 8 for a head, "
                     "whose loss runs the target's chains at every position, 32 for a network)")
@@ -164,7 +167,7 @@ def main() -> None:
         check_draft_pair(target.cfg, draft.cfg)
     elif args.draft_kind == "head":  # built from the target: a pair by construction
         t0 = time.perf_counter()
-        model, dcfg = make_draft_head(target.model, target.cfg, args.components, 256)
+        model, dcfg = make_draft_head(target.model, target.cfg, args.components, args.draft_width)
         res = distill_draft_head(target.model, model, target.cfg, sample, steps=args.draft_steps,
                                  batch=args.draft_batch, lr=args.draft_lr)
         distill_s, losses = time.perf_counter() - t0, res["losses"]

@@ -36,7 +36,7 @@ from ecar.samplers.chain import GaussianChain
 __all__ = ["distill_draft_head", "draft_config", "make_draft_head", "target_pool"]
 
 
-def draft_config(cfg: Config, components: int = 8, width: int = 256) -> Config:
+def draft_config(cfg: Config, components: int = 32, width: int = 512) -> Config:
     """The target's config with a mixture head of ``components`` and an MLP ``width``."""
     out = copy.deepcopy(cfg)
     out.model.head_type, out.model.mixture_components, out.model.head_width = "mixture", components, width
@@ -44,7 +44,7 @@ def draft_config(cfg: Config, components: int = 8, width: int = 256) -> Config:
     return out
 
 
-def make_draft_head(target: nn.Module, cfg: Config, components: int = 8, width: int = 256,
+def make_draft_head(target: nn.Module, cfg: Config, components: int = 32, width: int = 512,
                     seed: int = 0) -> tuple[nn.Module, Config]:
     """A draft network: the target's transformer weights (frozen) and a fresh mixture head."""
     if method_of(cfg.model).name != "ar":
@@ -100,7 +100,7 @@ def path_kl(dnet: GuidedCausal, h: torch.Tensor, path: torch.Tensor, means: torc
     return (mq - means).pow(2).sum(-1) / (2 * chain.stds(path.device).pow(2))
 
 
-def distill_draft_head(target: nn.Module, draft: nn.Module, cfg: Config, sample, steps: int = 1000,
+def distill_draft_head(target: nn.Module, draft: nn.Module, cfg: Config, sample, steps: int = 4000,
                        batch: int = 8, lr: float = 1e-3, pool: int = 2000, seed: int = 0,
                        on_step: Callable[[int, float], None] | None = None) -> dict:
     """Train ``draft``'s head (in place) on the target's own guided chains; returns
