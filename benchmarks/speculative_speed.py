@@ -14,9 +14,10 @@
    sampling of each network): the draft must be >= 4× cheaper.
 4. Timing: ``--time-images`` images in batches of ``--time-batch`` (speculative decoding
    pays off where a call's cost is latency, i.e. small batches), plain and speculative at
-   each of ``--settings`` (γ and verification mode), same seeds, interleaved, ``--repeats``
-   times, median; the fastest setting is the result, every setting is in the JSON. Time only
-   on a quiet machine.
+   each of ``--settings`` (γ and verification mode) and each of ``--thread-counts``, same
+   seeds, interleaved, ``--repeats`` times, median; the result is plain at its fastest thread
+   count against the fastest speculative setting (each side tuned alike), every setting is in
+   the JSON. Time only on a quiet machine.
 5. Equal distribution: FID (digits classifier features, held-out digits) of ``--fid-n``
    images per seed for plain and speculative sampling (the fastest setting) of the target,
    seeds ``--seeds``;
@@ -61,8 +62,7 @@ TARGET = ["model.depth=4", "model.hidden=128", "model.head_width=256", "model.he
           "model.context_time=0.9", "sample.time_power=2"]
 DRAFT = ["model.depth=1", "model.hidden=64", "model.heads=4", "model.head_width=64", "model.head_depth=1"]
 QUIET = ["train.tensorboard=false", "train.sample_every=0", "train.ckpt_every=0"]
-SETTINGS = ["gamma=1,verify=step", "gamma=2,verify=step", "gamma=3,verify=step", "gamma=1,verify=path",
-            "gamma=4,verify=path"]
+SETTINGS = ["gamma=1,verify=step", "gamma=2,verify=step", "gamma=3,verify=step", "gamma=4,verify=path"]
 
 
 def distill(target, draft, cfg, steps: int, batch: int, lr: float, fm_weight: float, seed: int) -> list[float]:
@@ -146,6 +146,9 @@ def main() -> None:
     ap.add_argument("--fid-n", type=int, default=1000)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument("--thread-counts", default="1,2",
+                    help="torch thread counts the timing tries for both sides (comma-separated); each side's "
+                         "fastest counts, so the baseline gets the same tuning (empty: the default only)")
     args = ap.parse_args()
     if Path(args.out).exists():
         raise SystemExit(f"error: {args.out} exists; choose a new --out")
@@ -195,17 +198,25 @@ def main() -> None:
     gflops_d = count_flops(draft.model, target.cfg, sample, batch=4)
 
     labels = labels_for(args.time_images, target.num_classes)
-    settings = [{"overrides": o, "sample": apply_sample_overrides(sample, o.split(",")), "seconds": [],
-                 "stats": None} for o in args.settings]
-    plain_s = []
+    threads = [int(t) for t in args.thread_counts.split(",")] if args.thread_counts else [torch.get_num_threads()]
+    default_threads = torch.get_num_threads()
+    plain = {th: [] for th in threads}
+    settings = [{"overrides": o, "threads": th, "sample": apply_sample_overrides(sample, o.split(",")),
+                 "seconds": [], "stats": None} for th in threads for o in args.settings]
     for r in range(args.repeats):  # interleaved, so that a drift of the machine's speed hits all alike
-        plain_s.append(timed(target, labels, sample, args.time_batch, seed=r)[0])
-        for st in settings:
-            s, st["stats"] = timed(target, labels, st["sample"], args.time_batch, seed=r, draft=draft.model)
-            st["seconds"].append(s)
-    med_p = statistics.median(plain_s)
+        for th in threads:
+            torch.set_num_threads(th)
+            plain[th].append(timed(target, labels, sample, args.time_batch, seed=r)[0])
+            for st in (st for st in settings if st["threads"] == th):
+                s, st["stats"] = timed(target, labels, st["sample"], args.time_batch, seed=r, draft=draft.model)
+                st["seconds"].append(s)
+    torch.set_num_threads(default_threads)
+    # each side at its own best: plain at its fastest thread count, speculative at its fastest setting
+    best_threads = min(threads, key=lambda th: statistics.median(plain[th]))
+    plain_s, med_p = plain[best_threads], statistics.median(plain[best_threads])
     for st in settings:
         st["speedup"] = med_p / statistics.median(st["seconds"])
+        st["speedup_same_threads"] = statistics.median(plain[st["threads"]]) / statistics.median(st["seconds"])
     best = max(settings, key=lambda st: st["speedup"])
     spec_s, stats, sample = best["seconds"], best["stats"], best["sample"]
 
@@ -242,10 +253,14 @@ def main() -> None:
                   "gflops_per_image": gflops_d, "distillation": distillation},
         "draft_cheaper_by": gflops_t / gflops_d,
         "sample": {k: v for k, v in vars(sample).items()},
-        "timing": {"images": args.time_images, "batch": args.time_batch, "plain_s": plain_s,
-                   "best": best["overrides"], "speculative_s": spec_s, "speedup": med_p / med_s, "stats": stats,
-                   "settings": [{"overrides": st["overrides"], "speculative_s": st["seconds"],
-                                 "speedup": st["speedup"], "stats": st["stats"]} for st in settings],
+        "timing": {"images": args.time_images, "batch": args.time_batch, "plain_threads": best_threads,
+                   "plain_s": plain_s, "plain_s_by_threads": {str(th): v for th, v in plain.items()},
+                   "best": best["overrides"], "best_threads": best["threads"], "speculative_s": spec_s,
+                   "speedup": med_p / med_s, "stats": stats,
+                   "settings": [{"overrides": st["overrides"], "threads": st["threads"],
+                                 "speculative_s": st["seconds"], "speedup": st["speedup"],
+                                 "speedup_same_threads": st["speedup_same_threads"], "stats": st["stats"]}
+                                for st in settings],
                    "sequential_calls": sequential_calls(stats, args.time_images, args.time_batch, sample.steps,
                                                         target.model.num_tokens)},
         "fid": {k: summary(v) for k, v in fids.items()},

@@ -117,7 +117,7 @@ class GuidedCausal:
             self.head_calls += 1
             if not self.doubled:
                 return head(x, k)
-            vc, vu = head(x, k)
+            vc, vu = head(x, k).unbind(0)
             return torch.lerp(vu, vc, w)
 
         return v

@@ -43,6 +43,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         head_dim = dim // heads
+        self.qk_norm = qk_norm
         self.q_norm = nn.LayerNorm(head_dim) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(head_dim) if qk_norm else nn.Identity()
 
@@ -53,9 +54,9 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if cache is not None:
             k, v = cache.extend(k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

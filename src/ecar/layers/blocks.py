@@ -44,11 +44,13 @@ class AdaLNBlock(nn.Module):
         nn.init.zeros_(self.ada[1].bias)
 
     def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The six adaLN vectors of condition c (a caller that reuses one c may keep them)."""
-        s1, g1, a1, s2, g2, a2 = self.ada(c).chunk(6, dim=-1)
-        if a1.dim() == 2:
-            a1, a2 = a1[:, None], a2[:, None]
-        return s1, g1, a1, s2, g2, a2
+        """The adaLN terms of condition c: shift, 1 + scale and gate of both sublayers, with a
+        token axis (a caller that reuses one c may keep them)."""
+        mod = self.ada(c).chunk(6, dim=-1)
+        if c.dim() == 2:
+            mod = [m[:, None] for m in mod]
+        s1, g1, a1, s2, g2, a2 = mod
+        return s1, 1 + g1, a1, s2, 1 + g2, a2
 
     def forward(
         self,
@@ -60,8 +62,8 @@ class AdaLNBlock(nn.Module):
     ) -> torch.Tensor:
         """``mod``: :meth:`modulation` of ``c``, when the caller has it already."""
         s1, g1, a1, s2, g2, a2 = mod if mod is not None else self.modulation(c)
-        x = x + a1 * self.attn(modulate(self.norm1(x), s1, g1), mask=mask, cache=cache)
-        return x + a2 * self.mlp(modulate(self.norm2(x), s2, g2))
+        x = torch.addcmul(x, a1, self.attn(torch.addcmul(s1, self.norm1(x), g1), mask=mask, cache=cache))
+        return torch.addcmul(x, a2, self.mlp(torch.addcmul(s2, self.norm2(x), g2)))
 
 
 class AdaLNResBlock(nn.Module):

@@ -201,6 +201,5 @@ class MixtureHead(nn.Module):
         against x: conditional and null halves (2, B, N, P) give both velocities of one x."""
         logw, mu, var = self._unpack(zc)
         t = times.to(zc.dtype).reshape(-1, *([1] * (zc.dim() + 1)))  # against (K, …, k, D)
-        terms = self._terms(logw[None], mu[None], var[None], t)
-        bias = terms[2]  # (K, B, N, k): one fewer broadcast dim than the rest
-        return lambda x, k: self._velocity(x, terms[0][k], terms[1][k], bias[k], terms[3][k], terms[4][k])
+        per_step = list(zip(*(term.unbind(0) for term in self._terms(logw[None], mu[None], var[None], t))))
+        return lambda x, k: self._velocity(x, *per_step[k])  # a list lookup per step, no tensor indexing
