@@ -200,23 +200,23 @@ def main() -> None:
     labels = labels_for(args.time_images, target.num_classes)
     threads = [int(t) for t in args.thread_counts.split(",")] if args.thread_counts else [torch.get_num_threads()]
     default_threads = torch.get_num_threads()
-    plain = {th: [] for th in threads}
+    plain_times = {th: [] for th in threads}
     settings = [{"overrides": o, "threads": th, "sample": apply_sample_overrides(sample, o.split(",")),
                  "seconds": [], "stats": None} for th in threads for o in args.settings]
     for r in range(args.repeats):  # interleaved, so that a drift of the machine's speed hits all alike
         for th in threads:
             torch.set_num_threads(th)
-            plain[th].append(timed(target, labels, sample, args.time_batch, seed=r)[0])
+            plain_times[th].append(timed(target, labels, sample, args.time_batch, seed=r)[0])
             for st in (st for st in settings if st["threads"] == th):
                 s, st["stats"] = timed(target, labels, st["sample"], args.time_batch, seed=r, draft=draft.model)
                 st["seconds"].append(s)
     torch.set_num_threads(default_threads)
     # each side at its own best: plain at its fastest thread count, speculative at its fastest setting
-    best_threads = min(threads, key=lambda th: statistics.median(plain[th]))
-    plain_s, med_p = plain[best_threads], statistics.median(plain[best_threads])
+    best_threads = min(threads, key=lambda th: statistics.median(plain_times[th]))
+    plain_s, med_p = plain_times[best_threads], statistics.median(plain_times[best_threads])
     for st in settings:
         st["speedup"] = med_p / statistics.median(st["seconds"])
-        st["speedup_same_threads"] = statistics.median(plain[st["threads"]]) / statistics.median(st["seconds"])
+        st["speedup_same_threads"] = statistics.median(plain_times[st["threads"]]) / statistics.median(st["seconds"])
     best = max(settings, key=lambda st: st["speedup"])
     spec_s, stats, sample = best["seconds"], best["stats"], best["sample"]
 
@@ -254,7 +254,7 @@ def main() -> None:
         "draft_cheaper_by": gflops_t / gflops_d,
         "sample": {k: v for k, v in vars(sample).items()},
         "timing": {"images": args.time_images, "batch": args.time_batch, "plain_threads": best_threads,
-                   "plain_s": plain_s, "plain_s_by_threads": {str(th): v for th, v in plain.items()},
+                   "plain_s": plain_s, "plain_s_by_threads": {str(th): v for th, v in plain_times.items()},
                    "best": best["overrides"], "best_threads": best["threads"], "speculative_s": spec_s,
                    "speedup": med_p / med_s, "stats": stats,
                    "settings": [{"overrides": st["overrides"], "threads": st["threads"],
