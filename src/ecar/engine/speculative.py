@@ -244,7 +244,8 @@ def _continue_chains(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChai
     rows = torch.arange(x.shape[0], device=dev)
     while rows.numel():
         s0, d = int(done[rows].min()), done[rows]
-        rp, rq, p = GuidedCausal.rows(zp, rows, dbl)[:, None], GuidedCausal.rows(zq, rows, dbl)[:, None], pos[rows, None]
+        rp, rq = (GuidedCausal.rows(z, rows, dbl)[:, None] for z in (zp, zq))
+        p = pos[rows, None]
         cur, states, q_means = state[rows, None], [state[rows, None]], []
         v = dnet.step_velocity(rq, p, grid)
         for k in range(s0, K):
@@ -278,7 +279,8 @@ def _replace(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain, verif
     """New draws for R rejected proposals with target and draft conditions zp, zq (R or 2R, F) at
     positions pos (R,): the chain state (R, D) at its end and the token (R, D) the target
     finishes it to. ``step``: the rejected transition k (R,) from the Gaussian residual of the
-    two means (R, K, D) there, then the target's chain; ``path``: the path residual."""
+    two means (R, K, D) there, then the rest of the chain speculated again
+    (:func:`_continue_chains`); ``path``: the path residual."""
     stats.residual_tokens += pos.shape[0]
     if verify == "step":
         r, m = torch.arange(k.shape[0], device=k.device), max(residual_batch, 64)
