@@ -88,10 +88,14 @@ class GuidedCausal:
         """prev (B, L, D), pos (B, L) -> projected head conditions (B or 2B, L, head_width)."""
         return self.model.head_condition(self.hidden(prev, pos))
 
+    def _weights(self, pos: torch.Tensor) -> torch.Tensor:
+        """Guidance scales (…, 1) of token positions pos (positions past N take the last one)."""
+        return self.scales[pos.clamp(max=len(self.scales) - 1)][..., None]
+
     def velocity(self, zc: torch.Tensor, pos: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The guided head velocity v(x (B, M, D), t (B, M)) for rows with conditions zc
         (B or 2B, M, head_width) at token positions pos (B, M)."""
-        w = self.scales[pos.clamp(max=len(self.scales) - 1)][..., None]
+        w = self._weights(pos)
 
         def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             self.head_calls += 1
@@ -110,7 +114,7 @@ class GuidedCausal:
         if stepper is None:
             v = self.velocity(zc, pos)
             return lambda x, k: v(x, grid[k].to(x.dtype).expand(x.shape[:2]))
-        w = self.scales[pos.clamp(max=len(self.scales) - 1)][..., None].to(zc.dtype)
+        w = self._weights(pos).to(zc.dtype)
         head = stepper(zc.unflatten(0, (2, -1)) if self.doubled else zc, grid[:-1])  # both halves at once
 
         def v(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -197,11 +197,6 @@ def _check_rounds(rounds: int, max_rounds: int, rows: int, candidates: int) -> N
             "that differs less erratically from the target")
 
 
-def _keep(z: torch.Tensor, keep: torch.Tensor, doubled: bool) -> torch.Tensor:
-    """Rows ``keep`` (bool, R) of a (R or 2R, …) tensor, both halves kept."""
-    return torch.cat([h[keep] for h in z.chunk(2)]) if doubled else z[keep]
-
-
 def _residual_paths(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain, zp: torch.Tensor,
                     zq: torch.Tensor, pos: torch.Tensor, m: int, generator, max_rounds: int,
                     stats: SpeculativeStats) -> torch.Tensor:
@@ -223,7 +218,7 @@ def _residual_paths(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain
         ok = first >= 0
         stats.residual_candidates += int(ok.numel()) * m
         out[rows[ok]] = y[ok.nonzero()[:, 0], first[ok]].to(out.dtype)
-        rows, zp, zq = rows[~ok], _keep(zp, ~ok, dbl), _keep(zq, ~ok, dbl)
+        rows, zp, zq = rows[~ok], GuidedCausal.rows(zp, ~ok, dbl), GuidedCausal.rows(zq, ~ok, dbl)
     stats.residual_rounds += rounds
     return out
 
@@ -302,7 +297,7 @@ def _generate_token_by_token(target: nn.Module, draft: nn.Module, tnet: GuidedCa
     tokens = torch.zeros(B, N, D, device=dev)
     context = torch.zeros(B, N, D, device=dev) if chain.finishes else tokens
     source = torch.full((B, N), ACCEPTED, dtype=torch.int8, device=dev)
-    all_steps, zero = torch.full((B,), K, device=dev), torch.zeros(B, dtype=torch.long, device=dev)
+    all_steps, one, zero = (torch.full((B,), v, dtype=torch.long, device=dev) for v in (K, 1, 0))
     steps_accepted = 0  # a tensor after the first token: summed without a sync per token
     for i in range(N):
         pos = torch.full((B, 1), i, dtype=torch.long, device=dev)
@@ -320,8 +315,7 @@ def _generate_token_by_token(target: nn.Module, draft: nn.Module, tnet: GuidedCa
             ok, k_rej = c == K, c.clamp(max=K - 1)
             steps_accepted = steps_accepted + c.sum()
         else:
-            ok, k_rej = accepted_prefix(path_log_ratio(path, p_means, q_means, stds), all_steps.clamp(max=1),
-                                        generator) == 1, None
+            ok, k_rej = accepted_prefix(path_log_ratio(path, p_means, q_means, stds), one, generator) == 1, None
         context[:, i], tokens[:, i] = x[:, 0].to(context.dtype), finished[:, 0].to(tokens.dtype)
         rows = (~ok).nonzero()[:, 0] if not bool(ok.all()) else zero[:0]
         if rows.numel():

@@ -3,9 +3,9 @@
 :class:`~ecar.layers.attention.KVCache` appends the same number of tokens to every row. A
 speculative round accepts a different number of tokens per image, so each row of the batch
 has its own length. :class:`RaggedKVCache` keeps keys and values in a fixed buffer indexed by
-position: a call writes the new tokens' keys at their positions (``at(pos)`` before the
-call) and returns the whole buffer; the caller's attention mask lets a query at position p
-see the slots <= p only. Rolling back is free: slots past a row's accepted length are never
+position: a call writes the new tokens' keys at their positions (:func:`set_positions`
+before the call) and returns the whole buffer; the caller's attention mask lets a query at
+position p see the slots <= p only. Rolling back is free: slots past a row's accepted length are never
 read before they are written again.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["RaggedKVCache", "check_positions", "ragged_mask"]
+__all__ = ["RaggedKVCache", "ragged_mask", "set_positions"]
 
 
 class RaggedKVCache:
@@ -32,15 +32,11 @@ class RaggedKVCache:
         """What a model keeps for one generation beside its cache (AR: the labels' embedding and
         adaLN modulations, computed at the first pass)."""
 
-    def at(self, pos: torch.Tensor) -> None:
-        """Positions (B, L) long of the tokens the next ``extend`` writes (each < capacity)."""
-        check_positions(pos, self.capacity)
-        self.pos = pos
-
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, heads, L, head_dim) at the positions of :meth:`at`; return the buffers."""
+        """Write k, v (B, heads, L, head_dim) at the positions :func:`set_positions` gave; return
+        the buffers."""
         if self.pos is None:
-            raise RuntimeError("RaggedKVCache.at(positions) must be called before each forward pass")
+            raise RuntimeError("set_positions(caches, positions) must be called before each forward pass")
         b, h, _, d = k.shape
         if self.k is None:
             self.k = k.new_zeros(b, h, self.capacity, d)
@@ -51,11 +47,15 @@ class RaggedKVCache:
         return self.k, self.v
 
 
-def check_positions(pos: torch.Tensor, capacity: int) -> None:
-    """Raise ValueError unless every position is in [0, capacity)."""
+def set_positions(caches: list[RaggedKVCache], pos: torch.Tensor) -> None:
+    """Positions (B, L) long of the tokens the next ``extend`` of every cache of one pass writes,
+    checked once for all of them (each must be in [0, capacity))."""
+    capacity = caches[0].capacity
     lo, hi = pos.aminmax()
     if int(hi) >= capacity or int(lo) < 0:
         raise ValueError(f"positions must be in [0, {capacity}), got {int(lo)}..{int(hi)}")
+    for cache in caches:
+        cache.pos = pos
 
 
 def ragged_mask(pos: torch.Tensor, capacity: int) -> torch.Tensor:

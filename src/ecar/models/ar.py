@@ -24,7 +24,7 @@ from torch import nn
 
 from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions
-from ecar.layers.ragged_cache import RaggedKVCache, check_positions, ragged_mask
+from ecar.layers.ragged_cache import RaggedKVCache, ragged_mask, set_positions
 from ecar.models.heads import MixtureHead, TokenGridNetwork, TokenHead, TokenHeadConfig
 from ecar.schema import check_choice
 
@@ -120,10 +120,9 @@ class AR(TokenGridNetwork):
         """
         c, mods = self._label_terms(y, caches)
         h = self._inputs(prev, pos, c)
-        check_positions(pos, caches[0].capacity)
+        set_positions(caches, pos)
         mask = ragged_mask(pos, caches[0].capacity)
         for blk, cache, mod in zip(self.blocks, caches, mods):
-            cache.pos = pos  # checked once above for every block's cache
             h = blk(h, c, mask=mask, cache=cache, mod=mod)
         return self._out(h, pos)
 
