@@ -31,7 +31,7 @@ def test_mixture_velocity_is_the_exact_flow_velocity_of_the_mixture(t):
     head = MixtureHead(1, 4, 16, 3).double().requires_grad_(False)
     torch.manual_seed(0)
     zc = head.project(torch.randn(1, 1, 4, dtype=torch.float64))
-    logw, mu, var = zc[0, 0, :3], zc[0, 0, 3:6], zc[0, 0, 6:9]
+    logw, mu, var = (v[0, 0].reshape(3) for v in head._unpack(zc))
     x1 = torch.linspace(-12, 12, 400_001, dtype=torch.float64)
     prior = (logw[:, None] + torch.distributions.Normal(mu[:, None], var[:, None].sqrt()).log_prob(x1)).logsumexp(0)
     for x in (-1.3, 0.1, 0.8):
@@ -45,28 +45,33 @@ def test_mixture_velocity_is_the_exact_flow_velocity_of_the_mixture(t):
         assert float(got) == pytest.approx(expected, abs=1e-5)
 
 
-def test_mixture_stepper_and_step_chain_reproduce_the_velocity_and_the_chain():
-    """The stepper's precomputed velocity equals the head's forward at every grid time, and a
-    chain run by ``sample_steps`` on it (guided, as in the engine) draws the same path as
-    ``sample`` from the same generator state."""
+def test_mixture_chain_means_and_step_chain_reproduce_the_velocity_and_the_chain():
+    """The mixture head's precomputed step means equal a_k·x + b_k·v(x, t_k) of its forward
+    velocity at every grid time, unguided and guided (halves mixed by their weights), and a
+    chain run by ``sample_steps`` on them (guided, as in the engine) draws the same path as
+    ``sample`` on the forward velocity from the same generator state."""
     from ecar.engine.causal import GuidedCausal
     from ecar.samplers.chain import GaussianChain
 
     head = MixtureHead(4, 8, 16, 5).requires_grad_(False)
-    zc = head.project(torch.randn(3, 2, 8))
+    zc = head.project(torch.randn(2, 3, 2, 8))
     x = torch.randn(3, 2, 4)
+    w = torch.rand(3, 2, 1) * 3
     chain = GaussianChain(6, 1.0, 0.9, 2.0, 0.9)
-    grid = chain.grid()
-    step = head.stepper(zc, grid[:-1])
+    grid, (a, b) = chain.grid(), chain.coefficients()
+    plain = head.chain_means(zc[0], grid[:-1], a, b)
+    guided = head.chain_means(zc, grid[:-1], a, b, w)
     for k in range(6):
-        assert torch.allclose(step(x, k), head(x, grid[k], zc), atol=1e-6)
+        vc, vu = head(x, grid[k], zc[0]), head(x, grid[k], zc[1])
+        assert torch.allclose(plain(x, k), chain.step_mean(x, vc, k), atol=1e-5)
+        assert torch.allclose(guided(x, k), chain.step_mean(x, vu + w * (vc - vu), k), atol=1e-5)
     _, model = _net(1, "model.head_type=mixture", "model.mixture_components=5")
     net = GuidedCausal(model, torch.tensor([1, 7]), (2.0,) * model.num_tokens, model.num_tokens)
     z = net.condition(torch.zeros(2, 1, model.token_dim), torch.zeros(2, 1, dtype=torch.long))
     pos = torch.zeros(2, 1, dtype=torch.long)
     noise = torch.randn(2, 1, model.token_dim)
     a = chain.sample(net.velocity(z, pos), noise, torch.Generator().manual_seed(3), record=True)
-    b = chain.sample_steps(net.step_velocity(z, pos, grid), noise, torch.Generator().manual_seed(3), record=True)
+    b = chain.sample_steps(net.step_means(z, pos, chain), noise, torch.Generator().manual_seed(3), record=True)
     for u, v in zip(a, b):
         assert torch.allclose(u, v, atol=1e-5)
 

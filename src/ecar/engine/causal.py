@@ -26,7 +26,7 @@ from torch import nn
 
 from ecar.engine.units import UnitReport
 from ecar.samplers import SAMPLER_NAMES
-from ecar.samplers.chain import GaussianChain, StepVelocity, power_grid
+from ecar.samplers.chain import GaussianChain, StepMean, power_grid
 from ecar.samplers.temperature import integrate_at_temperature
 
 __all__ = ["CausalSampleConfig", "GuidedCausal", "generate_causal"]
@@ -106,25 +106,23 @@ class GuidedCausal:
 
         return v
 
-    def step_velocity(self, zc: torch.Tensor, pos: torch.Tensor, grid: torch.Tensor) -> StepVelocity:
-        """:meth:`velocity` told the step k of a chain on ``grid`` (K + 1,) instead of its time: a
-        head with a ``stepper`` (:meth:`~ecar.models.heads.MixtureHead.stepper`) prepares its
-        x-free parts once for every grid time; any other head is called at t_k."""
-        stepper = getattr(self.model.head, "stepper", None)
-        if stepper is None:
-            v = self.velocity(zc, pos)
-            return lambda x, k: v(x, grid[k].to(x.dtype).expand(x.shape[:2]))
-        w = self._weights(pos).to(zc.dtype)
-        head = stepper(zc.unflatten(0, (2, -1)) if self.doubled else zc, grid[:-1])  # both halves at once
+    def step_means(self, zc: torch.Tensor, pos: torch.Tensor, chain: GaussianChain) -> StepMean:
+        """The guided step means of ``chain`` for rows with conditions zc (B or 2B, M, head_width)
+        at token positions pos (B, M): a head with ``chain_means``
+        (:meth:`~ecar.models.heads.MixtureHead.chain_means`) prepares its x-free parts once for
+        every step, both halves at once; any other head is called at t_k (:meth:`velocity`)."""
+        chain_means = getattr(self.model.head, "chain_means", None)
+        if chain_means is None:
+            return chain.step_means(self.velocity(zc, pos), zc.device)
+        a, b = chain.coefficients(zc.device)
+        m = chain_means(zc.unflatten(0, (2, -1)) if self.doubled else zc, chain.grid(zc.device)[:-1], a, b,
+                        self._weights(pos) if self.doubled else None)
 
-        def v(x: torch.Tensor, k: int) -> torch.Tensor:
+        def counted(x: torch.Tensor, k: int) -> torch.Tensor:
             self.head_calls += 1
-            if not self.doubled:
-                return head(x, k)
-            vc, vu = head(x, k).unbind(0)
-            return torch.lerp(vu, vc, w)
+            return m(x, k)
 
-        return v
+        return counted
 
     @staticmethod
     def rows(zc: torch.Tensor, index: torch.Tensor, doubled: bool) -> torch.Tensor:

@@ -234,7 +234,7 @@ def _continue_chains(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChai
     before its own ``done`` are held (its state copied) and count as accepted. Conditions
     zp, zq (R or 2R, F), positions (R,). Returns (x_K (R, D), finished tokens (R, D))."""
     K, dev, dbl = chain.steps, x.device, tnet.doubled
-    stds, grid = chain.stds(dev), chain.grid(dev)
+    stds = chain.stds(dev)
     state, token, done = x.clone(), torch.empty_like(x), done.clone()
     rows = torch.arange(x.shape[0], device=dev)
     while rows.numel():
@@ -242,9 +242,9 @@ def _continue_chains(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChai
         rp, rq = (GuidedCausal.rows(z, rows, dbl)[:, None] for z in (zp, zq))
         p = pos[rows, None]
         cur, states, q_means = state[rows, None], [state[rows, None]], []
-        v = dnet.step_velocity(rq, p, grid)
+        m = dnet.step_means(rq, p, chain)
         for k in range(s0, K):
-            mean = chain.step_mean(cur, v(cur, k), k)
+            mean = m(cur, k)
             eps = torch.randn(cur.shape, generator=generator, device=dev, dtype=cur.dtype)
             cur = torch.where((d <= k)[:, None, None], mean + stds[k] * eps, cur)
             states.append(cur), q_means.append(mean)
@@ -293,7 +293,7 @@ def _generate_token_by_token(target: nn.Module, draft: nn.Module, tnet: GuidedCa
     each token's chain; the target checks them in one head call (K + 1 rows with its finishing
     step) instead of running them one after the other."""
     B, N, D, dev = tnet.batch, target.num_tokens, target.token_dim, tnet.labels.device
-    K, stds, grid, dbl = chain.steps, chain.stds(dev), chain.grid(dev), tnet.doubled
+    K, stds, dbl = chain.steps, chain.stds(dev), tnet.doubled
     tokens = torch.zeros(B, N, D, device=dev)
     context = torch.zeros(B, N, D, device=dev) if chain.finishes else tokens
     source = torch.full((B, N), ACCEPTED, dtype=torch.int8, device=dev)
@@ -308,7 +308,7 @@ def _generate_token_by_token(target: nn.Module, draft: nn.Module, tnet: GuidedCa
         else:
             zq, zp = dnet.condition(prev, pos), tnet.condition(prev, pos)
         noise = torch.randn((B, 1, D), generator=generator, device=dev)
-        x, path, q_means = chain.sample_steps(dnet.step_velocity(zq, pos, grid), noise, generator, record=True)
+        x, path, q_means = chain.sample_steps(dnet.step_means(zq, pos, chain), noise, generator, record=True)
         p_means, finished = _verify(tnet, zp, pos, chain, path)
         if verify == "step":
             c = accepted_prefix(step_log_ratio(path, p_means, q_means, stds)[:, 0], all_steps, generator)
@@ -362,7 +362,7 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
     chain = settings.chain()
     shared = share_passes and shares_transformer(target, draft)
     B, N, D, dev = labels.shape[0], target.num_tokens, target.token_dim, labels.device
-    K, stds, grid = chain.steps, chain.stds(dev), chain.grid(dev)
+    K, stds = chain.steps, chain.stds(dev)
     tnet = GuidedCausal(target, labels, settings.guidance, N + gamma)
     dnet = GuidedCausal(draft, labels, settings.guidance, N + gamma)
     dbl = tnet.doubled
@@ -391,7 +391,7 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
             else:
                 z = dnet.condition(prev, pos[:, j:j + 1])
             noise = torch.randn((B, 1, D), generator=generator, device=dev)
-            x, path, mq = chain.sample_steps(dnet.step_velocity(z, pos[:, j:j + 1], grid), noise, generator,
+            x, path, mq = chain.sample_steps(dnet.step_means(z, pos[:, j:j + 1], chain), noise, generator,
                                              record=True)
             props.append(x), paths.append(path), q_means.append(mq), zq.append(z)
             prev = x

@@ -158,16 +158,16 @@ class MixtureHead(nn.Module):
                                  nn.Linear(width, components * (1 + 2 * token_dim)))
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
-        """(…, cond_dim) -> (…, k·(1 + 2·D)): log weights, means and variances, packed."""
-        k, d = self.k, self.dim
-        raw = self.mlp(z)
-        logw = torch.log_softmax(raw[..., :k], dim=-1)
-        var = torch.exp(2 * raw[..., k + k * d:].clamp(-7.0, 2.0))
-        return torch.cat([logw, raw[..., k:k + k * d], var], dim=-1)
+        """(…, cond_dim) -> (…, k·(1 + 2·D)): the mixture's parameters, packed and raw (log weights
+        up to a constant, means, half log variances before clamping; :meth:`_unpack` reads them)."""
+        return self.mlp(z)
 
     def _unpack(self, zc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Packed parameters -> log weights (…, k) up to a constant (the velocity's posterior
+        weights normalise them), means and variances (…, k, D)."""
         k, d = self.k, self.dim
-        return zc[..., :k], zc[..., k:k + k * d].unflatten(-1, (k, d)), zc[..., k + k * d:].unflatten(-1, (k, d))
+        var = torch.exp(2 * zc[..., k + k * d:].clamp(-7.0, 2.0))
+        return zc[..., :k], zc[..., k:k + k * d].unflatten(-1, (k, d)), var.unflatten(-1, (k, d))
 
     @staticmethod
     def _terms(logw, mu, var, t):
@@ -193,13 +193,48 @@ class MixtureHead(nn.Module):
         t = u[..., None, None] if u.dim() else u  # against (B, N, k, D)
         return self._velocity(x, *self._terms(*self._unpack(zc), t))
 
-    def stepper(self, zc: torch.Tensor, times: torch.Tensor):
-        """The velocity on a fixed time grid, its x-free parts computed once for all times:
-        zc (…, B, N, P) from :meth:`project`, times (K,) -> ``v(x (B, N, D), k) -> (…, B, N, D)``,
-        the velocity at time ``times[k]`` (what a Gaussian chain needs at each of its steps; same
-        values as :meth:`forward`, far fewer operations per step). Leading dims of zc broadcast
-        against x: conditional and null halves (2, B, N, P) give both velocities of one x."""
+    def chain_means(self, zc: torch.Tensor, times: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                    weights: torch.Tensor | None = None):
+        """The transition means of a Gaussian chain on this head's velocity, its x-free parts
+        computed once for every step: zc (B, N, P) from :meth:`project`, the chain's times t_k
+        and step coefficients a_k, b_k (K,) -> ``m(x (B, N, D), k) -> (B, N, D)``, the mean
+        a_k·x + b_k·v(x, t_k) of step k (:meth:`~ecar.samplers.chain.GaussianChain.step_mean`).
+        With ``weights`` w (B, N, 1), zc (2, B, N, P) holds a conditional and a null half and
+        the mean is that of the guided velocity v_null + w·(v_cond − v_null).
+
+        Same values as :meth:`forward` up to rounding, in 7 tensor operations a step: with
+        posterior weights r_i, the mean is Σ_i r_i·(b_k·a_i + (b_k·c_i + a_k)·x) (Σ_i r_i = 1),
+        so one matrix product of r with the stacked per-component maps gives it, and the
+        logits log w_i − ½·Σ log S_i − Σ (x − t·μ_i)²/(2·S_i) are one matrix product of the
+        features (x², x, 1) with precomputed coefficients. The guided mix is linear too, so
+        it is applied once to those products."""
         logw, mu, var = self._unpack(zc)
-        t = times.to(zc.dtype).reshape(-1, *([1] * (zc.dim() + 1)))  # against (K, …, k, D)
-        per_step = list(zip(*(term.unbind(0) for term in self._terms(logw[None], mu[None], var[None], t))))
-        return lambda x, k: self._velocity(x, *per_step[k])  # a list lookup per step, no tensor indexing
+        shape = (-1, *([1] * (mu.dim())))  # (K, 1, …) against (K, …, k, D)
+        t, a, b = (v.to(zc.dtype).reshape(shape) for v in (times, a, b))
+        s = torch.addcmul((1 - t) ** 2, t * t, var)
+        c = torch.addcmul(t - 1, t, var) / s
+        tmu = t * mu
+        lin = tmu / s  # 2·(t·μ)/(2·S): the logit's linear coefficient
+        bias = torch.add(logw, torch.addcmul(torch.log(s), tmu, lin).sum(-1), alpha=-0.5)
+        logit_map = torch.cat([-0.5 / s, lin, bias[..., None]], dim=-1).transpose(-1, -2)  # (K, …, 2D + 1, k)
+        mean_map = torch.cat([b * torch.addcmul(mu, c, tmu, value=-1), torch.addcmul(a, b, c)], dim=-1)
+        rows = mu.shape[:-2].numel()  # (halves ×) B × N: one small matrix pair per row and step
+        logit_maps = logit_map.reshape(len(t), rows, *logit_map.shape[-2:]).unbind(0)  # lists: no indexing per step
+        mean_maps = mean_map.reshape(len(t), rows, *mean_map.shape[-2:]).unbind(0)
+        d, ones, lead = self.dim, None, mu.shape[:-4]  # lead: () or (2,), the halves
+        w = None if weights is None else weights.to(zc.dtype)
+
+        def m(x: torch.Tensor, k: int) -> torch.Tensor:
+            nonlocal ones
+            if ones is None or ones.shape[:-1] != x.shape[:-1]:
+                ones = x.new_ones((*x.shape[:-1], 1))
+            feats = torch.cat([x * x, x, ones], dim=-1).reshape(-1, 1, 2 * d + 1)  # (B·N, 1, 2D + 1)
+            if w is not None:
+                feats = torch.cat([feats, feats])
+            y = torch.bmm(torch.softmax(torch.bmm(feats, logit_maps[k]), dim=-1), mean_maps[k])
+            y = y.view(*lead, *x.shape[:-1], 2 * d)
+            if w is not None:
+                y = torch.lerp(y[1], y[0], w)
+            return torch.addcmul(y[..., :d], y[..., d:], x)
+
+        return m

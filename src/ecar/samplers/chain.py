@@ -33,13 +33,14 @@ from typing import Callable
 
 import torch
 
-__all__ = ["GaussianChain", "StepVelocity", "path_log_ratio", "power_grid", "step_log_ratio"]
+__all__ = ["GaussianChain", "StepMean", "path_log_ratio", "power_grid", "step_log_ratio"]
 
 RowVelocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``v(x (B, M, D), t (B, M)) -> (B, M, D)``: a velocity with one time per row."""
 
-StepVelocity = Callable[[torch.Tensor, int], torch.Tensor]
-"""``v(x (B, M, D), k) -> (B, M, D)``: a velocity at the chain's grid time t_k."""
+StepMean = Callable[[torch.Tensor, int], torch.Tensor]
+"""``m(x (B, M, D), k) -> (B, M, D)``: the mean of step k of a chain from state x (its
+:meth:`GaussianChain.step_mean` at the velocity there)."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,17 @@ class GaussianChain:
         a, b = _coefficients(self, x.device)
         return x * a[k].to(x.dtype) + v * b[k].to(x.dtype)
 
+    def coefficients(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K,), (K,): a_k and b_k of :meth:`step_mean` (cached like :meth:`grid`)."""
+        return _coefficients(self, torch.device(device) if device is not None else None)
+
+    def step_means(self, velocity: RowVelocity, device=None) -> StepMean:
+        """The step means m_k(x) of a chain on ``velocity`` (one call at t_k per step)."""
+        g = self.grid(device)
+        times = [g[k] for k in range(self.steps)]
+        a, b = (c.tolist() for c in self.coefficients(device))
+        return lambda x, k: torch.add(x * a[k], velocity(x, times[k].to(x.dtype).expand(x.shape[:2])), alpha=b[k])
+
     def sample(self, velocity: RowVelocity, noise: torch.Tensor, generator: torch.Generator | None = None,
                record: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Run the chain from x_0 = τ·noise (B, M, D), K sequential velocity calls.
@@ -129,20 +141,17 @@ class GaussianChain:
         with ``record`` the visited states and the mean of every transition, as needed for
         the path density. Draws: K normals of the shape of ``noise``, in step order.
         """
-        g = self.grid(noise.device)
-        return self.sample_steps(lambda x, k: velocity(x, g[k].to(x.dtype).expand(x.shape[:2])), noise,
-                                 generator, record)
+        return self.sample_steps(self.step_means(velocity, noise.device), noise, generator, record)
 
-    def sample_steps(self, velocity: StepVelocity, noise: torch.Tensor, generator: torch.Generator | None = None,
+    def sample_steps(self, step_mean: StepMean, noise: torch.Tensor, generator: torch.Generator | None = None,
                      record: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """:meth:`sample` with a velocity told the step k instead of the time t_k (a head that
-        precomputes its x-free parts per grid time, :meth:`~ecar.models.heads.MixtureHead.stepper`)."""
-        a, b = (c.tolist() for c in _coefficients(self, noise.device))
+        """:meth:`sample` with the step means given (a head that precomputes its x-free parts per
+        grid time, :meth:`~ecar.models.heads.MixtureHead.chain_means`)."""
         stds = self.stds(noise.device).tolist()
         x = self.temperature * noise
         path, means = [x], []
         for k in range(self.steps):
-            mean = torch.add(x * a[k], velocity(x, k), alpha=b[k])
+            mean = step_mean(x, k)
             eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = torch.add(mean, eps, alpha=stds[k])
             if record:
