@@ -273,7 +273,8 @@ def add_draft(sub) -> None:
 
             Writes a run (a checkpoint of the ar method with model.head_type=mixture) and
             draft.json in it: the distillation's losses, the held-out path KL per chain step and
-            E[min(1, exp(-KL))], a proxy of the acceptance rate.
+            the probability that step verification accepts a whole token, a proxy of the
+            acceptance rate.
             """
         ),
     )

@@ -45,8 +45,8 @@ from ecar.engine.causal import CausalSampleConfig, GuidedCausal
 from ecar.models.ar import shares_transformer
 from ecar.samplers.chain import GaussianChain, path_log_ratio, step_log_ratio
 
-__all__ = ["ACCEPTED", "RESIDUAL", "VERIFY_MODES", "SpeculativeStats", "accepted_prefix", "chain_means",
-           "first_residual", "gaussian_residual", "generate_speculative"]
+__all__ = ["ACCEPTED", "RESIDUAL", "VERIFY_MODES", "SpeculativeStats", "accepted_prefix", "block_accepted",
+           "chain_means", "first_residual", "gaussian_residual", "generate_speculative"]
 
 VERIFY_MODES = ("step", "path")
 """What a proposal's acceptance test compares: each Gaussian transition of its chain (``step``)
@@ -66,6 +66,39 @@ def accepted_prefix(log_ratio: torch.Tensor, limit: torch.Tensor, generator: tor
     valid = torch.arange(log_ratio.shape[1], device=log_ratio.device)[None] < limit[:, None]
     ok = (torch.log(u) < log_ratio.double()) & valid
     return ok.long().cumprod(dim=1).sum(dim=1)
+
+
+def block_accepted(log_ratio: torch.Tensor, delta: torch.Tensor, limit: torch.Tensor,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block verification (Sun et al., ICLR 2025, arXiv 2403.10444) of L proposed Gaussian
+    transitions per row, in order: log_ratio (B, L) = log p − log q of each transition at its
+    proposed state, delta (B, L) = |m_p − m_q| / std of its two means, limit (B,) >= 1 the valid
+    transitions (a prefix) -> (τ (B,) long, the transitions kept, and log w (B,) float64, the
+    weight of the residual max(0, w·p − q) that transition τ + 1 is drawn from when τ < limit).
+
+    With p_0 = 1 and p_i = min(1, p_{i−1}·p/q of transition i) (log p_i = S_i − max_{j<=i} S_j
+    for the partial sums S of the log ratios), the mass r_i = ∫ max(0, p_i·p − q) of
+    transition i + 1 (closed form for two Gaussians of equal std) and h_i = r_i / (r_i + 1 − p_i)
+    (h = p at the last valid transition), τ is the last i with u_i < h_i (0 if none) and
+    w = p_τ. The kept transitions and the residual draw follow the target exactly; every
+    transition is kept at least as often as by testing each alone (docs/speculative.md)."""
+    lr = log_ratio.double()
+    b, n = lr.shape
+    if n == 0:  # nothing proposed: nothing kept, an unweighted residual
+        return torch.zeros(b, dtype=torch.long, device=lr.device), lr.new_zeros(b)
+    sums = torch.cat([lr.new_zeros(b, 1), lr.cumsum(1)], dim=1)
+    logp = sums - sums.cummax(1).values  # (B, L + 1): log p_0 … log p_L, all <= 0
+    lp, d = logp[:, 1:n], delta[:, 1:].double()  # p_i and the distance of transition i + 1, i < L
+    ystar = (0.5 * d * d - lp) / d  # where w·N(δ, 1) > N(0, 1) along the means' direction
+    r = torch.exp(lp) * torch.special.ndtr(d - ystar) - torch.special.ndtr(-ystar)
+    h = torch.where(lp == 0, 1.0, r.clamp_min(0) / (r.clamp_min(0) - torch.expm1(lp)))  # p_i = 1: h = 1
+    h = torch.cat([h, h.new_zeros(b, 1)], dim=1)  # h_1 … h_L
+    i = torch.arange(1, n + 1, device=lr.device)[None]
+    h = torch.where(i == limit[:, None], torch.exp(logp[:, 1:]), torch.where(i < limit[:, None], h, 0.0))
+    u = torch.rand(h.shape, generator=generator, device=h.device, dtype=torch.float64)
+    ok = u < h
+    tau = torch.where(ok.any(1), n - ok.flip(1).long().argmax(1), 0)
+    return tau, logp.gather(1, tau[:, None])[:, 0]
 
 
 def first_residual(log_ratio: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -148,6 +181,13 @@ def chain_means(net: GuidedCausal, zq: torch.Tensor, pos: torch.Tensor, chain: G
     return chain.means(net.velocity(*_rows(zq, pos, chain.steps)), states)
 
 
+def _step_test(path: torch.Tensor, p_means: torch.Tensor, q_means: torch.Tensor, stds: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :func:`block_accepted` reads of recorded transitions (…, K + 1, D) and their two means
+    (…, K, D): the log ratio (…, K) of each and the distance of its means in stds (…, K)."""
+    return step_log_ratio(path, p_means, q_means, stds), (p_means - q_means).norm(dim=-1) / stds
+
+
 def _verify(net: GuidedCausal, zp: torch.Tensor, pos: torch.Tensor, chain: GaussianChain,
             paths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The target's transition means (B, M, K, D) along recorded paths (B, M, K + 1, D) and the
@@ -166,9 +206,11 @@ def _finish(net: GuidedCausal, chain: GaussianChain, x: torch.Tensor, z: torch.T
 
 
 def gaussian_residual(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor, candidates: int,
-                      generator: torch.Generator | None, max_rounds: int, stats: SpeculativeStats) -> torch.Tensor:
-    """One draw per row of the normalised residual max(0, N(m_p, s²I) − N(m_q, s²I)): rejection
-    from N(m_p, s²I) with acceptance 1 − q/p (:func:`first_residual`), ``candidates`` per row and
+                      generator: torch.Generator | None, max_rounds: int, stats: SpeculativeStats,
+                      log_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """One draw per row of the normalised residual max(0, w·N(m_p, s²I) − N(m_q, s²I)) (w = 1
+    unless ``log_weight`` (R,) gives log w <= 0, :func:`block_accepted`): rejection from
+    N(m_p, s²I) with acceptance 1 − q/(w·p) (:func:`first_residual`), ``candidates`` per row and
     round, until every row has one. mean_p, mean_q (R, D), std (R,) -> (R, D). No network call."""
     out = torch.empty_like(mean_p)
     rows = torch.arange(mean_p.shape[0], device=mean_p.device)
@@ -177,9 +219,10 @@ def gaussian_residual(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Ten
         _check_rounds(rounds, max_rounds, rows.numel(), candidates)
         rounds += 1
         mp, mq, sd = mean_p[rows, None], mean_q[rows, None], std[rows, None, None]
+        shift = 0.0 if log_weight is None else log_weight[rows, None].double()
         y = mp + sd * torch.randn((rows.numel(), candidates, mp.shape[-1]), generator=generator,
                                   device=mp.device, dtype=mp.dtype)
-        lr = (((y - mq).double() ** 2 - (y - mp).double() ** 2) / (2 * sd.double() ** 2)).sum(-1)
+        lr = (((y - mq).double() ** 2 - (y - mp).double() ** 2) / (2 * sd.double() ** 2)).sum(-1) + shift
         first = first_residual(lr, generator)
         ok = first >= 0
         out[rows[ok]] = y[ok.nonzero()[:, 0], first[ok]]
@@ -251,9 +294,9 @@ def _continue_chains(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChai
         path = torch.stack(states, dim=2)  # (r, 1, K + 1 − s0, D)
         q_means = torch.stack(q_means, dim=2) if q_means else path[:, :, :0]
         p_means, finished = chain.means_and_finish(tnet.velocity(rp, p), path, s0)
-        held = torch.arange(s0, K, device=dev)[None] < d[:, None]
-        lr = step_log_ratio(path, p_means, q_means, stds[s0:])[:, 0].masked_fill(held, torch.inf)
-        c = accepted_prefix(lr, torch.full_like(d, K - s0), generator)  # transitions from s0 accepted
+        held = torch.arange(s0, K, device=dev)[None] < d[:, None]  # a copied state: ratio 1, kept
+        lr, dist = _step_test(path, p_means, q_means, stds[s0:])
+        c, logw = block_accepted(lr[:, 0].masked_fill(held, 0.0), dist[:, 0], torch.full_like(d, K - s0), generator)
         complete = c == K - s0
         state[rows[complete]] = path[complete, 0, -1]
         token[rows[complete]] = finished[complete, 0]
@@ -261,7 +304,7 @@ def _continue_chains(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChai
         if rej.numel():
             j = c[rej]
             state[rows[rej]] = gaussian_residual(p_means[rej, 0, j], q_means[rej, 0, j], stds[s0 + j], candidates,
-                                                 generator, max_rounds, stats)
+                                                 generator, max_rounds, stats, logw[rej])
             done[rows[rej]] = s0 + j + 1
         rows = rows[rej]
     return state, token
@@ -269,17 +312,20 @@ def _continue_chains(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChai
 
 def _replace(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain, verify: str, zp: torch.Tensor,
              zq: torch.Tensor, pos: torch.Tensor, p_means: torch.Tensor, q_means: torch.Tensor,
-             k: torch.Tensor | None, residual_batch: int, generator, max_rounds: int,
+             step: tuple[torch.Tensor, torch.Tensor] | None, residual_batch: int, generator, max_rounds: int,
              stats: SpeculativeStats) -> tuple[torch.Tensor, torch.Tensor]:
     """New draws for R rejected proposals with target and draft conditions zp, zq (R or 2R, F) at
     positions pos (R,): the chain state (R, D) at its end and the token (R, D) the target
-    finishes it to. ``step``: the rejected transition k (R,) from the Gaussian residual of the
-    two means (R, K, D) there, then the rest of the chain speculated again
-    (:func:`_continue_chains`); ``path``: the path residual."""
+    finishes it to. ``step`` (verify ``step``): the transition k (R,) to redraw and the log
+    weight (R,) of its residual (:func:`block_accepted`); it is drawn from the weighted Gaussian
+    residual of the two means (R, K, D) there, then the rest of the chain is speculated again
+    (:func:`_continue_chains`). ``path``: the path residual."""
     stats.residual_tokens += pos.shape[0]
     if verify == "step":
+        k, log_weight = step
         r, m = torch.arange(k.shape[0], device=k.device), max(residual_batch, 64)
-        x = gaussian_residual(p_means[r, k], q_means[r, k], chain.stds(k.device)[k], m, generator, max_rounds, stats)
+        x = gaussian_residual(p_means[r, k], q_means[r, k], chain.stds(k.device)[k], m, generator, max_rounds, stats,
+                              log_weight)
         return _continue_chains(tnet, dnet, chain, x, k + 1, zp, zq, pos, m, generator, max_rounds, stats)
     new = _residual_paths(tnet, dnet, chain, zp, zq, pos, residual_batch, generator, max_rounds, stats)
     return new, _finish(tnet, chain, new, zp, pos)
@@ -311,18 +357,20 @@ def _generate_token_by_token(target: nn.Module, draft: nn.Module, tnet: GuidedCa
         x, path, q_means = chain.sample_steps(dnet.step_means(zq, pos, chain), noise, generator, record=True)
         p_means, finished = _verify(tnet, zp, pos, chain, path)
         if verify == "step":
-            c = accepted_prefix(step_log_ratio(path, p_means, q_means, stds)[:, 0], all_steps, generator)
-            ok, k_rej = c == K, c.clamp(max=K - 1)
+            lr, dist = _step_test(path, p_means, q_means, stds)
+            c, logw = block_accepted(lr[:, 0], dist[:, 0], all_steps, generator)
+            ok, step = c == K, (c.clamp(max=K - 1), logw)
             steps_accepted = steps_accepted + c.sum()
         else:
-            ok, k_rej = accepted_prefix(path_log_ratio(path, p_means, q_means, stds), one, generator) == 1, None
+            ok, step = accepted_prefix(path_log_ratio(path, p_means, q_means, stds), one, generator) == 1, None
         context[:, i], tokens[:, i] = x[:, 0].to(context.dtype), finished[:, 0].to(tokens.dtype)
         rows = (~ok).nonzero()[:, 0] if not bool(ok.all()) else zero[:0]
         if rows.numel():
             cols = zero[:rows.numel()]
             new, tok = _replace(tnet, dnet, chain, verify, _pick(zp, rows, cols, dbl), _pick(zq, rows, cols, dbl),
                                 pos[rows, 0], p_means[rows, 0], q_means[rows, 0],
-                                None if k_rej is None else k_rej[rows], residual_batch, generator, max_rounds, stats)
+                                None if step is None else (step[0][rows], step[1][rows]), residual_batch, generator,
+                                max_rounds, stats)
             if chain.finishes:
                 context[rows, i] = new.to(context.dtype)
             tokens[rows, i] = tok.to(tokens.dtype)
@@ -402,9 +450,9 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
         stats.rounds += 1
         stats.image_rounds += int((limit > 0).sum())
         p_means, finished = _verify(tnet, zp, pos, chain, paths)
-        if verify == "step":  # transitions in order, token by token
-            c = accepted_prefix(step_log_ratio(paths, p_means, q_means, stds).reshape(B, gamma * K), limit * K,
-                                generator)
+        if verify == "step":  # the transitions of all proposals in order, as one block
+            lr, dist = _step_test(paths, p_means, q_means, stds)
+            c, logw = block_accepted(lr.reshape(B, gamma * K), dist.reshape(B, gamma * K), limit * K, generator)
             a, k_rej = c // K, c % K
             stats.steps_proposed += int((limit * K).sum())
             stats.steps_accepted += int(c.sum())
@@ -423,7 +471,7 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
             cols, res_pos = a[rows], (n + a)[rows]
             new, tok = _replace(tnet, dnet, chain, verify, _pick(zp, rows, cols, dbl), _pick(zq, rows, cols, dbl),
                                 res_pos, p_means[rows, cols], q_means[rows, cols],
-                                k_rej[rows] if verify == "step" else None, residual_batch, generator,
+                                (k_rej[rows], logw[rows]) if verify == "step" else None, residual_batch, generator,
                                 max_residual_rounds, stats)
             if chain.finishes:
                 context[rows, res_pos] = new.to(context.dtype)

@@ -105,7 +105,9 @@ def distill_draft_head(target: nn.Module, draft: nn.Module, cfg: Config, sample,
                        on_step: Callable[[int, float], None] | None = None) -> dict:
     """Train ``draft``'s head (in place) on the target's own guided chains; returns
     {"losses": per-step mean path KL per token, "held_out_kl_per_step": (K,) list,
-    "held_out_acceptance_proxy": E[min(1, exp(−KL))] over held-out tokens}."""
+    "held_out_acceptance_proxy": the probability that step verification accepts a token's whole
+    chain, E[Π_k (1 − TV_k)] over held-out tokens, where TV_k = erf(√KL_k / 2) is the total
+    variation between the two Gaussian transitions of step k (equal stds)}."""
     method = method_of(cfg.model)
     settings = method.loop_settings(target, sample)
     chain, dev = settings.chain(), next(target.parameters()).device
@@ -148,4 +150,4 @@ def distill_draft_head(target: nn.Module, draft: nn.Module, cfg: Config, sample,
         h, path, means = _guided_chain(tnet, target.tokens(held_x), chain, g)
         kl = path_kl(dnet, h, path, means, chain)
     return {"losses": losses, "held_out_kl_per_step": [float(v) for v in kl.mean((0, 1))],
-            "held_out_acceptance_proxy": float(torch.exp(-kl.sum(-1)).clamp(max=1).mean())}
+            "held_out_acceptance_proxy": float((1 - torch.erf(kl.sqrt() / 2)).prod(-1).mean())}
