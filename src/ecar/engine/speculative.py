@@ -86,19 +86,22 @@ def block_accepted(log_ratio: torch.Tensor, delta: torch.Tensor, limit: torch.Te
     b, n = lr.shape
     if n == 0:  # nothing proposed: nothing kept, an unweighted residual
         return torch.zeros(b, dtype=torch.long, device=lr.device), lr.new_zeros(b)
-    sums = torch.cat([lr.new_zeros(b, 1), lr.cumsum(1)], dim=1)
-    logp = sums - sums.cummax(1).values  # (B, L + 1): log p_0 … log p_L, all <= 0
-    lp, d = logp[:, 1:n], delta[:, 1:].double()  # p_i and the distance of transition i + 1, i < L
+    sums = lr.cumsum(1)
+    logp = sums - sums.cummax(1).values.clamp_min(0)  # (B, L): log p_1 … log p_L, all <= 0 (S_0 = 0)
+    u = torch.rand((b, n), generator=generator, device=lr.device, dtype=torch.float64)
+    last = (limit - 1).clamp_min(0)[:, None]
+    whole = (u.gather(1, last) < logp.gather(1, last).exp())[:, 0] & (limit > 0)  # u_L < h_L = p_L
+    tau = torch.where(whole, limit, 0)
+    if bool(whole.all()):  # the usual case: the whole block kept, no h_i needed
+        return tau, lr.new_zeros(b)
+    lp, d = logp[:, :-1], delta[:, 1:].double()  # p_i and the distance of transition i + 1, i < L
     ystar = (0.5 * d * d - lp) / d  # where w·N(δ, 1) > N(0, 1) along the means' direction
-    r = torch.exp(lp) * torch.special.ndtr(d - ystar) - torch.special.ndtr(-ystar)
-    h = torch.where(lp == 0, 1.0, r.clamp_min(0) / (r.clamp_min(0) - torch.expm1(lp)))  # p_i = 1: h = 1
-    h = torch.cat([h, h.new_zeros(b, 1)], dim=1)  # h_1 … h_L
-    i = torch.arange(1, n + 1, device=lr.device)[None]
-    h = torch.where(i == limit[:, None], torch.exp(logp[:, 1:]), torch.where(i < limit[:, None], h, 0.0))
-    u = torch.rand(h.shape, generator=generator, device=h.device, dtype=torch.float64)
-    ok = u < h
-    tau = torch.where(ok.any(1), n - ok.flip(1).long().argmax(1), 0)
-    return tau, logp.gather(1, tau[:, None])[:, 0]
+    r = (torch.exp(lp) * torch.special.ndtr(d - ystar) - torch.special.ndtr(-ystar)).clamp_min(0)
+    h = torch.where(lp == 0, 1.0, r / (r - torch.expm1(lp)))  # p_i = 1: h = 1
+    i = torch.arange(1, n, device=lr.device)[None]
+    cut = ((u[:, :-1] < h) & (i < limit[:, None])) * i  # the i < L (and < limit) with u_i < h_i
+    tau = torch.where(whole, tau, cut.amax(1) if n > 1 else 0)
+    return tau, torch.where(tau > 0, logp.gather(1, (tau - 1).clamp_min(0)[:, None])[:, 0], 0.0)
 
 
 def first_residual(log_ratio: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
