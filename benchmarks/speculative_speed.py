@@ -62,7 +62,7 @@ TARGET = ["model.depth=4", "model.hidden=128", "model.head_width=256", "model.he
           "model.context_time=0.9", "sample.time_power=2"]
 DRAFT = ["model.depth=1", "model.hidden=64", "model.heads=4", "model.head_width=64", "model.head_depth=1"]
 QUIET = ["train.tensorboard=false", "train.sample_every=0", "train.ckpt_every=0"]
-SETTINGS = ["gamma=1,verify=step", "gamma=2,verify=step", "gamma=3,verify=step", "gamma=4,verify=path"]
+SETTINGS = ["gamma=1,verify=step", "gamma=3,verify=step", "gamma=4,verify=step", "gamma=6,verify=step"]
 
 
 def distill(target, draft, cfg, steps: int, batch: int, lr: float, fm_weight: float, seed: int) -> list[float]:

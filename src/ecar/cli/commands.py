@@ -82,7 +82,7 @@ def add_sample(sub) -> None:
             examples:
               ecar sample --ckpt runs/dit --n 16 --out grid.png
               ecar sample --ckpt runs/dit --n 100 --classes 3,7 --cfg 2.0 --steps 50 --out imgs/
-              ecar sample --ckpt runs/ar --draft runs/ar_draft --gamma 3 --out grid.png
+              ecar sample --ckpt runs/ar --draft runs/ar_draft --gamma 4 --out grid.png
 
             --draft: exact speculative decoding (docs/speculative.md): the draft checkpoint
             (same method, data, autoencoder and token layout; `ecar draft` makes one from

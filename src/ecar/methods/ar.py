@@ -65,7 +65,7 @@ class ARSampleConfig(SampleConfig):
         None, "euler_maruyama: the Gaussian chain stops at this time (< 1) and one deterministic Euler step "
         "of the head finishes the output token, while the next tokens condition on the chain's state "
         "(docs/speculative.md); default: the model's context_time (1 unless trained for it)")
-    gamma: int = setting(3, "speculative decoding (ecar sample --draft): tokens the draft proposes per "
+    gamma: int = setting(4, "speculative decoding (ecar sample --draft): tokens the draft proposes per "
                          "verification (1: the draft speculates each token's chain steps only)")
     residual_batch: int = setting(8, "speculative decoding: candidate paths drawn at once when a "
                                   "rejected token is resampled from the residual (verify=path)")
