@@ -17,9 +17,10 @@ token run as one batch and the first accepted one in their order is taken (the f
 success of an i.i.d. sequence); rows without one draw another batch. There is no fallback
 value: after ``max_residual_rounds`` batches without success the call raises.
 
-With ``verify="step"`` the γ·K Gaussian transitions are tested one by one instead (same
-rule, transition densities); the first rejected transition is drawn from the residual of
-two equal-covariance Gaussians (:func:`gaussian_residual`, no network call), and the rest
+With ``verify="step"`` the γ·K Gaussian transitions are tested instead, jointly as one block
+(:func:`block_accepted`, block verification: exact, and never keeps fewer transitions than
+testing each alone); the transition after the kept ones is drawn from the weighted residual
+of two equal-covariance Gaussians (:func:`gaussian_residual`, no network call), and the rest
 of that token's chain is speculated again (:func:`_continue_chains`: the draft proposes the
 remaining transitions from the new state, the target tests them in one head call) until it
 reaches its end.
@@ -72,8 +73,8 @@ def block_accepted(log_ratio: torch.Tensor, delta: torch.Tensor, limit: torch.Te
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Block verification (Sun et al., ICLR 2025, arXiv 2403.10444) of L proposed Gaussian
     transitions per row, in order: log_ratio (B, L) = log p − log q of each transition at its
-    proposed state, delta (B, L) = |m_p − m_q| / std of its two means, limit (B,) >= 1 the valid
-    transitions (a prefix) -> (τ (B,) long, the transitions kept, and log w (B,) float64, the
+    proposed state, delta (B, L) = |m_p − m_q| / std of its two means, limit (B,) the valid
+    transitions (a prefix; 0 keeps none) -> (τ (B,) long, the transitions kept, and log w (B,) float64, the
     weight of the residual max(0, w·p − q) that transition τ + 1 is drawn from when τ < limit).
 
     With p_0 = 1 and p_i = min(1, p_{i−1}·p/q of transition i) (log p_i = S_i − max_{j<=i} S_j

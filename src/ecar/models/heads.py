@@ -198,7 +198,7 @@ class MixtureHead(nn.Module):
         """The transition means of a Gaussian chain on this head's velocity, its x-free parts
         computed once for every step: zc (B, N, P) from :meth:`project`, the chain's times t_k
         and step coefficients a_k, b_k (K,) -> ``m(x (B, N, D), k) -> (B, N, D)``, the mean
-        a_k·x + b_k·v(x, t_k) of step k (:meth:`~ecar.samplers.chain.GaussianChain.step_mean`).
+        a_k·x + b_k·v(x, t_k) of step k (:meth:`~ecar.samplers.chain.GaussianChain.coefficients`).
         With ``weights`` w (B, N, 1), zc (2, B, N, P) holds a conditional and a null half and
         the mean is that of the guided velocity v_null + w·(v_cond − v_null).
 

@@ -40,7 +40,7 @@ RowVelocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 StepMean = Callable[[torch.Tensor, int], torch.Tensor]
 """``m(x (B, M, D), k) -> (B, M, D)``: the mean of step k of a chain from state x (its
-:meth:`GaussianChain.step_mean` at the velocity there)."""
+:meth:`GaussianChain.coefficients`, a_k·x + b_k·v at the velocity there)."""
 
 
 @dataclass(frozen=True)
@@ -116,14 +116,9 @@ class GaussianChain:
         return (self._step_means(path[:, :, :-1], v[:, :, :-1], start),
                 path[:, :, -1] + (1.0 - self.end) * v[:, :, -1])
 
-    def step_mean(self, x: torch.Tensor, v: torch.Tensor, k) -> torch.Tensor:
-        """m_k(x) = x + Δ_k·[v − ½·s·(x − t_k·v)] = a_k·x + b_k·v of step(s) k (an int, or a
-        tensor broadcasting against x)."""
-        a, b = _coefficients(self, x.device)
-        return x * a[k].to(x.dtype) + v * b[k].to(x.dtype)
-
     def coefficients(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K,), (K,): a_k and b_k of :meth:`step_mean` (cached like :meth:`grid`)."""
+        """(K,), (K,): a_k and b_k of the step mean m_k(x) = x + Δ_k·[v − ½·s·(x − t_k·v)] =
+        a_k·x + b_k·v (cached like :meth:`grid`)."""
         return _coefficients(self, torch.device(device) if device is not None else None)
 
     def step_means(self, velocity: RowVelocity, device=None) -> StepMean:
