@@ -23,7 +23,7 @@ from ecar.config import load_config
 from ecar.engine.speculative import ACCEPTED, RESIDUAL, accepted_prefix, first_residual, generate_speculative
 from ecar.generate import check_draft_pair
 from ecar.methods.ar import AR_METHOD
-from ecar.samplers.chain import GaussianChain, path_log_ratio
+from ecar.samplers.chain import GaussianChain, path_log_ratio, step_log_ratio
 from ecar.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def linear_chain_toy(n: int, g: torch.Generator) -> torch.Tensor:
         states.append(mq[-1] + TOY_S[k] * torch.randn(n, 1, generator=g, dtype=torch.float64))
     mp = [TOY_TARGET[k][0] * states[k] + TOY_TARGET[k][1] for k in range(len(TOY_S))]
     path, mp, mq, sd = torch.stack(states, 1), torch.stack(mp, 1), torch.stack(mq, 1), torch.tensor(TOY_S)
-    lr = (((path[:, 1:] - mq) ** 2 - (path[:, 1:] - mp) ** 2) / (2 * sd[:, None] ** 2)).sum(-1)
+    lr = step_log_ratio(path, mp, mq, sd)
     tau, logw = block_accepted(lr, (mp - mq).norm(dim=-1) / sd, torch.full((n,), len(TOY_S)), g)
     out = path[:, 1:, 0].clone()
     for t in range(len(TOY_S)):  # rows cut at transition t + 1: residual there, then the target
