@@ -47,7 +47,7 @@ from ecar.eval.cost import count_flops
 from ecar.eval.evaluate import evaluate_seeds, quantize, reference_stats
 from ecar.eval.features import load_feature_net
 from ecar.eval.metrics import feature_stats, frechet_distance
-from ecar.flow.pyramid import jump, stage_targets, upsample
+from ecar.flow.pyramid import jump, stage_targets
 from ecar.methods.ecar import stage_guidance
 from ecar.samplers import guided, integrate, time_grid
 
@@ -88,8 +88,14 @@ def teacher_forced_fids(L, ext, ref, n: int, guidance: list[float]) -> dict:
                 continue
             yy = y[sl]
             y2 = torch.cat([yy, torch.full_like(yy, m.null_class)])
-            conds = [torch.cat([t["cond"][sl]] * 2) for t in tg[:k]]
-            start, cond = tg[k]["start"][sl], torch.cat([tg[k]["cond"][sl]] * 2)
+
+            def ar_in(prev, s, start):  # the AR input of stage s (model.ar_input), both halves
+                inp = m.ar_input(prev, s, start)
+                return None if inp is None else torch.cat([inp] * 2)
+
+            conds = [ar_in(tg[s - 1]["end"][sl] if s else None, s, tg[s]["start"][sl]) for s in range(k)]
+            start = tg[k]["start"][sl]
+            cond = ar_in(tg[k - 1]["end"][sl] if k else None, k, start)
             for s in range(k, m.num_stages):
                 zc = m.head_condition(m.condition(conds + [cond], y2)[-1])
 
@@ -101,8 +107,8 @@ def teacher_forced_fids(L, ext, ref, n: int, guidance: list[float]) -> dict:
                 conds = conds + [cond]
                 if s + 1 < m.num_stages:
                     size = sched.sizes[s + 1]
-                    cond = torch.cat([upsample(end, size)] * 2)
                     start = jump(end, sched.tau[s], sched.sigma[s + 1], size, g)
+                    cond = ar_in(end, s + 1, start)
             ends.append(end)
         feats = ext(quantize(torch.cat(ends).clamp(-1, 1)))[0]
         mu, sigma = feature_stats(feats)

@@ -260,6 +260,15 @@ def test_bench_writes_json_markdown_and_plot(tmp_path, shared_cache):
     assert "heldout" in md
     img = Image.open(out / "bench.png")
     assert img.format == "PNG" and img.size[0] > 400
+    # the cost anatomy: every row's parts add up to its GFLOPs; the report shows the shipped split
+    for r in doc["rows"]:
+        a = r["anatomy"]
+        assert sum(u[p] for u in a["units"] for p in ("backbone", "head", "guidance")) == pytest.approx(
+            r["gflops_per_image"], rel=1e-6)
+    ecar_shipped = next(r for r in doc["rows"] if r["name"] == "digits_ecar" and r["setting"] == "shipped")
+    assert len(ecar_shipped["anatomy"]["units"]) == 3 and ecar_shipped["anatomy"]["parts"]["head"] > 0
+    assert "Where the FLOPs go" in md and "| digits_ecar | 3 of 3 |" in md
+    assert Image.open(out / "anatomy.png").format == "PNG"
     with pytest.raises(FileExistsError, match="already holds the output of an earlier `ecar bench`"):
         run_bench(configs[:1], None, train_minutes=0.05, out=str(out), overrides=TINY, n_eval=64,
                   progress=False, cache_dir=shared_cache)

@@ -420,7 +420,10 @@ def test_tiny_digits_recipe_trains_samples_and_evaluates_through_the_cli(tmp_pat
     res = json.loads(path.read_text())
     assert math.isfinite(res["fid"]) and res["mode"] == "mar" and res["steps"] == [2, 2, 2]
     assert cli_main(["info", "--ckpt", str(run)]) == 0
-    assert "method mar, family mar" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "method mar, family mar" in out
+    assert "GFLOPs per image at the recipe's sampler settings" in out  # the cost anatomy
+    assert "unit   3:" in out and "head" in out.split("all:")[1]
 
 
 def test_fashion_recipe_trains_and_samples(tmp_path, fashion_mnist_dir):

@@ -260,3 +260,78 @@ def plot_bench(rows: Sequence[dict], path: str | Path, title: str | None = None)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+# --------------------------------------------------------------------------- cost anatomy
+
+_PART_COLORS = {"backbone": "C0", "head": "C1", "guidance": "C7"}
+
+
+def _shipped_anatomies(rows: Sequence[dict]) -> list[tuple[str, dict]]:
+    """(model name, anatomy) of each model's shipped row that carries one."""
+    return [(r["name"], r["anatomy"]) for r in rows
+            if r.get("setting") == "shipped" and isinstance(r.get("anatomy"), dict)]
+
+
+def anatomy_markdown(rows: Sequence[dict]) -> str:
+    """Where each model's GFLOPs per image go at its shipped setting: one line per unit
+    (stage, or the whole image for one-unit methods) with its backbone, head and guidance
+    GFLOPs (:func:`ecar.eval.cost.cost_anatomy`), and the parts' totals and shares."""
+    found = _shipped_anatomies(rows)
+    if not found:
+        return ""
+    lines = ["## Where the FLOPs go (shipped settings)\n",
+             "GFLOPs per image by unit and part: **backbone** = the transformer (E-CAR's and "
+             "FlowAR's AR pass, DiT's whole network), **head** = the per-token head's calls, "
+             "**guidance** = what the null-label branch adds to both.\n",
+             "| model | unit | backbone | head | guidance | total |", "|---|---|---:|---:|---:|---:|"]
+    for name, a in found:
+        units = a["units"]
+        for i, u in enumerate(units):
+            label = f"{i + 1} of {len(units)}" if len(units) > 1 else "all"
+            lines.append(f"| {name} | {label} | {u['backbone']:.4f} | {u['head']:.4f} | "
+                         f"{u['guidance']:.4f} | {sum(u.values()):.4f} |")
+        parts, total = a["parts"], a["total"]
+        shares = " | ".join(f"**{parts[p]:.4f}** ({parts[p] / total:.0%})" if total else "–"
+                            for p in ("backbone", "head", "guidance"))
+        lines.append(f"| {name} | **all** | {shares} | **{total:.4f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_anatomy(rows: Sequence[dict], path: str | Path) -> Path | None:
+    """One stacked horizontal bar per model (shipped setting): GFLOPs per image, coloured by
+    part (backbone, head, guidance), one segment per unit (lighter = later unit)."""
+    found = _shipped_anatomies(rows)
+    if not found:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=(9, 1.2 + 0.6 * len(found)), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for y, (name, a) in enumerate(found):
+        left, n = 0.0, len(a["units"])
+        for part in ("backbone", "head", "guidance"):
+            for i, u in enumerate(a["units"]):
+                w = u[part]
+                if w <= 0:
+                    continue
+                ax.barh(y, w, left=left, color=_PART_COLORS[part], alpha=1.0 - 0.6 * i / max(1, n),
+                        edgecolor="white", linewidth=0.5)
+                if w > 0.06 * a["total"] and n > 1:
+                    ax.text(left + w / 2, y, str(i + 1), ha="center", va="center", fontsize=7)
+                left += w
+        ax.text(left, y, f" {a['total']:.3g}", va="center", fontsize=8)
+    ax.set_yticks(range(len(found)), [name for name, _ in found])
+    ax.invert_yaxis()
+    ax.set_xlabel("GFLOPs per image at the shipped setting (segment number = unit / stage)")
+    ax.legend(handles=[Patch(color=c, label=p) for p, c in _PART_COLORS.items()], fontsize=8,
+              loc="lower right")
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

@@ -53,11 +53,12 @@ from tqdm import tqdm
 
 from ecar import __version__ as ECAR_VERSION
 from ecar import checkpoint as ckpt_mod
-from ecar.bench.report import bench_table_markdown, headline_markdown, plot_bench, summarize
+from ecar.bench.report import (anatomy_markdown, bench_table_markdown, headline_markdown, plot_anatomy, plot_bench,
+                               summarize)
 from ecar.build import load_for_inference
 from ecar.config import Config, load_config
 from ecar.device import pick_device
-from ecar.eval.cost import measure_cost
+from ecar.eval.cost import cost_anatomy, measure_cost
 from ecar.eval.evaluate import default_feature_net, evaluate_seeds, fid_of_images, reference_stats
 from ecar.errors import OutputExistsError
 from ecar.eval.features import load_feature_net
@@ -76,7 +77,7 @@ DEFAULT_SWEEP: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0)
 """Multipliers of each model's shipped step counts (see the module docstring)."""
 DEFAULT_SAMPLERS: tuple[str, ...] = ("euler", "heun")
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
-BENCH_OUTPUTS = ("bench.json", "bench.json.tmp", "bench.md", "bench.png")
+BENCH_OUTPUTS = ("bench.json", "bench.json.tmp", "bench.md", "bench.png", "anatomy.png")
 """The reports :func:`run_bench` writes into ``out`` (beside one ``<name>/run`` per recipe)."""
 
 
@@ -256,8 +257,11 @@ def _write_outputs(out: Path, rows: list[dict], meta: dict, plot: bool = True) -
         + headline_markdown(summary) + "\n## Every setting\n\n"
     )
     (out / "bench.md").write_text(head + bench_table_markdown(rows, summary)
-                                  + "\n![FID vs cost per image](bench.png)\n")
+                                  + "\n![FID vs cost per image](bench.png)\n\n"
+                                  + anatomy_markdown(rows)
+                                  + ("\n![GFLOPs per image by stage and part](anatomy.png)\n" if plot else ""))
     if plot:
+        plot_anatomy(rows, out / "anatomy.png")
         title = (f"FID vs sampling cost — {a['train_minutes']} min training each, "
                  f"n={a['n_eval']} samples × {len(a['seeds'])} seeds (±1 std)")
         plot_bench(rows, out / "bench.png", title=title)
@@ -444,6 +448,8 @@ def run_bench(
                                  batch_size=batch_size, sample=st["sample"], progress=progress,
                                  reference=reference)
             cost = measure_cost(model, lcfg, st["sample"], **cost_kw)
+            anatomy = cost_anatomy(model, lcfg, st["sample"],
+                                   **{k: v for k, v in cost_kw.items() if k == "batch"})
             row = {
                 "name": name, "family": res["family"], "mode": res["mode"], "model": lcfg.model.name,
                 "setting": st["setting"], "step_scale": st["scale"], "params": params,
@@ -457,6 +463,7 @@ def run_bench(
                 "recall_std": res.get("recall_std"),
                 "gflops_per_image": cost.gflops_per_image,
                 "seconds_per_image": cost.seconds_per_image,
+                "anatomy": anatomy.as_dict(),
                 "features": res["features"], "reference_split": res["reference_split"],
                 "n_eval": n_eval, "ckpt": str(run),
             }

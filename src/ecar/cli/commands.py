@@ -14,6 +14,7 @@ from ecar.checkpoint import CONFIG_FILE, find_checkpoint
 from ecar.config import config_from_dict, config_to_yaml, load_config, load_yaml, merge_overrides
 from ecar.device import pick_device
 from ecar.engine.visualize import stages_strip
+from ecar.eval.cost import PARTS, cost_anatomy
 from ecar.eval.evaluate import evaluate_checkpoint
 from ecar.generate import check_draft_pair, check_generation_fits, generate_images, labels_for
 from ecar.imageio import save_grid, save_images, save_png, to_uint8
@@ -344,6 +345,12 @@ def cmd_info(args) -> int:
     print(f"step:       {loaded.step}")
     print(f"data:       {loaded.cfg.data.name} ({loaded.cfg.data.channels}×{loaded.cfg.data.resolution}², "
           f"{loaded.num_classes} classes)")
+    a = cost_anatomy(loaded.model, loaded.cfg, batch=2)
+    print(f"sampling:   {a.total:.4g} GFLOPs per image at the recipe's sampler settings "
+          "(latent space, guidance included), by unit and part:")
+    for i, u in enumerate(a.units, 1):
+        print(f"  unit {i:>3}: " + "  ".join(f"{p} {u[p]:.4f}" for p in PARTS))
+    print("  all:      " + "  ".join(f"{p} {a.part(p):.4f} ({a.part(p) / a.total:.0%})" for p in PARTS))
     print("config:")
     print(textwrap.indent(config_to_yaml(loaded.cfg), "  "))
     return 0

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ecar.engine.units import UnitReport
-from ecar.flow.pyramid import jump, upsample
+from ecar.flow.pyramid import jump
 from ecar.samplers import guided, integrate, time_grid
 
 
@@ -70,7 +70,7 @@ def generate_multistage(
 
     n0 = sched.sizes[0]
     start = torch.randn((B, C, n0, n0), generator=generator, device=dev)
-    cond = torch.zeros_like(start)  # the AR input of stage 1: nothing decided yet
+    cond = model.ar_input(None, 0, start)  # the AR input of stage 1: nothing decided yet
     report = UnitReport(return_stages, on_unit)
     for s in range(S):
         if guide and all(sc == 1.0 for sc in scales[s:]):
@@ -79,8 +79,8 @@ def generate_multistage(
                 for kv in cache:
                     kv.keep(B)
             else:
-                prefix = [p[:B] for p in prefix]
-        ar_in = torch.cat([cond, cond]) if guide else cond
+                prefix = [None if p is None else p[:B] for p in prefix]
+        ar_in = torch.cat([cond, cond]) if guide and cond is not None else cond
         if use_cache:
             z = model.condition_step(ar_in, s, y, cache)
         else:
@@ -101,9 +101,9 @@ def generate_multistage(
         report.add(s, lambda: end)
         if s + 1 < S:
             n = sched.sizes[s + 1]
-            cond = upsample(end, n)
             if sched.flowar:
                 start = torch.randn((B, C, n, n), generator=generator, device=dev)
             else:
                 start = jump(end, sched.tau[s], sched.sigma[s + 1], n, generator)
+            cond = model.ar_input(end, s + 1, start)
     return report.result(end)

@@ -26,6 +26,7 @@ load (``uptime``) before timing runs whose numbers you mean to publish.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -73,7 +74,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _sampling_call(model: nn.Module, cfg: Config, sample: SampleConfig | None, batch: int):
+def _sampling_call(model: nn.Module, cfg: Config, sample: SampleConfig | None, batch: int,
+                   on_unit=None):
     """``run(seed)``: one generation call of ``batch`` images (labels cycling over classes)."""
     if batch < 1:
         raise ValueError(f"cost batch must be >= 1, got {batch}")
@@ -83,7 +85,8 @@ def _sampling_call(model: nn.Module, cfg: Config, sample: SampleConfig | None, b
     labels = labels_for(batch, cfg.data.num_classes).to(device)
 
     def run(seed: int) -> None:
-        method.generate(model, sample, labels, torch.Generator(device=device).manual_seed(seed))
+        kw = {} if on_unit is None else {"on_unit": on_unit}
+        method.generate(model, sample, labels, torch.Generator(device=device).manual_seed(seed), **kw)
 
     return run, device
 
@@ -144,3 +147,99 @@ def measure_cost(
     finally:
         model.train(was_training)
     return Cost(gflops, seconds, batch, repeats, warmup)
+
+
+PARTS = ("backbone", "head", "guidance")
+"""The parts of :func:`cost_anatomy`: ``backbone`` — every network call outside the head (the AR
+transformer, or the whole network of a method without a head, e.g. DiT), ``head`` — the
+per-token head (its calls and the projection of its conditions), ``guidance`` — what the
+null-label branch of classifier-free guidance adds to both."""
+
+
+class _PartCounter(FlopCounterMode):
+    """FLOP counter that also splits the count by unit (the ``on_unit`` calls of a method's
+    generation loop) and by part: FLOPs counted while any module of ``head`` runs are the
+    head's, the rest the backbone's."""
+
+    def __init__(self, head: nn.Module | None):
+        super().__init__(display=False)
+        self.head_ids = {id(m) for m in head.modules()} if head is not None else set()
+        self.units: list[dict[str, int]] = []
+        self._unit_start = self._head_flops = self._depth = self._head_start = 0
+        self._hooks: list = []
+
+    def __enter__(self):
+        out = super().__enter__()
+        self._hooks = [nn.modules.module.register_module_forward_pre_hook(self._pre),
+                       nn.modules.module.register_module_forward_hook(self._post)]
+        return out
+
+    def __exit__(self, *exc):
+        for h in self._hooks:
+            h.remove()
+        return super().__exit__(*exc)
+
+    def _pre(self, module, args):
+        if id(module) in self.head_ids:
+            if self._depth == 0:
+                self._head_start = self.get_total_flops()
+            self._depth += 1
+
+    def _post(self, module, args, out):
+        if id(module) in self.head_ids:
+            self._depth -= 1
+            if self._depth == 0:
+                self._head_flops += self.get_total_flops() - self._head_start
+
+    def on_unit(self, i: int, latents: torch.Tensor) -> None:
+        total = self.get_total_flops()
+        unit = total - self._unit_start
+        self.units.append({"backbone": unit - self._head_flops, "head": self._head_flops})
+        self._unit_start, self._head_flops = total, 0
+
+
+@dataclass
+class Anatomy:
+    """GFLOPs per image of one sampling call, split by unit (stage, step or token group, in
+    generation order) and by part (:data:`PARTS`). ``units[i][part]``; ``total`` = the sum of
+    every entry = :func:`count_flops` of the same call."""
+
+    units: list[dict[str, float]]
+    total: float
+
+    def part(self, name: str) -> float:
+        return sum(u[name] for u in self.units)
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "parts": {p: self.part(p) for p in PARTS}, "units": self.units}
+
+
+@torch.no_grad()
+def cost_anatomy(model: nn.Module, cfg: Config, sample: SampleConfig | None = None,
+                 batch: int = TIMING_BATCH) -> Anatomy:
+    """Where one sampling call's FLOPs go, per image: each unit's backbone, head and guidance
+    branch. The guidance branch is measured, not assumed: the call is counted again with
+    guidance off (``cfg = 1``, which drops the null half wherever a method doubles its rows),
+    and each unit's difference is its guidance share; the backbone/head split is that of the
+    unguided call."""
+    sample = sample or cfg.sample
+    head = getattr(model, "head", None)
+    head = head if isinstance(head, nn.Module) else None
+    counts = []
+    for s in (sample, dataclasses.replace(sample, cfg=1.0)):
+        counter = _PartCounter(head)
+        run, _ = _sampling_call(model, cfg, s, batch, on_unit=counter.on_unit)
+        with counter:
+            run(0)
+        rest = counter.get_total_flops() - sum(u["backbone"] + u["head"] for u in counter.units)
+        if rest:  # work after the last unit's result (none in the shipped loops)
+            counter.units.append({"backbone": rest - counter._head_flops, "head": counter._head_flops})
+        counts.append(counter)
+    guided, plain = counts
+    if len(guided.units) != len(plain.units):
+        raise RuntimeError("the guided and unguided calls produced different numbers of units")
+    scale = 1 / batch / 1e9
+    units = [{"backbone": p["backbone"] * scale, "head": p["head"] * scale,
+              "guidance": (g["backbone"] + g["head"] - p["backbone"] - p["head"]) * scale}
+             for g, p in zip(guided.units, plain.units)]
+    return Anatomy(units, guided.get_total_flops() * scale)

@@ -101,12 +101,13 @@ class MultistageObjective(nn.Module):
         S, B, M = m.num_stages, x.shape[0], self.head_batch_mul
         targets = stage_targets(x, m.schedule, generator)
         y = drop_labels(y, f.class_dropout, m.null_class, generator)
-        z = m.condition([t["cond"] for t in targets], y)
+        z = m.condition([m.ar_input(targets[s - 1]["end"] if s else None, s, t["start"])
+                         for s, t in enumerate(targets)], y)
         u = sample_time(
             B * S * M, f.time_sampling, generator=generator, device=x.device,
             logit_mean=f.logit_mean, logit_std=f.logit_std,
         ).reshape(M, B, S).transpose(0, 1).reshape(B * M, S)  # draw 0 of image i = row i·M
-        xs, vs, us, counts = [], [], [], []
+        xs, vs, counts = [], [], []
         clean = [t["clean"] for t in targets]
         for s, tg in enumerate(targets):
             pairs = [(tg["start"], tg["end"])]
@@ -117,12 +118,11 @@ class MultistageObjective(nn.Module):
             b = torch.stack([m.stage_tokens(p[1]) for p in pairs], 1).flatten(0, 1)
             xs.append(interpolate(a, b, u[:, s]))
             vs.append(b - a)
-            us.append(u[:, s : s + 1].expand(B * M, a.shape[1]))
             counts.append(a.shape[1])
         zz = torch.cat(z, 1)
         if M > 1:
             zz = zz.repeat_interleave(M, dim=0)
-        pred = m.velocity_all(torch.cat(xs, 1), torch.cat(us, 1), zz)
+        pred = m.velocity_all(torch.cat(xs, 1), u, zz)  # u: one time per (image, stage)
         err = (pred.float() - torch.cat(vs, 1).float()).pow(2)
         per_stage = torch.stack([e.mean() for e in err.split(counts, dim=1)])
         out = {"loss": (per_stage * self.weights).sum()}

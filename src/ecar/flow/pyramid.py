@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ecar.flow.paths import interpolate
+from ecar.layers import upsample  # noqa: F401  (nearest; re-exported: the pyramid's upsampling)
 
 
 def downsample(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -52,16 +53,6 @@ def downsample(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] % size:
         raise ValueError(f"cannot area-downsample {x.shape[-1]} to {size}: not a divisor")
     return F.avg_pool2d(x, x.shape[-1] // size)
-
-
-def upsample(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Nearest-neighbour upsampling to ``size`` (integer factor; what the jump derivation assumes)."""
-    if x.shape[-1] == size:
-        return x
-    if size % x.shape[-1]:
-        raise ValueError(f"cannot upsample {x.shape[-1]} to {size}: not an integer factor")
-    k = size // x.shape[-1]
-    return x.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
 
 
 def pyramid(x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:

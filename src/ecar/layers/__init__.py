@@ -9,7 +9,7 @@ from ecar.layers.embeddings import (
     sincos_2d,
     sinusoidal_features,
 )
-from ecar.layers.patchify import patchify, unpatchify
+from ecar.layers.patchify import patchify, unpatchify, upsample
 
 __all__ = [
     "AdaLNBlock",
@@ -26,4 +26,5 @@ __all__ = [
     "sincos_2d",
     "sinusoidal_features",
     "unpatchify",
+    "upsample",
 ]

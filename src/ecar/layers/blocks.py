@@ -43,10 +43,12 @@ class AdaLNBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def modulation(self, c: torch.Tensor | None, raw: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """The adaLN terms of condition c: shift, 1 + scale and gate of both sublayers, with a
-        token axis (a caller that reuses one c may keep them)."""
-        mod = self.ada(c).chunk(6, dim=-1)
+        token axis (a caller that reuses one c may keep them). ``raw``: ``ada(c)`` (…, 6·D)
+        when the caller has it already (e.g. summed from separately computed parts)."""
+        mod = (self.ada(c) if raw is None else raw).chunk(6, dim=-1)
+        c = mod[0]
         if c.dim() == 2:
             mod = [m[:, None] for m in mod]
         s1, g1, a1, s2, g2, a2 = mod
@@ -77,8 +79,9 @@ class AdaLNResBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.ada(c).chunk(3, dim=-1)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None, mod: torch.Tensor | None = None) -> torch.Tensor:
+        """``mod``: the raw modulation ``ada(c)`` (…, 3·D), when the caller has it already."""
+        shift, scale, gate = (self.ada(c) if mod is None else mod).chunk(3, dim=-1)
         return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
 
 
@@ -94,6 +97,7 @@ class FinalLayer(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.ada(c).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None, mod: torch.Tensor | None = None) -> torch.Tensor:
+        """``mod``: the raw modulation ``ada(c)`` (…, 2·D), when the caller has it already."""
+        shift, scale = (self.ada(c) if mod is None else mod).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))

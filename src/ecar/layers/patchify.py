@@ -19,3 +19,14 @@ def unpatchify(tokens: torch.Tensor, p: int, channels: int, h: int, w: int) -> t
     b = tokens.shape[0]
     x = tokens.reshape(b, h // p, w // p, channels, p, p)
     return x.permute(0, 3, 1, 4, 2, 5).reshape(b, channels, h, w)
+
+
+def upsample(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Nearest-neighbour upsampling (B, C, n, n) -> (B, C, size, size) by an integer factor
+    (what E-CAR's jump derivation assumes, ``ecar.flow.pyramid``)."""
+    if x.shape[-1] == size:
+        return x
+    if size % x.shape[-1]:
+        raise ValueError(f"cannot upsample {x.shape[-1]} to {size}: not an integer factor")
+    k = size // x.shape[-1]
+    return x.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)

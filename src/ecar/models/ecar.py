@@ -20,9 +20,20 @@ import torch
 from torch import nn
 
 from ecar.errors import ConfigError, shown
-from ecar.layers import AdaLNBlock, KVCache, LabelEmbedder, grid_positions, patchify, unpatchify
+from ecar.layers import AdaLNBlock, KVCache, LabelEmbedder, grid_positions, patchify, unpatchify, upsample
 from ecar.models.base import TransformerConfig
-from ecar.models.heads import HEAD_KINDS, TokenHead, x_to_velocity
+from ecar.models.heads import HEAD_CONDS, HEAD_KINDS, TokenHead, x_to_velocity
+
+AR_INPUTS = ("upsampled", "parent")
+"""What the AR transformer reads for stage s (``model.ar_input``):
+
+* ``upsampled``: the previous stage's end state upsampled to stage s's grid (zeros for
+  stage 1); the output at each of stage s's tokens is that token's condition.
+* ``parent``: the previous stage's end state at its own grid (nothing for stage 1: the class
+  token alone); the output at each parent token is expanded by a linear map into the
+  conditions of its r×r children at stage s (r = g_s / g_{s−1}). The pass never runs over
+  the finest grid: with a factor-2 pyramid it covers ≈ 1/4 of the tokens (docs/ecar.md).
+"""
 
 
 @dataclass
@@ -41,6 +52,13 @@ class ECARConfig(TransformerConfig):
     head_width: int = 128
     head_depth: int = 3
     head_heads: int = 4
+    head_mlp_ratio: float | None = None
+    """MLP ratio of the transformer head's blocks (None = ``mlp_ratio``)."""
+    head_cond: str = "token"
+    """How the head is conditioned on (u, z): ``token``, ``stage`` or ``add``
+    (:data:`ecar.models.heads.HEAD_CONDS`; cost per step falls in that order)."""
+    ar_input: str = "upsampled"
+    """``upsampled`` or ``parent`` (:data:`AR_INPUTS`)."""
     stage_weights: list[float] | None = field(default=None)
     """Loss weight per stage (None = every stage counts equally)."""
     prediction: str = "v"
@@ -60,6 +78,13 @@ class ECARConfig(TransformerConfig):
             raise ConfigError(f"model.prediction={shown(self.prediction)}; choose v or x")
         if self.head not in HEAD_KINDS:
             raise ConfigError(f"model.head={shown(self.head)}; choose mlp or transformer")
+        if self.head_cond not in HEAD_CONDS:
+            raise ConfigError(f"model.head_cond={shown(self.head_cond)}; choose {', '.join(HEAD_CONDS)}")
+        if self.ar_input not in AR_INPUTS:
+            raise ConfigError(f"model.ar_input={shown(self.ar_input)}; choose {', '.join(AR_INPUTS)}")
+        if self.head_mlp_ratio is not None and not self.head_mlp_ratio * self.head_width >= 1:
+            raise ConfigError(f"model.head_mlp_ratio={shown(self.head_mlp_ratio)} is not valid: "
+                              "the head's MLP needs head_mlp_ratio·head_width >= 1 (or null for mlp_ratio)")
         if not isinstance(self.head_batch_mul, int) or self.head_batch_mul < 1:
             raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {shown(self.head_batch_mul)}")
         for name in ("head_width", "head_depth", "head_heads"):
@@ -159,7 +184,13 @@ class ECAR(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.hidden, eps=1e-6)
         self.head = TokenHead(token_dim, cfg.hidden, cfg.head_width, cfg.head_depth, kind=cfg.head,
-                              heads=cfg.head_heads, mlp_ratio=cfg.mlp_ratio)
+                              heads=cfg.head_heads, mlp_ratio=cfg.head_mlp_ratio or cfg.mlp_ratio,
+                              cond=cfg.head_cond)
+        self.parent = cfg.ar_input == "parent"
+        if self.parent:  # parent token -> its r×r children's conditions (stage 1: the class token's)
+            ratios = [self.grids[0]] + [b // a for a, b in zip(self.grids, self.grids[1:])]
+            self.ratios = ratios
+            self.expand = nn.ModuleList(nn.Linear(cfg.hidden, r * r * cfg.hidden) for r in ratios)
         nn.init.xavier_uniform_(self.embed.weight)
         nn.init.zeros_(self.embed.bias)
         nn.init.normal_(self.y_embed.table.weight, std=0.02)
@@ -204,26 +235,54 @@ class ECAR(nn.Module):
         return ids[None, :] <= ids[:, None]
 
     def _embed_stage(self, inp: torch.Tensor, s: int) -> torch.Tensor:
+        """Tokens of stage s's AR input (at grid g_s, or g_{s−1} for ``parent``) -> (B, n, hidden)."""
         h = self.embed(self.stage_tokens(inp))
-        return h + getattr(self, f"pos{s}") + self.stage_embed.weight[s]
+        return h + getattr(self, f"pos{s - 1 if self.parent else s}") + self.stage_embed.weight[s]
+
+    def ar_input(self, prev_end: torch.Tensor | None, s: int, like: torch.Tensor) -> torch.Tensor | None:
+        """The AR transformer's input for stage s given the previous stage's end state
+        (``model.ar_input``): ``upsampled``: up(prev_end) at stage s's size (zeros like
+        ``like``, stage s's start state, for s = 0); ``parent``: prev_end itself (None for s = 0)."""
+        if self.parent:
+            return None if s == 0 else prev_end
+        return torch.zeros_like(like) if s == 0 else upsample(prev_end, self.schedule.sizes[s])
+
+    def _children(self, h: torch.Tensor, s: int) -> torch.Tensor:
+        """``parent``: outputs at stage s's parent tokens (B, g², hidden) -> the conditions of
+        stage s's tokens (B, (g·r)², hidden), children in raster order of the finer grid."""
+        r, b, n, d = self.ratios[s], *h.shape
+        g = int(round(n ** 0.5))
+        out = self.expand[s](h).reshape(b, g, g, r, r, d).permute(0, 1, 3, 2, 4, 5)
+        return out.reshape(b, g * r * g * r, d)
+
+    def _ar_ids(self, stages: int, device) -> torch.Tensor:
+        """``parent``: the stage of every AR position (class token 0, stage s's input s)."""
+        ids = [torch.zeros(1, dtype=torch.long)]
+        ids += [torch.full((self.grids[s - 1] ** 2,), s) for s in range(1, stages)]
+        return torch.cat(ids).to(device)
 
     # ------------------------------------------------------------------ AR transformer
-    def condition(self, inputs: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
+    def condition(self, inputs: list[torch.Tensor | None], y: torch.Tensor) -> list[torch.Tensor]:
         """Full pass (training, or sampling without a cache) over the first len(inputs) stages.
 
-        inputs[s]: (B, C, n_s, n_s) AR input of stage s; y: (B,) labels (null = num_classes).
+        inputs[s]: stage s's AR input (:meth:`ar_input`); y: (B,) labels (null = num_classes).
         Returns z per stage: (B, g_s², hidden).
         """
         c = self.y_embed(y)
-        h = torch.cat([c[:, None]] + [self._embed_stage(x, s) for s, x in enumerate(inputs)], dim=1)
-        mask = self.block_causal_mask(h.device, len(inputs))
+        embedded = [self._embed_stage(x, s) for s, x in enumerate(inputs) if x is not None]
+        h = torch.cat([c[:, None]] + embedded, dim=1)
+        if self.parent:
+            ids = self._ar_ids(len(inputs), h.device)
+            mask = ids[None, :] <= ids[:, None]
+        else:
+            mask = self.block_causal_mask(h.device, len(inputs))
         for blk in self.blocks:
             h = blk(h, c, mask=mask)
         h = self.norm(h)
-        out, i = [], 1
+        out, i = [], 0 if self.parent else 1
         for s in range(len(inputs)):
-            n = self.grids[s] ** 2
-            out.append(h[:, i : i + n])
+            n = (self.grids[s - 1] ** 2 if s else 1) if self.parent else self.grids[s] ** 2
+            out.append(self._children(h[:, i : i + n], s) if self.parent else h[:, i : i + n])
             i += n
         return out
 
@@ -231,21 +290,26 @@ class ECAR(nn.Module):
         return [KVCache() for _ in self.blocks]
 
     def condition_step(
-        self, inp: torch.Tensor, s: int, y: torch.Tensor, cache: list[KVCache]
+        self, inp: torch.Tensor | None, s: int, y: torch.Tensor, cache: list[KVCache]
     ) -> torch.Tensor:
         """One stage with a KV cache of the earlier ones -> z (B, g_s², hidden).
 
         Stage 0 also feeds the class token. Must be called for s = 0, 1, … in order.
         """
         c = self.y_embed(y)
-        h = self._embed_stage(inp, s)
-        if s == 0:
-            h = torch.cat([c[:, None], h], dim=1)
+        if self.parent and s == 0:
+            h = c[:, None]
+        else:
+            h = self._embed_stage(inp, s)
+            if s == 0:
+                h = torch.cat([c[:, None], h], dim=1)
         # stage 0 carries the class token, which sees only itself; later stages see every cached position
-        mask = self.block_causal_mask(h.device, 1) if s == 0 else None
+        mask = self.block_causal_mask(h.device, 1) if s == 0 and not self.parent else None
         for blk, kv in zip(self.blocks, cache):
             h = blk(h, c, mask=mask, cache=kv)
         h = self.norm(h)
+        if self.parent:
+            return self._children(h, s)
         return h[:, 1:] if s == 0 else h
 
     # ------------------------------------------------------------------ head
@@ -263,13 +327,17 @@ class ECAR(nn.Module):
         return self._as_velocity(self.head(x_tokens, u, zc, pos=pos), x_tokens, u)
 
     def velocity_all(self, x_tokens: torch.Tensor, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Head over the tokens of all stages at once (training). u: (B, N_total)."""
+        """Head over the tokens of all stages at once (training). u: (B, S), one time per
+        stage of each image (or (B, N_total), one per token)."""
         zc = self.head.project(z)
+        counts = [g * g for g in self.grids] if u.shape[1] == self.num_stages else None
+        if counts is not None and self.cfg.prediction == "x":
+            u, counts = u.repeat_interleave(torch.tensor(counts, device=u.device), dim=1), None
         if self.cfg.head == "mlp":
-            return self._as_velocity(self.head(x_tokens, u, zc), x_tokens, u)
+            return self._as_velocity(self.head(x_tokens, u, zc, counts=counts), x_tokens, u)
         ids = self.stage_ids(x_tokens.device)[1:]
         pos = torch.cat([getattr(self, f"hpos{s}") for s in range(self.num_stages)], dim=1)
-        out = self.head(x_tokens, u, zc, mask=self.head_mask(ids), pos=pos)
+        out = self.head(x_tokens, u, zc, mask=self.head_mask(ids), pos=pos, counts=counts)
         return self._as_velocity(out, x_tokens, u)
 
     def _as_velocity(self, out: torch.Tensor, x_tokens: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

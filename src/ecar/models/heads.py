@@ -32,20 +32,46 @@ def x_to_velocity(x_hat: torch.Tensor, x_u: torch.Tensor, u: torch.Tensor) -> to
     return (x_hat - x_u) / (1 - u).clamp_min(X_PRED_MIN_GAP)
 
 
+HEAD_CONDS = ("token", "stage", "add")
+"""How a :class:`TokenHead` is conditioned on (u, z) — what one head call costs per token:
+
+* ``token``: adaLN on c = proj(z) + emb(u) per token (MAR, arXiv 2406.11838 §3.3): every
+  block's modulation is a (width × k·width) product per token, recomputed at every step.
+* ``stage``: the modulation is split into a per-token part from proj(z), computed once per
+  unit (:meth:`TokenHead.project`), plus a per-row part from emb(u) — adaLN's ``ada(c)``
+  with the SiLU taken of each part alone. A step then pays only the blocks' bodies.
+* ``add``: proj(z) is added to the tokens' hidden state (in-context conditioning) and the
+  modulation comes from emb(u) alone, one per row: the cheapest; z reaches the blocks
+  through the residual stream instead of through their norms.
+"""
+
+
+def _per_token(terms: torch.Tensor, b: int, counts: list[int] | None) -> torch.Tensor:
+    """Per-row time terms -> (B, 1 or N, F): rows (B·G, F) of G time groups per image, each
+    group covering ``counts[g]`` consecutive tokens (None: one group per token, or one per image)."""
+    terms = terms.reshape(b, -1, terms.shape[-1])
+    if counts is None:
+        return terms
+    return terms.repeat_interleave(torch.tensor(counts, device=terms.device), dim=1)
+
+
 class TokenHead(nn.Module):
     """Velocity of a unit's tokens. x: (B, N, D_tok), u: (B,) or (B, N), z: (B, N, cond_dim).
 
-    ``kind="mlp"``: per-token residual MLP with adaLN on (u, z) (MAR, arXiv 2406.11838 §3.3);
+    ``kind="mlp"``: per-token residual MLP with adaLN (MAR, arXiv 2406.11838 §3.3);
     ``kind="transformer"``: adaLN transformer blocks over the unit's tokens (``heads``
-    attention heads; an optional mask restricts attention, e.g. to one stage).
+    attention heads, MLP ``mlp_ratio``; an optional mask restricts attention, e.g. to one
+    stage). ``cond``: how (u, z) reach the blocks (:data:`HEAD_CONDS`).
     """
 
     def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, kind: str = "mlp",
-                 heads: int = 4, mlp_ratio: float = 4.0):
+                 heads: int = 4, mlp_ratio: float = 4.0, cond: str = "token"):
         super().__init__()
         if kind not in HEAD_KINDS:
             raise ValueError(f"head kind {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
-        self.kind = kind
+        if cond not in HEAD_CONDS:
+            raise ValueError(f"head conditioning {cond!r}; choose one of {', '.join(HEAD_CONDS)}")
+        self.kind, self.cond, self.width = kind, cond, width
         self.inp = nn.Linear(token_dim, width)
         self.t_embed = TimestepEmbedder(width)
         self.z_proj = nn.Linear(cond_dim, width)
@@ -54,31 +80,60 @@ class TokenHead(nn.Module):
         else:
             self.blocks = nn.ModuleList(AdaLNBlock(width, heads, mlp_ratio) for _ in range(depth))
         self.final = FinalLayer(width, token_dim)
+        self.t_ada = None
+        if cond == "stage":  # the time part of each modulation (the z part is each block's own ada)
+            self.t_ada = nn.ModuleList(
+                nn.Sequential(nn.SiLU(), nn.Linear(width, m.ada[1].out_features))
+                for m in [*self.blocks, self.final])
+            for m in self.t_ada:
+                nn.init.zeros_(m[1].weight)
+                nn.init.zeros_(m[1].bias)
+
+    def _adas(self) -> list[nn.Module]:
+        return [m.ada for m in [*self.blocks, self.final]]
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
-        """AR output (B, N, cond_dim) -> head condition (B, N, width); constant over a unit's steps."""
-        return self.z_proj(z)
+        """AR output (B, N, cond_dim) -> head condition, constant over a unit's steps: proj(z)
+        (B, N, width); with ``cond="stage"`` followed by every block's (and the final layer's)
+        z-part modulation, packed along the last axis."""
+        zc = self.z_proj(z)
+        if self.cond != "stage":
+            return zc
+        return torch.cat([zc, *(ada(zc) for ada in self._adas())], dim=-1)
 
     def forward(
         self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor, mask: torch.Tensor | None = None,
-        pos: torch.Tensor | None = None,
+        pos: torch.Tensor | None = None, counts: list[int] | None = None,
     ) -> torch.Tensor:
-        """zc: projected condition from :meth:`project`."""
+        """zc: the condition from :meth:`project`. u: scalar, (B,), (B, N), or with ``counts``
+        (B, G): one time per group of ``counts[g]`` consecutive tokens (the stages in
+        training), so the time terms are computed per group, not per token."""
         b = x.shape[0]
         if u.dim() == 0:
             u = u.expand(b)
-        t = self.t_embed(u.reshape(-1)).reshape(b, -1, zc.shape[-1])  # (B, 1 or N, w)
-        c = zc + t
+        t = self.t_embed(u.reshape(-1))  # (B·G, w)
         h = self.inp(x)
+        w = self.width
+        if self.cond == "token":
+            c = zc + _per_token(t, b, counts)
+            mods = [None] * (len(self.blocks) + 1)
+        else:
+            c = None
+            if self.cond == "stage":
+                parts = zc[..., w:].split([a[1].out_features for a in self._adas()], dim=-1)
+                mods = [p + _per_token(ta(t), b, counts) for p, ta in zip(parts, self.t_ada)]
+            else:
+                h = h + zc
+                mods = [_per_token(ada(t), b, counts) for ada in self._adas()]
         if self.kind == "mlp":
-            for blk in self.blocks:
-                h = blk(h, c)
+            for blk, mod in zip(self.blocks, mods):
+                h = blk(h, c, mod=mod)
         else:
             if pos is not None:
                 h = h + pos
-            for blk in self.blocks:
-                h = blk(h, c, mask=mask)
-        return self.final(h, c)
+            for blk, mod in zip(self.blocks, mods):
+                h = blk(h, c, mask=mask, mod=None if mod is None else blk.modulation(None, mod))
+        return self.final(h, c, mod=mods[-1])
 
 
 @dataclass
