@@ -143,6 +143,36 @@ def test_the_lock_of_a_killed_process_is_free(tmp_path):
         pass
 
 
+def test_a_lock_inherited_by_a_child_of_a_killed_holder_is_waited_for(tmp_path, monkeypatch):
+    """A data-loader worker forked by a training inherits its lock and outlives a SIGKILL of
+    it by a few seconds: the next writer waits for the lock instead of refusing at once."""
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
+        import os, time
+        from ecar.lock import WriterLock
+        WriterLock({str(folder)!r}, "run directory").acquire()
+        if os.fork() == 0:  # the child: holds the inherited lock for 3 s more
+            time.sleep(3)
+            os._exit(0)
+        print("held", flush=True)
+        time.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    import ecar.lock
+
+    monkeypatch.setattr(ecar.lock, "_ORPHAN_WAIT", 0.2)  # too short to outwait the child
+    with pytest.raises(OutputInUseError, match=f"started by PID {holder.pid} on host .* which has ended; a "
+                                               "process it started, such as a data-loader worker, still holds"):
+        WriterLock(folder, "run directory").acquire()
+    monkeypatch.undo()
+    with WriterLock(folder, "run directory"):  # waits until the child has exited
+        pass
+
+
 def test_latent_cache_and_demo_folder_are_refused_while_locked(tmp_path, capsys):
     """cache-latents and demo refuse a folder another process writes (here: this test), at
     once and with nothing written; the cache encodes once the lock is released."""

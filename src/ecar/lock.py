@@ -47,6 +47,10 @@ content: emptiness checks ignore it (:func:`ecar.serialization.is_empty_dir`).""
 _MAX_COMMAND = 400
 _READ_TRIES = 20
 _READ_PAUSE = 0.025
+_ORPHAN_WAIT = 15.0
+"""Seconds a writer waits for a lock whose recorded holder has died but that is still held:
+by a child the holder forked (a data-loader worker inherits the lock and notices its parent's
+death within about 5 s)."""
 
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 """flock's errors on a file system without locks (some network and FUSE mounts)."""
@@ -114,9 +118,13 @@ def _ago(seconds: float) -> str:
     return f"{s / 3600:.1f} h ago"
 
 
-def _refusal(path: Path, what: str, holder: dict | None) -> OutputInUseError:
+def _refusal(path: Path, what: str, holder: dict | None, orphaned: bool = False) -> OutputInUseError:
     if holder is None:
         who = "another process (it has not recorded its name)"
+    elif orphaned:
+        who = (f"a process started by PID {holder.get('pid')} on host {holder.get('host', '?')} (`"
+               f"{str(holder.get('command', '?'))[:_MAX_COMMAND]}`), which has ended; a process it "
+               "started, such as a data-loader worker, still holds the lock")
     else:
         since = str(holder.get("since", "?"))
         try:
@@ -223,13 +231,19 @@ class WriterLock:
         if self._fd is not None:
             return self
         self._remove_created()
-        raise _refusal(self.path, self.what, holder)
+        raise _refusal(self.path, self.what, holder, orphaned=holder is not None and not _alive_here(holder))
 
     def _take(self) -> dict | None:
-        """Lock the file (setting ``_fd``) or return the live holder's record (or None)."""
+        """Lock the file (setting ``_fd``), or return the record of its holder (None if none).
+
+        A holder still writing its record, or another writer's brief :func:`check_not_locked`,
+        is waited for a moment; a lock whose recorded holder has died (held on by a child of
+        it) up to :data:`_ORPHAN_WAIT` seconds."""
         lock_file = self.path / LOCK_NAME
         holder = None
-        for _ in range(_READ_TRIES):
+        tries, deadline = 0, None
+        while True:
+            tries += 1
             fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
             try:
                 try:
@@ -253,13 +267,15 @@ class WriterLock:
                     continue  # the previous holder deleted the file on release: lock the new one
                 holder = _read_holder(fd)
                 if _alive_here(holder):
-                    break
-                # a holder still writing its record, or a writer's brief check_not_locked: retry
-                time.sleep(_READ_PAUSE)
+                    return holder
+                if holder is not None and deadline is None:
+                    deadline = time.monotonic() + _ORPHAN_WAIT  # its holder died: a child holds it
+                if (time.monotonic() > deadline) if deadline is not None else tries >= _READ_TRIES:
+                    return holder
+                time.sleep(_READ_PAUSE if deadline is None else 0.1)
             finally:
                 if fd is not None:
                     os.close(fd)
-        return holder if _alive_here(holder) else None
 
     def release(self) -> None:
         if self._fd is None:

@@ -308,18 +308,18 @@ def cmd_draft(args) -> int:
     if not args.lr > 0:  # the integer flags' ranges: cli.common.check_args
         raise UsageError(f"--lr must be > 0, got {args.lr}")
     device = pick_device(args.device, where="--device")
-    target = load_for_inference(args.ckpt, device)
-    if method_of(target.cfg.model).name != "ar":
-        raise UsageError(f"{args.ckpt} is a {method_of(target.cfg.model).name} checkpoint: a draft head needs the "
-                         "causal method ar")
     out = Path(args.out)
 
     def check_out() -> None:
         if out.exists() and (not out.is_dir() or entries(out)):
             raise UsageError(f"--out '{out}' exists and is not an empty directory; choose a new one for the draft")
 
-    check_not_locked(out, "draft run directory")
+    check_not_locked(out, "draft run directory")  # before loading anything: refused at once
     check_out()
+    target = load_for_inference(args.ckpt, device)
+    if method_of(target.cfg.model).name != "ar":
+        raise UsageError(f"{args.ckpt} is a {method_of(target.cfg.model).name} checkpoint: a draft head needs the "
+                         "causal method ar")
     sample = apply_sample_overrides(target.cfg.sample, flag_overrides(args))
     if sample.sampler != "euler_maruyama":
         raise UsageError(f"speculative decoding samples the head's Gaussian chain (--sampler euler_maruyama); "
