@@ -25,7 +25,8 @@ from ecar.eval.cost import measure_cost
 from ecar.eval.evaluate import evaluate_model
 from ecar.generate import generate_images
 from ecar.imageio import save_grid, save_png, to_uint8
-from ecar.serialization import is_empty_dir
+from ecar.lock import writer_lock
+from ecar.serialization import entries, is_empty_dir
 from ecar.train.trainer import train
 
 log = logging.getLogger("ecar.demo")
@@ -99,9 +100,14 @@ def run_demo(
     out = Path(out)
     run = demo_checkpoint(out)
     cfg = demo_config(minutes, overrides)
-    earlier = check_demo_out(out)
-    if earlier:
-        log.info("replacing the previous demo output in %s", out)
+    # one demo per folder at a time (ecar.lock): the lock on ``out`` is held to the end
+    with writer_lock(out, "demo output folder", lambda: check_demo_out(out)) as earlier:
+        if earlier:
+            log.info("replacing the previous demo output in %s", out)
+        return _run_demo(out, run, cfg, progress, fid_samples)
+
+
+def _run_demo(out: Path, run: Path, cfg: Config, progress: bool, fid_samples: int) -> dict:
     t0 = time.perf_counter()
     summary = train(cfg, run, progress=progress, overwrite=is_run(run))
     device = torch.device("cpu")
@@ -144,7 +150,7 @@ def check_demo_out(out: Path) -> bool:
         raise OutputExistsError(f"--out '{out}' exists and is not a directory; choose another --out")
     if not out.is_dir():
         return False
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in entries(out))
     if not names:
         return False
     run = out / "run"

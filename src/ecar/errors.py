@@ -10,7 +10,7 @@ from __future__ import annotations
 import reprlib
 from typing import Any
 
-__all__ = ["ConfigError", "MAX_SHOWN", "shown"]
+__all__ = ["ConfigError", "MAX_SHOWN", "OutputExistsError", "OutputInUseError", "shown"]
 
 MAX_SHOWN = 80
 """Characters of a user's value that an error message quotes at most."""
@@ -39,3 +39,9 @@ def shown(value: Any) -> str:
 class OutputExistsError(FileExistsError):
     """An output path that holds files the command must not replace (the message names them and
     says what to pass instead: another path, ``--resume`` or ``--overwrite``)."""
+
+
+class OutputInUseError(RuntimeError):
+    """An output folder (a run, a latent cache, the demo's folder) that another live process is
+    writing: it holds the folder's lock (:mod:`ecar.lock`); the message names it (PID, host,
+    command, since when). Exit code 1, like any output the command must not write into."""

@@ -9,6 +9,8 @@ shards of memory-mapped arrays plus a manifest. Properties:
 * **Resumable**: each shard is written atomically and then recorded in the manifest
   (also written atomically); a rerun after an interruption verifies the recorded shards and
   encodes only the rest — its files equal those of an uninterrupted run.
+* **One encoder at a time**: the directory's lock (:mod:`ecar.lock`) is held while encoding;
+  a second ``ecar cache-latents`` into it is refused at once, naming the first.
 * **Refuses a mismatch**: a directory whose manifest records another dataset, autoencoder
   (name, scale, weights), latent shape, dtype or shard size is not touched; the message
   names the fields that differ. Training on ``latents:DIR`` checks the autoencoder the
@@ -37,7 +39,8 @@ from ecar.build import build_data, latent_spec, resolved_data
 from ecar.config import Config
 from ecar.data import DataError, ImageDataset
 from ecar.data.latents import FORMAT, MANIFEST, read_manifest, shard_files
-from ecar.serialization import atomic_write
+from ecar.lock import check_not_locked, writer_lock
+from ecar.serialization import atomic_write, entries
 
 __all__ = ["DTYPES", "autoencoder_identity", "cache_latents", "check_cache_autoencoder"]
 
@@ -131,6 +134,7 @@ def cache_latents(cfg: Config, out: str | Path, *, batch_size: int = 64, shard_s
     if cfg.data.name.strip().lower().startswith("latents:"):
         raise DataError("cache-latents encodes images; the recipe's data.name is already a latent cache")
     out = Path(out).expanduser()
+    check_not_locked(out, "latent cache")  # before the minutes of building: refused at once
     device = torch.device(device)
     ds = build_data(cfg.data, "train")
     cfg_data = resolved_data(cfg.data, ds)
@@ -138,8 +142,14 @@ def cache_latents(cfg: Config, out: str | Path, *, batch_size: int = 64, shard_s
     spec = latent_spec(replace(cfg, data=cfg_data), ae)
     expected = _expected_manifest(cfg, ds, ae, [spec.channels, spec.size, spec.size], dtype, shard_size)
     num_shards = -(-len(ds) // shard_size)
+    # one encoder at a time (ecar.lock): two would write the same shards and manifest
+    with writer_lock(out, "latent cache", lambda: _earlier_cache(out, expected)) as old:
+        return _encode(out, ds, ae, expected, old, num_shards, shard_size, batch_size, dtype, device, progress)
 
-    done: list[dict[str, Any]] = []
+
+def _earlier_cache(out: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest of an earlier cache of this recipe in ``out`` (None: new or empty); refuses
+    a cache of another recipe and a directory holding anything else."""
     if (out / MANIFEST).is_file():
         old = read_manifest(out)
         diffs = _differences({k: old.get(k) for k in _IDENTITY}, {k: expected[k] for k in _IDENTITY})
@@ -148,13 +158,23 @@ def cache_latents(cfg: Config, out: str | Path, *, batch_size: int = 64, shard_s
                 f"'{out}' holds a latent cache of another recipe ({'; '.join(diffs[:6])}); "
                 "choose another --out, or delete that directory to encode this recipe there"
             )
+        return old
+    if out.exists() and (not out.is_dir() or entries(out)):
+        raise DataError(f"'{out}' exists and is not an (empty) latent-cache directory; choose another --out")
+    return None
+
+
+def _encode(out: Path, ds: ImageDataset, ae: nn.Module, expected: dict[str, Any], old: dict[str, Any] | None,
+            num_shards: int, shard_size: int, batch_size: int, dtype: str, device: torch.device,
+            progress: bool) -> dict[str, Any]:
+    """Encode the shards that ``out`` lacks (the lock held: :func:`cache_latents`)."""
+    done: list[dict[str, Any]] = []
+    if old is not None:
         done = _verified_shards(out, old)
         if old.get("complete") and len(done) == num_shards:
             log.info("latent cache %s is complete (%d latents); nothing to do", out, expected["count"])
             return old
         log.info("latent cache %s: %d of %d shards already encoded, resuming", out, len(done), num_shards)
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"'{out}' exists and is not an (empty) latent-cache directory; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
 
     manifest = {**expected, "num_shards": num_shards, "shards": done, "complete": False}

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ecar.errors import OutputExistsError
+from ecar.lock import LOCK_NAME
 
 log = logging.getLogger("ecar")
 
@@ -88,9 +89,16 @@ def remove_tree(path: str | Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def entries(path: str | Path) -> list[Path]:
+    """The entries of folder ``path``, less a writer's lock file (:mod:`ecar.lock`): the lock
+    of a writer that was killed stays behind, and is no content of the folder."""
+    return [p for p in Path(path).iterdir() if p.name != LOCK_NAME]
+
+
 def is_empty_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a folder with nothing in it (a leftover lock file aside)."""
     path = Path(path)
-    return path.is_dir() and next(path.iterdir(), None) is None
+    return path.is_dir() and not entries(path)
 
 
 def check_output_file(path: str | Path, overwrite: bool, what: str = "output") -> None:

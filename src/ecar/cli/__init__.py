@@ -14,6 +14,7 @@ import os
 import sys
 import traceback
 
+from ecar.lock import set_command
 from ecar.train.trainer import TrainingInterrupted
 
 from ecar.cli.apps import add_bench, add_demo, add_serve, cmd_bench, cmd_demo, cmd_serve
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by `ecar bench`
+    set_command(["ecar", *args.argv])  # named by a writer's lock (ecar.lock)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

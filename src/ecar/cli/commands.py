@@ -20,8 +20,9 @@ from ecar.generate import check_draft_pair, check_generation_fits, generate_imag
 from ecar.imageio import save_grid, save_images, save_png, to_uint8
 from ecar.latent_cache import DTYPES, cache_latents
 from ecar.methods import apply_sample_overrides, flag_overrides, method_of, sampler_flags
-from ecar.serialization import atomic_write, check_output_dir, check_output_file
-from ecar.train.trainer import check_run_dir, train
+from ecar.lock import check_not_locked, writer_lock
+from ecar.serialization import atomic_write, check_output_dir, check_output_file, entries
+from ecar.train.trainer import check_run_dir, is_main_process, train
 
 from ecar.cli.common import UsageError, formatter, parse_ints
 
@@ -49,6 +50,10 @@ def add_train(sub) -> None:
 
             --out must be new or empty, or an earlier run: continued with --resume, or
             replaced with --overwrite. A directory holding other files is never written into.
+            One writer at a time: while a training writes a run, another one into it is
+            refused at once, naming it (PID, host, command, since when); sample, eval, info
+            and serve can read it meanwhile. A resume drops the metrics rows (and TensorBoard
+            events) that the interrupted run logged after its last checkpoint.
             """
         ),
     )
@@ -191,6 +196,8 @@ def cmd_train(args) -> int:
             raise UsageError("--resume needs --out (the run directory to continue)")
         args.out = str(Path("runs") / Path(args.config).stem)
     if args.config is None:
+        if is_main_process():  # a run being written is refused naming its writer, not for its state
+            check_not_locked(args.out, "run directory")
         check_run_dir(Path(args.out), resume=True, overwrite=False)
         saved = load_yaml(find_checkpoint(args.out).directory / CONFIG_FILE)
         cfg = config_from_dict(merge_overrides(saved, args.overrides))
@@ -302,33 +309,39 @@ def cmd_draft(args) -> int:
     if not args.lr > 0:  # the integer flags' ranges: cli.common.check_args
         raise UsageError(f"--lr must be > 0, got {args.lr}")
     device = pick_device(args.device, where="--device")
+    out = Path(args.out)
+
+    def check_out() -> None:
+        if out.exists() and (not out.is_dir() or entries(out)):
+            raise UsageError(f"--out '{out}' exists and is not an empty directory; choose a new one for the draft")
+
+    check_not_locked(out, "draft run directory")  # before loading anything: refused at once
+    check_out()
     target = load_for_inference(args.ckpt, device)
     if method_of(target.cfg.model).name != "ar":
         raise UsageError(f"{args.ckpt} is a {method_of(target.cfg.model).name} checkpoint: a draft head needs the "
                          "causal method ar")
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"--out '{out}' exists and is not an empty directory; choose a new one for the draft")
     sample = apply_sample_overrides(target.cfg.sample, flag_overrides(args))
     if sample.sampler != "euler_maruyama":
         raise UsageError(f"speculative decoding samples the head's Gaussian chain (--sampler euler_maruyama); "
                          f"a draft for the {sample.sampler} ODE would never be used")
-    draft, dcfg = make_draft_head(target.model, target.cfg, args.components, args.width, args.seed)
-    dcfg.sample = sample
-    bar = tqdm(total=args.distill_steps, desc="draft", disable=args.quiet)
+    with writer_lock(out, "draft run directory", check_out):  # one writer (ecar.lock)
+        draft, dcfg = make_draft_head(target.model, target.cfg, args.components, args.width, args.seed)
+        dcfg.sample = sample
+        bar = tqdm(total=args.distill_steps, desc="draft", disable=args.quiet)
 
-    def on_step(step: int, loss: float) -> None:
-        bar.update(1)
-        bar.set_postfix(path_kl=f"{loss:.3f}")
+        def on_step(step: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(path_kl=f"{loss:.3f}")
 
-    res = distill_draft_head(target.model, draft, target.cfg, sample, steps=args.distill_steps, batch=args.batch,
-                             lr=args.lr, pool=args.pool, seed=args.seed, on_step=on_step)
-    bar.close()
-    save_checkpoint(out, model=draft, ema=draft, cfg=dcfg, step=args.distill_steps, train_state={})
-    tail = res["losses"][-50:]
-    report = {"target": str(args.ckpt), "steps": args.distill_steps, "batch": args.batch, "components": args.components,
-              "width": args.width, "pool": args.pool, "final_path_kl": sum(tail) / len(tail), **res}
-    atomic_write(out / "draft.json", (json.dumps(report, indent=2) + "\n").encode())
+        res = distill_draft_head(target.model, draft, target.cfg, sample, steps=args.distill_steps, batch=args.batch,
+                                 lr=args.lr, pool=args.pool, seed=args.seed, on_step=on_step)
+        bar.close()
+        save_checkpoint(out, model=draft, ema=draft, cfg=dcfg, step=args.distill_steps, train_state={})
+        tail = res["losses"][-50:]
+        report = {"target": str(args.ckpt), "steps": args.distill_steps, "batch": args.batch, "components": args.components,
+                  "width": args.width, "pool": args.pool, "final_path_kl": sum(tail) / len(tail), **res}
+        atomic_write(out / "draft.json", (json.dumps(report, indent=2) + "\n").encode())
     print(f"distilled a {args.components}-component draft head in {args.distill_steps} steps: held-out path KL per token "
           f"{sum(res['held_out_kl_per_step']):.3f}, acceptance proxy {res['held_out_acceptance_proxy']:.3f}")
     print(f"next: ecar sample --ckpt {args.ckpt} --draft {out} --out {out}/grid.png")

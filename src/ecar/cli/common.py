@@ -19,7 +19,7 @@ import torch
 from ecar.checkpoint import CheckpointError
 from ecar.data import DataError
 from ecar.device import check_device_name
-from ecar.errors import ConfigError
+from ecar.errors import ConfigError, OutputInUseError
 from ecar.train.trainer import TrainingDiverged
 
 
@@ -28,7 +28,8 @@ EXIT_USAGE, EXIT_FAIL, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 70, 130
 
 EXIT_CODES = {
     0: "success",
-    EXIT_FAIL: "the run failed on valid input: damaged checkpoint, unreadable data, training "
+    EXIT_FAIL: "an output another process is writing (its lock names it), or one that must not be "
+               "replaced; the run failed on valid input: damaged checkpoint, unreadable data, training "
                "diverged, an OS error on a path given (missing, no permission, disk full), out of memory",
     EXIT_USAGE: "invalid input: a flag, a config file, key or value, a request too large for memory",
     EXIT_BUG: "an unexpected error, a bug in ecar: the traceback is shown; please report it",
@@ -130,7 +131,7 @@ def error_code(e: BaseException) -> int | None:
     """The exit code of an expected error, or None for an unexpected one (a bug)."""
     if isinstance(e, (ConfigError, UsageError)):
         return EXIT_USAGE
-    if isinstance(e, (CheckpointError, TrainingDiverged, DataError, OSError)) or _out_of_memory(e):
+    if isinstance(e, (CheckpointError, TrainingDiverged, DataError, OSError, OutputInUseError)) or _out_of_memory(e):
         return EXIT_FAIL
     return None
 

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import time
 from contextlib import nullcontext
@@ -31,7 +32,8 @@ from ecar.errors import OutputExistsError
 from ecar.generate import generate_images, labels_for
 from ecar.imageio import save_grid, to_uint8
 from ecar.latent_cache import check_cache_autoencoder
-from ecar.serialization import is_empty_dir, remove_tree
+from ecar.lock import writer_lock
+from ecar.serialization import atomic_write, entries, is_empty_dir, remove_tree
 from ecar.train.data_order import BatchStream
 from ecar.train.distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier, cleanup, init_distributed
 from ecar.train.ema import ema_decay, make_ema, update_ema
@@ -114,21 +116,62 @@ class _StopFlag:
 
 
 class MetricsLog:
-    """metrics.jsonl (always) and TensorBoard (when installed and enabled), rank 0 only."""
+    """metrics.jsonl (always) and TensorBoard (when installed and enabled), rank 0 only.
 
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool):
+    One history per run: a run resumed from the checkpoint of step N first drops what the
+    interrupted process logged after N (rows of ``metrics.jsonl`` with a later step, and a
+    line torn by a kill, rewritten atomically: temporary file, fsync, rename), and opens
+    TensorBoard's writer with ``purge_step=N + 1``, which hides the earlier events of steps
+    after N (TensorBoard purges steps >= purge_step; step N itself was logged before its
+    checkpoint and is not logged again). Each step then appears once in both.
+    """
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool, resume_step: int | None = None):
         self.enabled = enabled
         self.tb = None
         if not enabled:
             return
         self.path = out / "metrics.jsonl"
+        if resume_step is not None:
+            self._drop_after(resume_step)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(out / "tb"))
+                purge = None if resume_step is None else resume_step + 1
+                self.tb = SummaryWriter(str(out / "tb"), purge_step=purge)
             except Exception:  # noqa: BLE001 - tensorboard is optional
                 self.tb = None
+
+    def _drop_after(self, step: int) -> None:
+        """Rewrite metrics.jsonl without the rows logged after ``step`` (and a torn last line)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        lines = data.split(b"\n")
+        torn = lines.pop()  # b"" when the file ends with a newline, as every whole row does
+        try:
+            json.loads(torn)
+            lines.append(torn)  # a whole row that lost only its newline
+            torn = b""
+        except ValueError:
+            pass
+        kept, dropped = [], 0
+        for line in lines:
+            try:
+                row_step = json.loads(line).get("step")
+            except (ValueError, AttributeError):
+                row_step = None
+            if isinstance(row_step, int) and row_step > step:
+                dropped += 1
+            else:
+                kept.append(line)
+        if not dropped and not torn:
+            return
+        atomic_write(self.path, b"".join(line + b"\n" for line in kept))
+        log.info("%s: dropped %d row(s) logged after step %d%s by the interrupted run", self.path,
+                 dropped, step, " and a torn last line" if torn else "")
 
     def write(self, row: dict) -> None:
         if not self.enabled:
@@ -156,20 +199,28 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     :class:`ecar.errors.OutputExistsError` for a directory it must not write into.
     """
     out = Path(out)
-    # before init_distributed, whose rendezvous waits for every rank: no rank can have
-    # written into ``out`` yet when any rank looks at it
-    replacing = check_run_dir(out, resume, overwrite)
-    dist_info = init_distributed(cfg.train.device)
-    try:
-        summary = _train(cfg, out, resume, replacing, progress, dist_info)
-        barrier()  # every rank done (rank 0 may still have been sampling) before gloo/NCCL teardown
-        return summary
-    finally:
-        cleanup()
+    # Rank 0 holds the run's lock (ecar.lock) from before anything is written to the end; a
+    # second writer is refused naming it. The checks run before init_distributed, whose
+    # rendezvous waits for every rank: no rank can have written into ``out`` yet (but rank 0's
+    # lock file, which emptiness checks ignore) when any rank looks at it.
+    with writer_lock(out, "run directory", lambda: check_run_dir(out, resume, overwrite),
+                     enabled=is_main_process()) as replacing:
+        dist_info = init_distributed(cfg.train.device)
+        try:
+            summary = _train(cfg, out, resume, replacing, progress, dist_info)
+            barrier()  # every rank done (rank 0 may still have been sampling) before gloo/NCCL teardown
+            return summary
+        finally:
+            cleanup()
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun group, or a single process (before the process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _names(directory: Path, limit: int = 3) -> str:
-    names = sorted(p.name for p in directory.iterdir())
+    names = sorted(p.name for p in entries(directory))
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
@@ -273,7 +324,7 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
     )
     batches = iter(loader)
     params = sum(p.numel() for p in model.parameters())  # DTensors count their global size
-    metrics = MetricsLog(out, di.is_main, t.tensorboard)
+    metrics = MetricsLog(out, di.is_main, t.tensorboard, resume_step=start if resume else None)
     if di.is_main:
         log.info("model %s: %.2fM parameters on %s, %d rank(s), train.parallel=%s", cfg.model.name,
                  params / 1e6, device, di.world, t.parallel)
