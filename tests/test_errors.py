@@ -10,6 +10,7 @@ timeout, so a regression fails in seconds instead of hanging the suite.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,7 +53,10 @@ def one_error(code: int, err: str, expected: int | tuple[int, ...] = EXIT_USAGE,
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's own refusals (a list entry that is not a number)
+        code = e.code
     return code, capsys.readouterr().err
 
 
@@ -448,3 +452,143 @@ def test_every_flag_a_command_declares_is_read(capsys):
     with pytest.raises(SystemExit) as e:
         main(["sample", "--ckpt", "x", "--out", "g.png", "--seeds", "0,1"])
     assert e.value.code == EXIT_USAGE and "--seeds" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- issue 30: lists, YAML, --no-ema
+
+
+def _scalar_twin(capsys, argv: list[str], flag: str, value: str) -> str:
+    """The error line the scalar form of a list flag gives for ``value``."""
+    code, err = run(capsys, *argv, f"{flag}={value}")
+    return one_error(code, err, match=f"={shown(int(value)) if value.isdigit() else value} is not valid")
+
+
+@pytest.mark.parametrize("seeds,bad,index", [("-1,2", "-1", 0), ("0,1,-5", "-5", 2),
+                                             ("3," + str(2**63), str(2**63), 1),
+                                             ("0," + "7" * 400, shown(int("7" * 400)), 1)])
+def test_a_bad_seed_inside_a_list_is_refused_like_seed(tmp_path, capsys, dit_run, seeds, bad, index):
+    """`ecar eval --seeds=-1,2` exited 0 with a FID std of 3676: each entry of a seed list now
+    meets --seed's rule, with --seed's message, before any sampling or file."""
+    out = tmp_path / "eval.json"
+    base = ["eval", "--ckpt", dit_run, "--n", "4", "--metrics", "fid", "--json", out]
+    code, err = run(capsys, *base, f"--seeds={seeds}")
+    line = one_error(code, err, match=f"--seeds[{index}]={bad} is not valid")
+    value = seeds.split(",")[index]
+    assert line == _scalar_twin(capsys, base, "--seed", value).replace("--seed=", f"--seeds[{index}]=")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--seeds=-1"], "--seeds[0]=-1 is not valid: it must be in [0, 2**63)"),
+    (["--seeds=0,x"], "--seeds"),
+    (["--sweep=1,-0.5"], "--sweep[1]=-0.5 is not valid: it must be > 0"),
+    (["--sweep=0"], "--sweep[0]=0.0 is not valid"),
+    (["--sweep=1,nan"], "--sweep[1]=nan is not valid: it must be a finite number > 0"),
+    (["--sweep=inf"], "--sweep[0]=inf is not valid: it must be a finite number > 0"),
+    (["--samplers=euler,rk45"], "--samplers[1]='rk45' is not valid; choose one of: euler, heun"),
+])
+def test_bench_list_flags_are_checked_entry_by_entry_before_any_work(tmp_path, capsys, dit_run, flags, match):
+    out = tmp_path / "bench"
+    defaults = {"--seeds": "0", "--sweep": "1", "--samplers": "euler"}
+    given = {f.split("=")[0] for f in flags}
+    rest = [f"{k}={v}" for k, v in defaults.items() if k not in given]
+    code, err = run(capsys, "bench", "--ckpts", dit_run, "--n-eval", "4", "--out", out, *rest, *flags)
+    one_error(code, err, match=match)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("classes,match", [("1,-3", "--classes[1]=-3 is not valid: it must be >= 0"),
+                                           ("1,30", "classes [30] are out of range"),
+                                           ("9" * 5000, "--classes: expected comma-separated integers")])
+def test_bad_class_lists(tmp_path, capsys, dit_run, classes, match):
+    code, err = run(capsys, "sample", "--ckpt", dit_run, "--out", tmp_path / "g.png", f"--classes={classes}")
+    line = one_error(code, err, match=match)
+    assert len(line) < 400  # a 5,000-digit entry is quoted cut short
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_stage_steps_entries_are_checked_like_steps(tmp_path, capsys, ecar_run):
+    base = ["sample", "--ckpt", ecar_run, "--out", tmp_path / "g.png"]
+    scalar = _scalar_twin(capsys, base, "--steps", "0")
+    assert "sample.steps=0 is not valid: it must be >= 1" in scalar
+    code, err = run(capsys, *base, "--stage-steps=2,0,2")
+    assert one_error(code, err) == scalar.replace("sample.steps=", "sample.stage_steps[1]=")
+
+
+@pytest.mark.parametrize("override,match", [
+    ("model.stages=[1,-2,4]", "model.stages[1]=-2 is not valid: it must be >= 1"),
+    ("model.windows=[0.5,1.5]", "model.windows[1]=1.5 is not valid: it must be in (0, 1)"),
+    ("model.windows=[0.5,.nan]", "model.windows[1]: expected a finite number"),
+    ("model.stage_weights=[1,-1,1]", "model.stage_weights[1]=-1.0 is not valid: it must be >= 0"),
+    ("sample.stage_steps=[2,2,0]", "sample.stage_steps[2]=0 is not valid: it must be >= 1"),
+    ("sample.stage_steps=[2,2,100000000000000000000]", "sample.stage_steps[2]: "),
+    ("sample.cfg_interval=[0.1,7]", "sample.cfg_interval[1]=7.0 is not valid: it must be in [0, 1]"),
+])
+def test_config_list_fields_name_the_bad_entry(tmp_path, capsys, override, match):
+    code, err = run(capsys, "train", "--config", ECAR, "--out", tmp_path / "run", override)
+    one_error(code, err, match=match)
+    assert not (tmp_path / "run").exists()
+
+
+YAML_ERRORS = {
+    "unclosed flow list": (b"train:\n  lr: [1, 2\n  max_steps: 3\n", "line 3, column 12"),
+    "mapping in a value": (b"train:\n  lr: 1\n   x: 2\n", "line 3, column 5"),
+    "unclosed quote": (b'train:\n  device: "cpu\n', "line 3, column 1"),
+    "tab indentation": (b"train:\n\tlr: 1\n", "line 2, column 1"),
+    "python tag": (b"train: !!python/object:os.system x\n", "line 1, column 8"),
+}
+
+
+@pytest.mark.parametrize("name", list(YAML_ERRORS))
+def test_yaml_syntax_errors_are_one_line(tmp_path, capsys, name):
+    """PyYAML's message spans five lines with a caret; the CLI prints one: the file, line and
+    column, what was expected, and where the construct it was reading began."""
+    data, where = YAML_ERRORS[name]
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes(data)
+    code, err = run(capsys, "train", "--config", path, "--out", tmp_path / "run")
+    line = one_error(code, err, match=where)
+    assert err.strip() == line, err  # nothing but the one line
+    assert f"config file '{path}' is not valid YAML: {where}: " in line
+    assert not (tmp_path / "run").exists()
+    code, err = run(capsys, "train", "--config", DIT, "--out", tmp_path / "run", "train.lr=[1,")
+    assert err.strip() == one_error(code, err, match="line 1, column 4")
+
+
+def _rewrite_ema(run_dir: Path, how: str) -> None:
+    """Make the run's EMA file what an earlier version could leave: a step behind the model
+    (its weights scrambled, so using them would show), or not a safetensors file at all."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    (ema,) = run_dir.rglob("ema.safetensors")
+    if how == "damaged":
+        ema.write_bytes(b"\0" * 100)
+        return
+    with safe_open(str(ema), framework="pt") as f:
+        meta = dict(f.metadata())
+    inner = json.loads(meta["ecar"])
+    inner["step"] = str(int(inner["step"]) - 1)
+    meta["ecar"] = json.dumps(inner)
+    save_file({k: torch.randn_like(v) * 5 for k, v in load_file(str(ema)).items()}, str(ema), metadata=meta)
+
+
+@pytest.mark.parametrize("how", ["a step behind", "damaged"])
+def test_no_ema_loads_only_the_model_weights(tmp_path, capsys, dit_run, how):
+    """`ecar sample --no-ema` refused a run whose EMA file was a step behind its model file,
+    although the weights it asked for were intact: it now reads only model.safetensors and
+    samples exactly what the intact run gives; without --no-ema the EMA is still checked."""
+    import shutil
+
+    stale = tmp_path / "run"
+    shutil.copytree(dit_run, stale)
+    _rewrite_ema(stale, how)
+    argv = ["sample", "--n", "4", "--seed", "3", "--no-ema"]
+    assert main([*argv, "--ckpt", str(stale), "--out", str(tmp_path / "a.png")]) == 0
+    assert main([*argv, "--ckpt", str(dit_run), "--out", str(tmp_path / "b.png")]) == 0
+    a, b = (np.asarray(Image.open(tmp_path / f"{x}.png")) for x in "ab")
+    assert a.std() > 0 and np.array_equal(a, b)
+    capsys.readouterr()
+    code, err = run(capsys, "sample", "--n", "4", "--ckpt", stale, "--out", tmp_path / "c.png")
+    one_error(code, err, expected=EXIT_FAIL, match="disagree" if how == "a step behind" else "damaged")
+    assert not (tmp_path / "c.png").exists()

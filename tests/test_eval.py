@@ -95,7 +95,7 @@ def test_sample_overrides_reach_the_sampler(tiny_run, shared_cache):
     assert r["steps"] == 3 and r["cfg"] == 2.0  # None leaves the shipped value
     with pytest.raises(ValueError, match="Valid keys of 'sample'"):
         evaluate_checkpoint(tiny_run, n=16, device="cpu", sample_overrides={"stepz": 3})
-    with pytest.raises(ValueError, match="steps must be >= 1"):
+    with pytest.raises(ValueError, match="sample.steps=0 is not valid: it must be >= 1"):
         apply_sample_overrides(SampleConfig(), ["steps=0"])
 
 
@@ -107,7 +107,7 @@ def test_cli_sample_and_eval_validate_sampler_flags_alike(tiny_run, tmp_path, ca
         err = capsys.readouterr().err
         assert "sample.stage_steps" in err and "for method dit" in err and "Valid keys of 'sample'" in err
         assert main([*cmd, "--ckpt", str(tiny_run), "--steps", "0"]) == 2
-        assert "sample.steps must be >= 1" in capsys.readouterr().err
+        assert "sample.steps=0 is not valid: it must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()
 
 

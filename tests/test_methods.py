@@ -143,8 +143,9 @@ def test_sample_overrides_are_validated():
     new = apply_sample_overrides(ecar, ["sample.sampler=heun", "stage_steps=[3,2,1]", "cfg=null"])
     assert (new.sampler, new.stage_steps, new.cfg) == ("heun", [3, 2, 1], ecar.cfg)
     assert ecar.sampler == "euler"  # a copy
-    for bad, match in [({"steps": 0}, "steps must be >= 1"), ({"sampler": "rk4"}, "choose one of"),
-                       ({"cfg_interval": [0.5, 0.2]}, "cfg_interval"), ({"stage_steps": [2, 0, 1]}, ">= 1"),
+    for bad, match in [({"steps": 0}, "sample.steps=0 is not valid: it must be >= 1"),
+                       ({"sampler": "rk4"}, "choose one of"), ({"cfg_interval": [0.5, 0.2]}, "cfg_interval"),
+                       ({"stage_steps": [2, 0, 1]}, r"sample.stage_steps\[1\]=0 is not valid: it must be >= 1"),
                        ({"cfg_schedule": "cosine"}, "constant, linear")]:
         with pytest.raises(ConfigError, match=match):
             apply_sample_overrides(ecar, bad)

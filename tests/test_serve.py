@@ -110,9 +110,9 @@ BAD = [
     ({"n": "many"}, "from 1 to 64"),
     ({"n": 2.5}, "from 1 to 64"),
     ({"seed": -1}, "seed must be an integer"),
-    ({"settings": {"stage_steps": "0,2,2"}}, "stage_steps entries must be >= 1"),
+    ({"settings": {"stage_steps": "0,2,2"}}, "sample.stage_steps[0]=0 is not valid: it must be >= 1"),
     ({"settings": {"stage_steps": "-3,2,2"}}, ">= 1"),
-    ({"settings": {"steps": "0"}}, "sample.steps must be >= 1"),
+    ({"settings": {"steps": "0"}}, "sample.steps=0 is not valid: it must be >= 1"),
     ({"settings": {"stage_steps": "2,2"}}, "needs 3 entries >= 1"),
     ({"settings": {"stage_steps": "400,400,400"}}, "1200 integration steps per image"),
     ({"settings": {"stage_steps": "1e9,1,1"}}, "expected comma-separated integers"),
@@ -147,6 +147,47 @@ def test_bad_requests_beyond_the_fields(client):
     r = client.post("/api/generate", json={"model": "m7"})
     assert r.status_code == 404 and "m0, m1" in r.json()["error"]
     assert client.get("/api/generate").status_code == 405
+
+
+HOSTILE_BODIES = {  # issue 30: the first two were answered with HTTP 500 and a traceback in the log
+    "n as 5,000 digits in a string": (b'{"n": "' + b"9" * 5000 + b'"}', 400, "n (the number of images)"),
+    "nested 20,000 deep": (b"[" * 20000 + b"]" * 20000, 400, "more than 16 levels deep"),
+    "nested 50,000 deep": (b"[" * 50000 + b"]" * 50000, 413, "larger than 65,536 bytes"),
+    "n as a 5,000-digit number": (b'{"n": ' + b"9" * 5000 + b"}", 400, "a number of 5,000 characters"),
+    "seed 1e999": (b'{"seed": 1e999}', 400, "beyond the finite numbers"),
+    "steps as 5,000 digits": (b'{"settings": {"steps": "' + b"9" * 5000 + b'"}}', 400, "setting steps: expected an integer"),
+    "stage_steps entry of 5,000 digits": (b'{"settings": {"stage_steps": "1,' + b"9" * 5000 + b',1"}}', 400,
+                                          "expected comma-separated integers"),
+    "class as 30 digits": (b'{"class": "' + b"1" * 30 + b'"}', 400, "out of range"),
+    "class a deep list": (b'{"class": [[[[1]]]]}', 400, "out of range"),
+    "not UTF-8": (b'{"n": "\xff"}', 400, "not UTF-8"),
+    "a key with a newline": (b'{"a\\nb": 1}', 400, "unknown field(s) 'a\\nb'"),
+    "a 60,000-character model name": (b'{"model": "' + b"m" * 60000 + b'"}', 404, "unknown model"),
+    "Infinity": (b'{"settings": {"cfg": Infinity}}', 400, "numbers must be finite"),
+    "truncated": (b'{"n": 2, "settings": {', 400, "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_BODIES))
+def test_hostile_bodies_get_a_4xx_with_one_line(slots, name):
+    """Bodies are bounded before they are parsed (size, depth, digits of a number): whatever
+    arrives ends in a 4xx and one JSON reason on one line, never a 500."""
+    body, status, reason = HOSTILE_BODIES[name]
+    with TestClient(create_app(slots), raise_server_exceptions=False) as c:
+        r = c.post("/api/generate", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text[:300]
+    data = r.json()
+    assert list(data) == ["error"] and reason in data["error"], data
+    assert "\n" not in data["error"] and len(data["error"]) < 400 and "Traceback" not in r.text
+
+
+def test_a_body_larger_than_the_limit_is_refused_by_its_length(slots):
+    big = LIMITS["max_body_bytes"] + 1
+    with TestClient(create_app(slots), raise_server_exceptions=False) as c:
+        r = c.post("/api/generate", content=b" " * big)
+        assert r.status_code == 413 and "larger than" in r.json()["error"]
+        r = c.post("/api/generate", content=b"{}", headers={"content-length": "9" * 5000})
+        assert r.status_code in (400, 413)
 
 
 # --------------------------------------------------------------------------- queue and isolation

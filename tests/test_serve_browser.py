@@ -111,7 +111,7 @@ def test_the_page_shows_each_stage_then_the_grid_and_errors(serve_server, tmp_pa
             page.fill("#n", "2")
             ecar_col.locator("input[name='stage_steps']").fill("0,1,1")
             page.click("#generate")
-            expect(error).to_contain_text("stage_steps entries must be >= 1", timeout=30_000)
+            expect(error).to_contain_text("sample.stage_steps[0]=0 is not valid: it must be >= 1", timeout=30_000)
         finally:
             browser.close()
 

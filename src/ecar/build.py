@@ -95,8 +95,10 @@ def load_for_inference(ckpt_dir: str, device: torch.device, use_ema: bool = True
 
     ``ckpt_dir`` is a run directory (its newest complete checkpoint is loaded, and any it
     skips is logged) or one checkpoint's folder (:func:`ecar.checkpoint.load_checkpoint`).
+    Only the weights used are read: ``use_ema=False`` (``--no-ema``) never opens the EMA
+    file, so a damaged or stale EMA does not refuse the intact raw weights.
     """
-    ck = load_checkpoint(ckpt_dir)
+    ck = load_checkpoint(ckpt_dir, with_ema=use_ema, with_model=not use_ema)
     cfg = ck.cfg
     try:
         ae = build_autoencoder(cfg.autoencoder, cfg.data.channels or 3)

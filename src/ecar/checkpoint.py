@@ -370,15 +370,18 @@ def _damaged(path: Path, e: Exception) -> CheckpointError:
     return CheckpointError(f"{path} is not a readable safetensors file ({e}); the checkpoint is damaged")
 
 
-def _load_one(directory: Path, with_ema: bool, with_state: bool, weights: bool = True) -> Checkpoint:
-    """Load one checkpoint folder and check that its files agree (with each other and its name)."""
+def _load_one(directory: Path, with_ema: bool, with_state: bool, weights: bool = True,
+              with_model: bool = True) -> Checkpoint:
+    """Load one checkpoint folder and check that the files it reads agree (with each other and
+    its name). ``with_ema=False`` never opens the EMA file, so an EMA a step behind (an old
+    version's interrupted save) does not stop a reader that wants the raw weights;
+    ``with_model=False`` reads the model's tensors only when there is no EMA to use instead."""
     if not (directory / MODEL_FILE).is_file():
         raise CheckpointError(
             f"'{directory}' has no {MODEL_FILE}; pass the directory that `ecar train --out` wrote"
         )
     meta = _read_meta(directory / MODEL_FILE)  # first: is it ecar's at all?
     cfg = read_config(directory)
-    model_state = _load_weights(directory / MODEL_FILE)[0] if weights else {}
     ema_state = None
     if with_ema and (directory / EMA_FILE).is_file():
         if weights:
@@ -390,6 +393,8 @@ def _load_one(directory: Path, with_ema: bool, with_state: bool, weights: bool =
                 f"{directory}: {MODEL_FILE} (step {meta.get('step')}) and {EMA_FILE} "
                 f"(step {ema_meta.get('step')}) disagree; the last save was interrupted"
             )
+    need_model = weights and (with_model or ema_state is None)
+    model_state = _load_weights(directory / MODEL_FILE)[0] if need_model else {}
     family = method_of(cfg.model).family
     if meta.get("family") and meta["family"] != family:
         raise CheckpointError(
@@ -404,7 +409,7 @@ def _load_one(directory: Path, with_ema: bool, with_state: bool, weights: bool =
     return Checkpoint(directory, cfg, step, family, model_state, ema_state, state)
 
 
-def _newest(path: str | Path, with_ema: bool, with_state: bool, weights: bool) -> Checkpoint:
+def _newest(path: str | Path, with_ema: bool, with_state: bool, weights: bool, with_model: bool = True) -> Checkpoint:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint directory '{path}' does not exist")
@@ -424,7 +429,7 @@ def _newest(path: str | Path, with_ema: bool, with_state: bool, weights: bool) -
     first_error: CheckpointError | None = None
     for i, d in enumerate(found):
         try:
-            ck = _load_one(d, with_ema, with_state, weights)
+            ck = _load_one(d, with_ema, with_state, weights, with_model)
         except CheckpointError as e:
             first_error = first_error or e
             if i + 1 < len(found):
@@ -439,15 +444,20 @@ def _newest(path: str | Path, with_ema: bool, with_state: bool, weights: bool) -
     raise first_error
 
 
-def load_checkpoint(path: str | Path, with_ema: bool = True, with_state: bool = False) -> Checkpoint:
+def load_checkpoint(path: str | Path, with_ema: bool = True, with_state: bool = False,
+                    with_model: bool = True) -> Checkpoint:
     """The newest checkpoint under ``path`` that loads: a run directory (either layout), its
     ``checkpoints/`` folder, or one checkpoint's folder (then that one, no fallback).
+
+    ``with_ema=False`` reads the model weights alone (``ema_state`` is None, the EMA file is
+    not opened); ``with_model=False`` reads the EMA weights alone where there are some
+    (``model_state`` is then empty). Inference reads only the weights it will use.
 
     Every checkpoint skipped on the way (damaged, or an unfinished save) is logged as a
     warning. ``with_state`` also reads ``train_state.pt`` (to resume), and a checkpoint
     whose state does not load is skipped like any other.
     """
-    return _newest(path, with_ema, with_state, weights=True)
+    return _newest(path, with_ema, with_state, weights=True, with_model=with_model)
 
 
 def find_checkpoint(path: str | Path) -> Checkpoint:

@@ -20,14 +20,15 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 
 from ecar.errors import MAX_SHOWN, ConfigError, shown
 
-__all__ = ["ConfigError", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "check_choice", "check_range",
-           "dataclass_from_dict", "field_names", "load_yaml_text", "parse_override", "setting"]
+__all__ = ["ConfigError", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "check_choice", "check_each", "check_range",
+           "comma_list", "dataclass_from_dict", "field_names", "load_yaml_text", "parse_override", "parser_kind",
+           "setting", "yaml_error_line"]
 
 MAX_YAML_DEPTH = 64
 """Deepest nesting of a YAML document we read (a recipe needs 3: sections, keys, lists)."""
@@ -62,7 +63,8 @@ def check_range(where: str, value: Any, low: float | None = None, high: float | 
     """
     if value is None:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        isinstance(value, int) or math.isfinite(value))  # math.isfinite(10**400) would overflow
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -75,11 +77,47 @@ def check_range(where: str, value: Any, low: float | None = None, high: float | 
         want = f"{'>' if low_open else '>='} {_num(low)}"
     else:
         want = f"{'<' if high_open else '<='} {_num(high)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        want = f"a finite number {want}"
     raise ConfigError(f"{where}={shown(value)} is not valid: it must be {want}"
                       + (f" ({meaning})" if meaning else ""))
 
 
+def check_each(where: str, values: Sequence[Any] | None, low: float | None = None, high: float | None = None,
+               **kwargs: Any) -> None:
+    """:func:`check_range` of every entry of a list-valued field or flag, entry ``i`` named
+    ``where[i]``: a list is checked by the same rule, with the same message, as the scalar it
+    holds (``sample.stage_steps[1]=0 is not valid: it must be >= 1`` like ``sample.steps=0 …``).
+    ``None`` passes."""
+    for i, value in enumerate(values or ()):
+        check_range(f"{where}[{i}]", value, low, high, **kwargs)
+
+
+def comma_list(inner: type) -> Callable[[str], list]:
+    """The parser of a comma-separated list flag (``"10,8,6"`` -> ``[10, 8, 6]``; empty entries
+    skipped): each entry parsed by ``inner`` (``int``, ``float``, ``str``). Its ``__name__``
+    is what argparse and the page call the expected kind. One parser for every list a user
+    types: the derived sampler flags (``--stage-steps``), ``--seeds``, ``--classes``,
+    ``--sweep`` and the page's settings."""
+    kind = {int: "integers", float: "numbers", str: "names"}[inner]
+
+    def parse(text: str) -> list:
+        return [inner(v.strip()) for v in text.split(",") if v.strip()]
+
+    parse.__name__ = f"comma-separated {kind}"
+    return parse
+
+
+def parser_kind(parse: Callable[[str], Any]) -> str:
+    """What a value parser expects, in words (``int`` -> ``an integer``, a :func:`comma_list`
+    -> ``comma-separated integers``), for the message that refuses a value."""
+    name = getattr(parse, "__name__", "a value")
+    return {"int": "an integer", "float": "a number", "str": "a string"}.get(name, name)
+
+
 def _num(x: float) -> str:
+    if isinstance(x, int) and x >= 2**20 and not x & (x - 1):
+        return f"2**{x.bit_length() - 1}"  # a seed's limit, not 9223372036854775808
     return str(x) if isinstance(x, int) else f"{x:g}"
 
 
@@ -94,9 +132,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for a in args:
-            if a is type(None):
-                continue
+        alternatives = [a for a in args if a is not type(None)]
+        if len(alternatives) == 1:  # Optional[X]: X's own message, which names a list's bad entry
+            return _coerce(value, alternatives[0], where)
+        for a in alternatives:
             try:
                 return _coerce(value, a, where)
             except ConfigError:
@@ -271,11 +310,28 @@ def load_yaml_text(text: str, source: str) -> Any:
     except ConfigError as e:
         raise ConfigError(f"{source} cannot be read: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source} is not valid YAML: {_bounded_text(str(e))}") from None
+        raise ConfigError(f"{source} is not valid YAML: {_bounded_text(yaml_error_line(e))}") from None
     except (RecursionError, ValueError, OverflowError, TypeError) as e:
         # the constructor's own failures: an int over Python's digit limit, a date like
         # 2024-13-45, a merge key (<<) of the wrong kind
         raise ConfigError(f"{source} holds a value YAML cannot represent: {_bounded_text(str(e))}") from None
+
+
+def yaml_error_line(e: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: where (line, column), what was expected or found, and
+    where the construct it was parsing began (PyYAML's own text spans five lines and quotes
+    the source with a caret under it)."""
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None)
+    if problem is None and mark is None:
+        return " ".join(str(e).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    text = where + " ".join(str(problem or "").split())
+    context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context:
+        text += f" ({' '.join(context.split())}"
+        text += f" that began at line {cmark.line + 1}, column {cmark.column + 1})" if cmark is not None else ")"
+    return text
 
 
 def _bounded_text(text: str, limit: int = 400) -> str:

@@ -12,7 +12,7 @@ from ecar.demo import DEFAULT_MINUTES, demo_checkpoint, run_demo
 from ecar.device import pick_device
 from ecar.serve import ServeError, load_slots, require_web, run_server
 
-from ecar.cli.common import UsageError, formatter, parse_ints
+from ecar.cli.common import INTS, NAMES, NUMBERS, UsageError, formatter
 
 
 def add_bench(sub) -> None:
@@ -48,9 +48,11 @@ def add_bench(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the output (reports and runs) of an earlier bench in --out")
     p.add_argument("--n-eval", type=int, default=1000, help="images per evaluation (default 1000)")
-    p.add_argument("--sweep", default="0.1,0.2,0.5,1,2", help="multipliers of the shipped step counts")
-    p.add_argument("--samplers", default="euler,heun", help="samplers of the sweep (default euler,heun)")
-    p.add_argument("--seeds", default="0,1,2", help="sampling seeds; FID is mean ± std over them")
+    p.add_argument("--sweep", type=NUMBERS, default="0.1,0.2,0.5,1,2",
+                   help="multipliers of the shipped step counts (each > 0)")
+    p.add_argument("--samplers", type=NAMES, default="euler,heun",
+                   help="samplers of the sweep (default euler,heun)")
+    p.add_argument("--seeds", type=INTS, default="0,1,2", help="sampling seeds; FID is mean ± std over them")
     p.add_argument("--reference-split", choices=("train", "heldout"),
                    help="real split to compare with (default: heldout where the dataset has one)")
     p.add_argument("--features", help="feature network (default: by dataset)")
@@ -65,19 +67,14 @@ def add_bench(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    try:
-        sweep = [float(v) for v in args.sweep.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"--sweep must be comma-separated numbers, got '{args.sweep}'") from None
-    if args.train_minutes <= 0 and not args.ckpts:
-        raise UsageError("--train-minutes must be > 0")
+    # --sweep, --samplers, --seeds: parsed into lists by argparse, every entry checked by
+    # cli.common.check_args with its scalar's rule, before anything is trained
     try:
         rows = run_bench(
             configs=args.configs, ckpts=args.ckpts, train_minutes=args.train_minutes, out=args.out,
-            overrides=args.overrides, n_eval=args.n_eval, step_sweep=sweep, device=args.device,
+            overrides=args.overrides, n_eval=args.n_eval, step_sweep=args.sweep, device=args.device,
             progress=not args.quiet, features=args.features, command=shlex.join(["ecar", *args.argv]),
-            seeds=parse_ints(args.seeds, "--seeds") or [0],
-            samplers=[v.strip() for v in args.samplers.split(",") if v.strip()],
+            seeds=args.seeds or [0], samplers=args.samplers,
             reference_split=args.reference_split, overwrite=args.overwrite, draft=args.draft,
             previous=args.previous,
         )

@@ -24,7 +24,7 @@ from ecar.lock import check_not_locked, writer_lock
 from ecar.serialization import atomic_write, check_output_dir, check_output_file, entries
 from ecar.train.trainer import check_run_dir, is_main_process, train
 
-from ecar.cli.common import UsageError, formatter, parse_ints
+from ecar.cli.common import INTS, UsageError, flag_type, formatter
 
 
 def add_train(sub) -> None:
@@ -70,7 +70,7 @@ def add_sampler_args(p) -> None:
     """Flags that override the recipe's shipped sampler settings (sample, eval): one per
     sampling setting of the registered methods (:func:`ecar.methods.sampler_flags`)."""
     for f in sampler_flags():
-        p.add_argument(f.flag, dest=f.dest, type=f.type, choices=f.choices, metavar=f.metavar,
+        p.add_argument(f.flag, dest=f.dest, type=flag_type(f.type), choices=f.choices, metavar=f.metavar,
                        help=f.help)
 
 
@@ -102,7 +102,7 @@ def add_sample(sub) -> None:
     p.add_argument("--draft", help="a smaller checkpoint of the same method and data: speculative "
                    "decoding of --ckpt's model (method ar)")
     p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
-    p.add_argument("--classes", help="comma-separated class ids to cycle through (default: all)")
+    p.add_argument("--classes", type=INTS, help="comma-separated class ids to cycle through (default: all)")
     add_sampler_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward batch")
@@ -155,7 +155,7 @@ def add_eval(sub) -> None:
     p.add_argument("--features", help="feature network: digits | shapes | fashion | inception (default: by dataset)")
     add_sampler_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--seeds", help="comma-separated sampling seeds: report mean and std over them")
+    p.add_argument("--seeds", type=INTS, help="comma-separated sampling seeds: report mean and std over them")
     p.add_argument("--reference-split", choices=("train", "heldout"),
                    help="real split to compare with (default: heldout where the dataset has one)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward batch")
@@ -168,7 +168,7 @@ def add_eval(sub) -> None:
 def cmd_eval(args) -> int:
     if args.n < 2:
         raise UsageError("--n must be >= 2")
-    seeds = parse_ints(args.seeds, "--seeds")
+    seeds = args.seeds or None  # each checked like --seed (cli.common.check_args)
     if args.json:
         check_output_file(args.json, args.overwrite, "--json")  # before the evaluation's minutes
     try:
@@ -225,7 +225,7 @@ def cmd_sample(args) -> int:
     check_generation_fits(loaded.cfg, args.n, bool(args.stages_out), where="--n")
     sample = apply_sample_overrides(loaded.cfg.sample, flag_overrides(args))
     try:
-        labels = labels_for(args.n, loaded.num_classes, parse_ints(args.classes, "--classes"))
+        labels = labels_for(args.n, loaded.num_classes, args.classes)
     except ValueError as e:
         raise UsageError(str(e)) from None
     # the outputs after the arguments, before the sampling: a refusal costs nothing, changes nothing

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import argparse
 import errno
-import math
+from typing import Any, Callable
 
 import torch
 
 from ecar.checkpoint import CheckpointError
 from ecar.data import DataError
 from ecar.device import check_device_name
-from ecar.errors import ConfigError, OutputInUseError
+from ecar.errors import ConfigError, OutputInUseError, shown
+from ecar.samplers import SAMPLER_NAMES
+from ecar.schema import check_choice, check_each, check_range, comma_list, parser_kind
 from ecar.train.trainer import TrainingDiverged
 
 
@@ -55,6 +57,9 @@ class Parser(argparse.ArgumentParser):
     """argparse with the CLI's one error format: an ``error:`` line and exit code 2."""
 
     def error(self, message: str):
+        message = " ".join(message.split())  # one line, and bounded like every other error
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 3] + "..."
         self.exit(EXIT_USAGE, f"error: {message} (see `{self.prog} --help`)\n")
 
 
@@ -66,37 +71,48 @@ class UsageError(ValueError):
     """A command-line flag that is not valid (exit code 2)."""
 
 
-_ARG_MINIMUM = {"n": 1, "batch_size": 1, "nrow": 1, "n_eval": 2, "fid_samples": 0, "seed": 0,
-                "distill_steps": 1, "batch": 1, "components": 1, "width": 1, "pool": 1}
+_SEED_RANGE = {"low": 0, "high": 2**63, "high_open": True}
 
 
-"""Smallest valid value of the integer flags, by argparse dest (a flag a command lacks is skipped)."""
+"""Seeds are in [0, 2**63) (what a torch generator accepts)."""
 
-_ARG_MINUTES = ("minutes", "train_minutes")
+_ARG_RANGES: dict[str, dict] = {
+    "n": {"low": 1}, "batch_size": {"low": 1}, "nrow": {"low": 1}, "n_eval": {"low": 2},
+    "fid_samples": {"low": 0}, "distill_steps": {"low": 1}, "batch": {"low": 1}, "components": {"low": 1},
+    "width": {"low": 1}, "pool": {"low": 1},
+    "seed": _SEED_RANGE, "seeds": _SEED_RANGE,
+    "classes": {"low": 0, "meaning": "a class id"},
+    "minutes": {"low": 0, "low_open": True, "meaning": "minutes"},
+    "train_minutes": {"low": 0, "low_open": True, "meaning": "minutes"},
+    "sweep": {"low": 0, "low_open": True, "meaning": "a multiplier of the shipped step counts"},
+}
 
 
-"""Flags that are a time budget: a finite number of minutes > 0."""
+"""The valid range of the number flags, by argparse dest (:func:`ecar.schema.check_range`'s
+arguments; a flag a command lacks is skipped). A list flag (parsed by :func:`comma_list`:
+``--seeds``, ``--classes``, ``--sweep``) is checked entry by entry with the rule of the
+scalar it holds (``--seeds`` as ``--seed``), entry ``i`` named ``--seeds[i]``."""
 
-_SEED_LIMIT = 2**63
+_ARG_CHOICES = {"samplers": SAMPLER_NAMES}
 
 
-"""Seeds are below 2**63 (what a torch generator accepts)."""
+"""List flags whose entries are names: the choices of their scalar (``--samplers`` as ``--sampler``)."""
 
 def check_args(args) -> None:
-    """Range checks of the plain flags, before any work (the sampler flags are config
-    settings and are checked by the schema; ``--device`` by its spelling here and its
-    availability when it is picked)."""
-    for dest, low in _ARG_MINIMUM.items():
+    """Range checks of the plain flags and of every entry of the list flags, before any work
+    (the sampler flags are config settings and are checked by the schema, lists entry by
+    entry too; ``--device`` by its spelling here and its availability when it is picked).
+    The messages are the config schema's: ``--seed=-1 is not valid: it must be in [0, …)``."""
+    for dest, rule in _ARG_RANGES.items():
         value = getattr(args, dest, None)
-        if value is not None and value < low:
-            raise UsageError(f"--{dest.replace('_', '-')}={value} is not valid: it must be >= {low}")
-    seed = getattr(args, "seed", None)
-    if seed is not None and seed >= _SEED_LIMIT:
-        raise UsageError(f"--seed={seed} is not valid: it must be below 2**63")
-    for dest in _ARG_MINUTES:
-        value = getattr(args, dest, None)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise UsageError(f"--{dest.replace('_', '-')}={value} is not valid: it must be a number of minutes > 0")
+        flag = "--" + dest.replace("_", "-")
+        if isinstance(value, list):
+            check_each(flag, value, **rule)
+        else:
+            check_range(flag, value, **rule)
+    for dest, choices in _ARG_CHOICES.items():
+        for i, value in enumerate(getattr(args, dest, None) or ()):
+            check_choice(f"--{dest}[{i}]", value, choices)
     device = getattr(args, "device", None)
     if device is not None:
         check_device_name(device, "--device")
@@ -152,10 +168,24 @@ def error_text(e: BaseException) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
-def parse_ints(text: str | None, what: str) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"{what} must be comma-separated integers, got '{text}'") from None
+def flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` as an argparse ``type=`` whose refusal quotes a bounded value
+    (:func:`ecar.errors.shown`; argparse would quote all of a 5,000-digit argument)."""
+    kind = parser_kind(parse)
+
+    def typed(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {shown(text)}") from None
+
+    typed.__name__ = kind
+    return typed
+
+
+INTS, NUMBERS, NAMES = (flag_type(comma_list(t)) for t in (int, float, str))
+
+
+"""argparse ``type=`` of the list flags (``--seeds 0,1,2``): the parser of the derived list
+sampler flags (``--stage-steps``, :func:`ecar.schema.comma_list`), so a list is read the
+same way everywhere."""

@@ -27,7 +27,7 @@ from ecar.methods.base import Method, scale_count
 from ecar.models.base import LatentSpec
 from ecar.models.ecar import ECAR, ECARConfig
 from ecar.samplers import SampleConfig, guidance_scale
-from ecar.schema import setting
+from ecar.schema import check_each, setting
 
 __all__ = ["ECAR_ENTRIES", "ECARMethod", "ECARSampleConfig", "FLOWAR_ENTRIES", "ECAR_METHOD",
            "FLOWAR_METHOD", "stage_guidance", "stage_schedule", "stage_step_counts"]
@@ -58,8 +58,7 @@ class ECARSampleConfig(SampleConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.stage_steps and min(self.stage_steps) < 1:
-            raise ConfigError(f"sample.stage_steps entries must be >= 1, got {self.stage_steps}")
+        check_each("sample.stage_steps", self.stage_steps, 1)  # each entry as sample.steps
 
 
 def stage_step_counts(sample: ECARSampleConfig, num_stages: int) -> list[int]:

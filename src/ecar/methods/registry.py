@@ -21,7 +21,7 @@ from ecar.methods.ecar import ECAR_METHOD, FLOWAR_METHOD
 from ecar.methods.mar import MAR_METHOD
 from ecar.methods.xar import XAR_METHOD
 from ecar.samplers import SampleConfig
-from ecar.schema import dataclass_from_dict, field_names, parse_override
+from ecar.schema import comma_list, dataclass_from_dict, field_names, parse_override
 
 __all__ = ["DEFAULT_MODEL", "METHODS", "SamplerFlag", "apply_sample_overrides", "flag_overrides",
            "method_named", "method_of", "model_names", "resolve_model_config",
@@ -159,20 +159,12 @@ class SamplerFlag:
     help: str
 
 
-def _comma_list(inner: type) -> Callable[[str], list]:
-    def parse(text: str) -> list:
-        return [inner(v) for v in text.split(",") if v.strip()]
-
-    parse.__name__ = f"comma-separated {'integers' if inner is int else 'numbers'}"
-    return parse
-
-
 def _parser_of(tp: Any) -> Callable[[str], Any]:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return _parser_of(args[0])
     if typing.get_origin(tp) is list:
-        return _comma_list(args[0])
+        return comma_list(args[0])
     if tp in (int, float, str):
         return tp
     raise TypeError(f"no command-line parser for a setting of type {tp!r}")

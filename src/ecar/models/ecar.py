@@ -23,6 +23,7 @@ from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, KVCache, LabelEmbedder, grid_positions, patchify, unpatchify, upsample
 from ecar.models.base import TransformerConfig
 from ecar.models.heads import HEAD_CONDS, HEAD_KINDS, TokenHead, x_to_velocity
+from ecar.schema import check_each
 
 AR_INPUTS = ("upsampled", "parent")
 """What the AR transformer reads for stage s (``model.ar_input``):
@@ -99,6 +100,10 @@ class ECARConfig(TransformerConfig):
         """``stages``, ``windows`` and ``stage_weights`` on their own and against each other:
         what :class:`ecar.flow.pyramid.StageSchedule` would otherwise reject at build time."""
         stages, windows, weights = self.stages, self.windows, self.stage_weights
+        check_each("model.stages", stages, 1, meaning="a token grid")
+        check_each("model.windows", windows if self.mode == "ecar" else None, 0, 1, low_open=True,
+                   high_open=True, meaning="an interior window end")
+        check_each("model.stage_weights", weights, 0, meaning="a loss weight")
         if stages is not None:
             if not stages or min(stages) < 1:
                 raise ConfigError(f"model.stages={shown(stages)} is not valid: token grids >= 1, coarse "

@@ -32,6 +32,7 @@ from ecar.errors import ConfigError, shown
 from ecar.layers import (AdaLNBlock, FinalLayer, KVCache, LabelEmbedder, TimestepEmbedder, grid_positions,
                          modulate, patchify, unpatchify)
 from ecar.models.base import TransformerConfig
+from ecar.schema import check_each
 
 __all__ = ["UNITS", "UNIT_ORDERS", "XAR", "XARConfig"]
 
@@ -68,6 +69,7 @@ class XARConfig(TransformerConfig):
         if not isinstance(self.noisy_context, bool):
             raise ConfigError(f"model.noisy_context must be true or false, got {shown(self.noisy_context)}")
         st = self.stages
+        check_each("model.stages", st, 1, meaning="a token grid")
         if st is not None and (not st or min(st) < 1 or any(b <= a or b % a for a, b in zip(st, st[1:]))):
             raise ConfigError(f"model.stages={shown(st)} is not valid: increasing token grids, each dividing "
                               "the next (e.g. [1, 2, 4, 8]), or null for 1, 2, 4, ... up to the full grid")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ecar.errors import ConfigError, shown
 from ecar.samplers.guidance import GUIDANCE_SCHEDULES
 from ecar.samplers.ode import SAMPLERS
-from ecar.schema import check_choice, check_range, setting
+from ecar.schema import check_choice, check_each, check_range, setting
 
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 """Integrators by name (:data:`ecar.samplers.ode.SAMPLERS`); CLI choices and validation use this."""
@@ -23,11 +23,14 @@ __all__ = ["GUIDANCE_SCHEDULES", "SAMPLER_NAMES", "SampleConfig", "check_cfg_int
 
 
 def check_cfg_interval(iv, where: str = "sample.cfg_interval") -> None:
-    """Raise :class:`ConfigError` unless ``iv`` is None or [lo, hi] with 0 <= lo <= hi <= 1."""
-    if iv is not None and (
-        not isinstance(iv, (list, tuple)) or len(iv) != 2
-        or not all(isinstance(v, (int, float)) for v in iv) or not 0 <= iv[0] <= iv[1] <= 1
-    ):
+    """Raise :class:`ConfigError` unless ``iv`` is None or [lo, hi] with 0 <= lo <= hi <= 1
+    (each entry checked on its own first, ``where[i]``, like every list field)."""
+    if iv is None:
+        return
+    if not isinstance(iv, (list, tuple)) or len(iv) != 2:
+        raise ConfigError(f"{where} must be [lo, hi] with 0 <= lo <= hi <= 1, got {shown(iv)}")
+    check_each(where, iv, 0, 1, meaning="a sampling progress")
+    if iv[0] > iv[1]:
         raise ConfigError(f"{where} must be [lo, hi] with 0 <= lo <= hi <= 1, got {shown(iv)}")
 
 
@@ -51,8 +54,7 @@ class SampleConfig:
     def validate(self) -> None:
         check_choice("sample.sampler", self.sampler, SAMPLER_NAMES)
         check_choice("sample.cfg_schedule", self.cfg_schedule, GUIDANCE_SCHEDULES)
-        if self.steps < 1:
-            raise ConfigError("sample.steps must be >= 1")
+        check_range("sample.steps", self.steps, 1)
         check_range("sample.cfg", self.cfg, 0, meaning="1 = no guidance, 0 = unconditional, > 1 = guided")
         check_range("sample.noise_scale", self.noise_scale, 0, meaning="0 = no noise")
         check_cfg_interval(self.cfg_interval)

@@ -11,10 +11,12 @@ Routes:
 * ``GET /`` — the page (``static/index.html``).
 * ``GET /api/models`` — the loaded models, their classes and sampling settings, the limits.
 * ``POST /api/generate`` — body ``{"model": "m0", "class": 3, "n": 8, "seed": 0,
-  "settings": {"cfg": "2", "stage_steps": "10,8,6"}}``. A bad value is answered at once with
-  a 4xx and ``{"error": message}``; a good request is answered with a stream of JSON lines
-  (NDJSON), one event per line: see :meth:`ecar.serve.session.ModelSlot.run`. An error
-  during generation arrives as an ``error`` event (the status line is already sent).
+  "settings": {"cfg": "2", "stage_steps": "10,8,6"}}``. The body is bounded before it is
+  parsed (size, nesting depth, digits of a number: ``LIMITS``). A bad body or value is
+  answered at once with a 4xx and ``{"error": one-line reason}``, never a 500; a good
+  request is answered with a stream of JSON lines (NDJSON), one event per line: see
+  :meth:`ecar.serve.session.ModelSlot.run`. An error during generation arrives as an
+  ``error`` event (the status line is already sent).
 
 Each request runs in its own worker thread, which holds the model's lock while it generates
 and puts its events on a queue that only this request's response reads, so two requests
@@ -34,7 +36,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ecar.serve.session import LIMITS, GenerationCancelled, ModelSlot, RequestError
+from ecar.errors import shown
+from ecar.serve.session import LIMITS, GenerationCancelled, ModelSlot, RequestError, read_json
 
 __all__ = ["create_app"]
 
@@ -48,7 +51,28 @@ def _page() -> str:
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    """A refusal: ``{"error": reason}`` with the reason on one line."""
+    return JSONResponse({"error": " ".join(message.split())}, status_code=status)
+
+
+async def _bounded_body(request: Request) -> bytes:
+    """The request's body, read only up to ``LIMITS["max_body_bytes"]`` (a larger body, by
+    its Content-Length or by what arrives, is refused with 413 before it is all read)."""
+    limit = LIMITS["max_body_bytes"]
+    too_large = RequestError(f"the request body is larger than {limit:,} bytes", status=413)
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.strip().isdigit():
+            raise RequestError(f"the Content-Length header {shown(length)} is not a number of bytes")
+        if len(length) > 15 or int(length) > limit:
+            raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def create_app(slots: list[ModelSlot], stopping: threading.Event | None = None) -> Starlette:
@@ -66,19 +90,16 @@ def create_app(slots: list[ModelSlot], stopping: threading.Event | None = None) 
 
     async def generate(request: Request) -> Response:
         try:
-            body = json.loads(await request.body() or b"null")
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "the request body is not valid JSON")
-        if not isinstance(body, dict):
-            return _error(400, "the request body must be a JSON object")
-        key = body.get("model", slots[0].key)
-        if not isinstance(key, str) or key not in by_key:
-            return _error(404, f"unknown model {key!r}; this server has {', '.join(by_key)}")
-        slot = by_key[key]
-        try:
+            body = read_json(await _bounded_body(request))
+            if not isinstance(body, dict):
+                raise RequestError("the request body must be a JSON object")
+            key = body.get("model", slots[0].key)
+            if not isinstance(key, str) or key not in by_key:
+                raise RequestError(f"unknown model {shown(key)}; this server has {', '.join(by_key)}", status=404)
+            slot = by_key[key]
             req = slot.parse(body)
         except RequestError as e:
-            return _error(400, str(e))
+            return _error(e.status, str(e))
         return StreamingResponse(_events(slot, req, stopping), media_type="application/x-ndjson",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

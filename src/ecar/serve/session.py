@@ -16,7 +16,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import json
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -28,20 +30,25 @@ import torch
 from PIL import Image
 
 from ecar.build import LoadedModel, load_for_inference
-from ecar.errors import ConfigError
+from ecar.errors import ConfigError, shown
 from ecar.eval.cost import count_flops
 from ecar.flow.pyramid import upsample
 from ecar.generate import generate_images, labels_for
 from ecar.imageio import auto_scale, make_grid, to_uint8
 from ecar.methods import apply_sample_overrides, sampler_flags, total_steps
 from ecar.samplers import SampleConfig
+from ecar.schema import parser_kind
 
 __all__ = ["DISPLAY_PX", "GenerationCancelled", "GenerationRequest", "LIMITS", "ModelSlot", "RequestError",
-           "ServeError", "load_slots", "png_data_url"]
+           "ServeError", "load_slots", "png_data_url", "read_json"]
 
-LIMITS = {"max_images": 64, "max_steps": 1000, "max_guidance": 20.0, "max_seed": 2**31 - 1}
+LIMITS = {"max_images": 64, "max_steps": 1000, "max_guidance": 20.0, "max_seed": 2**31 - 1,
+          "max_body_bytes": 64 * 1024, "max_json_depth": 16, "max_number_chars": 40}
 """Request limits: images per request, integration steps per image (summed over units),
-guidance scale (0 .. max) and seed (0 .. max). A CPU takes seconds per image at the top."""
+guidance scale (0 .. max) and seed (0 .. max) — a CPU takes seconds per image at the top —
+and the bounds a request body meets before it is parsed (:func:`read_json`): its size in
+bytes, how deep its arrays and objects nest, and the characters of one number (a request
+needs about 200 bytes, depth 3 and 10 digits)."""
 
 DISPLAY_PX = 64
 """Each image is enlarged (nearest, integer factor) to about this many pixels on the page."""
@@ -54,7 +61,12 @@ class ServeError(ValueError):
 
 
 class RequestError(ValueError):
-    """A request the server will not run; the message is shown on the page as is."""
+    """A request the server will not run; the message is shown on the page as is, and the
+    app answers it with HTTP ``status`` (400, or 413 for a body over the size limit)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 class GenerationCancelled(RuntimeError):
@@ -88,17 +100,109 @@ def png_data_url(array: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+# --------------------------------------------------------------------------- the request body
+
+_JSON_SPECIAL = re.compile(r'[\[\]{}"\\]')
+
+
+def _check_depth(text: str, limit: int) -> None:
+    """Raise :class:`RequestError` when the JSON ``text`` nests arrays / objects deeper than
+    ``limit``, before any parser recurses into it (Python's ``json`` would end 50,000 levels
+    in a ``RecursionError``). One linear pass over the brackets, quotes and backslashes,
+    skipping those inside strings."""
+    depth, in_string, escaped_at = 0, False, -1
+    for m in _JSON_SPECIAL.finditer(text):
+        i, c = m.start(), m.group()
+        if i == escaped_at:
+            continue
+        if in_string:
+            if c == "\\":
+                escaped_at = i + 1
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            if depth > limit:
+                raise RequestError(f"the request body nests arrays or objects more than {limit} levels deep "
+                                   f"(at character {i + 1}); a request needs 3")
+        elif c in "]}":
+            depth -= 1
+
+
+def _number(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def literal(text: str) -> Any:
+        if len(text) > LIMITS["max_number_chars"]:
+            raise RequestError(f"the request body holds a number of {len(text):,} characters "
+                               f"({shown(text)}); at most {LIMITS['max_number_chars']} are read")
+        value = parse(text)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RequestError(f"the request body holds {shown(text)}, beyond the finite numbers")
+        return value
+
+    return literal
+
+
+def _constant(text: str) -> Any:
+    raise RequestError(f"the request body holds {text}, which is not a JSON number (numbers must be finite)")
+
+
+def read_json(raw: bytes) -> Any:
+    """A request body -> its JSON value, bounded before it is parsed (:data:`LIMITS`: size,
+    nesting depth, characters of a number; NaN and ±Infinity refused). Every failure is a
+    :class:`RequestError` with a one-line reason (status 413 for the size)."""
+    limit = LIMITS["max_body_bytes"]
+    if len(raw) > limit:
+        raise RequestError(f"the request body is larger than {limit:,} bytes", status=413)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(f"the request body is not UTF-8 text (byte {e.start})") from None
+    if not text.strip():
+        return None
+    _check_depth(text, LIMITS["max_json_depth"])
+    try:
+        return json.loads(text, parse_int=_number(int), parse_float=_number(float), parse_constant=_constant)
+    except json.JSONDecodeError as e:
+        raise RequestError(f"the request body is not valid JSON: {e.msg} (line {e.lineno}, "
+                           f"column {e.colno})") from None
+
+
+# --------------------------------------------------------------------------- the request's fields
+
+
+def _name(key: Any) -> str:
+    """A client's field name as a message shows it: short printable text as is, else bounded."""
+    return key if isinstance(key, str) and len(key) <= 40 and key.isprintable() else shown(key)
+
+
+def _as_int(value: Any) -> int | None:
+    """An integer field of a request (a JSON integer, a whole float, or decimal digits as the
+    page's form sends them), or None when it is not one. A string of more than 20 characters
+    is not read: no seed or count needs it, and Python refuses ``int()`` of 4,300 digits."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and len(value) <= 20 and _INT_TEXT.fullmatch(value):
+        return int(value)
+    return None
+
+
+_INT_TEXT = re.compile(r"\s*-?\d+\s*")
+
+
 def _int(body: dict, key: str, default: int | None, lo: int, hi: int, what: str) -> int | None:
     value = body.get(key, default)
     if value is None and default is None:
         return None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise RequestError(f"{what} must be an integer from {lo} to {hi}, got {value!r}")
-    return value
+    number = _as_int(value)
+    if number is None or not lo <= number <= hi:
+        raise RequestError(f"{what} must be an integer from {lo} to {hi}, got {shown(value)}")
+    return number
 
 
 def _setting_values(settings: Any) -> dict:
@@ -107,7 +211,7 @@ def _setting_values(settings: Any) -> dict:
     if settings is None:
         return {}
     if not isinstance(settings, dict):
-        raise RequestError(f"settings must be an object of sampling settings, got {settings!r}")
+        raise RequestError(f"settings must be an object of sampling settings, got {shown(settings)}")
     parsers = {f.dest: f.type for f in sampler_flags()}
     out = {}
     for key, value in settings.items():
@@ -119,9 +223,8 @@ def _setting_values(settings: Any) -> dict:
                 try:
                     value = parse(value.strip())
                 except ValueError:
-                    kind = getattr(parse, "__name__", "a value")
-                    kind = {"int": "an integer", "float": "a number"}.get(kind, kind)
-                    raise RequestError(f"setting {key}: expected {kind}, got {value!r}") from None
+                    raise RequestError(f"setting {_name(key)}: expected {parser_kind(parse)}, "
+                                       f"got {shown(value)}") from None
         out[key] = value
     return out
 
@@ -182,16 +285,17 @@ class ModelSlot:
             raise RequestError("the request body must be a JSON object")
         unknown = [k for k in body if k not in REQUEST_KEYS]
         if unknown:
-            raise RequestError(f"unknown field(s) {', '.join(map(str, unknown))}; valid: {', '.join(REQUEST_KEYS)}")
+            raise RequestError(f"unknown field(s) {', '.join(map(_name, unknown[:5]))}"
+                               f"{' …' if len(unknown) > 5 else ''}; valid: {', '.join(REQUEST_KEYS)}")
         k = self.loaded.num_classes
         klass = body.get("class")
         if klass == "" or klass == "all":
             klass = None
         if klass is not None:
-            if isinstance(klass, str) and klass.strip().lstrip("-").isdigit():
-                klass = int(klass)
-            if not isinstance(klass, int) or isinstance(klass, bool) or not 0 <= klass < k:
-                raise RequestError(f"class {klass!r} is out of range: this model has classes 0 to {k - 1}")
+            number = _as_int(klass)
+            if number is None or not 0 <= number < k:
+                raise RequestError(f"class {shown(klass)} is out of range: this model has classes 0 to {k - 1}")
+            klass = number
         n = _int(body, "n", 8, 1, LIMITS["max_images"], "n (the number of images)")
         seed = _int(body, "seed", 0, 0, LIMITS["max_seed"], "seed")
         try:
