@@ -90,10 +90,17 @@ def _peak(device: torch.device) -> float | None:
     return next((v * 1e12 for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
-def measure(name: str, recipe: str, overrides: list[str], batch: int, device: torch.device,
-            precision: str, steps: int, warmup: int) -> dict:
-    cfg = load_config(ROOT / "configs" / recipe, overrides)
-    spec = _spec(cfg)
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on ``device`` for ``precision == "bf16"``, else a no-op context."""
+    return (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16"
+            else nullcontext())
+
+
+def measure_training(cfg, spec: LatentSpec, batch: int, device: torch.device, precision: str,
+                     steps: int, warmup: int) -> tuple[dict, torch.nn.Module]:
+    """Training cost of ``cfg``'s model on random latents of ``spec``: GFLOPs per image of one
+    forward + backward, and the median wall-clock time of an AdamW step after ``warmup``
+    untimed ones. Returns the row's training fields and the (random-initialised) model."""
     torch.manual_seed(0)
     model, method = build_model(cfg, spec)
     model.to(device)
@@ -102,8 +109,7 @@ def measure(name: str, recipe: str, overrides: list[str], batch: int, device: to
     x = torch.randn(batch, spec.channels, spec.size, spec.size, device=device)
     y = torch.randint(0, spec.num_classes, (batch,), device=device)
     gen = torch.Generator(device=device).manual_seed(0)
-    amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16"
-           else nullcontext())
+    amp = autocast_for(device, precision)
 
     def step() -> None:
         with amp:
@@ -127,18 +133,28 @@ def measure(name: str, recipe: str, overrides: list[str], batch: int, device: to
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
     model.eval()
-    with amp:
-        cost = measure_cost(model, cfg)
     peak = _peak(device)
     train_ips = batch / step_s
-    sample_ips = 1.0 / cost.seconds_per_image
     return {
-        "name": name, "recipe": recipe, "overrides": overrides, "model": cfg.model.name,
-        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "model": cfg.model.name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "latent": [spec.channels, spec.size, spec.size], "precision": precision,
         "train_batch": batch, "train_step_s": step_s, "train_images_per_s": train_ips,
         "train_gflops_per_image": train_gflops,
         "train_mfu": None if peak is None else train_ips * train_gflops * 1e9 / peak,
+    }, model
+
+
+def measure(name: str, recipe: str, overrides: list[str], batch: int, device: torch.device,
+            precision: str, steps: int, warmup: int) -> dict:
+    cfg = load_config(ROOT / "configs" / recipe, overrides)
+    spec = _spec(cfg)
+    train_row, model = measure_training(cfg, spec, batch, device, precision, steps, warmup)
+    with autocast_for(device, precision):
+        cost = measure_cost(model, cfg)
+    peak = _peak(device)
+    sample_ips = 1.0 / cost.seconds_per_image
+    return {
+        "name": name, "recipe": recipe, "overrides": overrides, **train_row,
         "sample_images_per_s": sample_ips, "sample_gflops_per_image": cost.gflops_per_image,
         "sample_mfu": None if peak is None else sample_ips * cost.gflops_per_image * 1e9 / peak,
         "sample_settings": {"sampler": cfg.sample.sampler, "steps": cfg.sample.steps,
