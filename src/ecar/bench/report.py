@@ -308,7 +308,7 @@ def plot_anatomy(rows: Sequence[dict], path: str | Path) -> Path | None:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    fig = Figure(figsize=(9, 1.2 + 0.6 * len(found)), dpi=120)
+    fig = Figure(figsize=(9, 2.0 + 0.6 * len(found)), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for y, (name, a) in enumerate(found):
