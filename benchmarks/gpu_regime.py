@@ -47,7 +47,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import sys
 import time
 import traceback
@@ -68,7 +67,7 @@ from ecar.config import load_config  # noqa: E402
 from ecar.data import DataError  # noqa: E402
 from ecar.data.fashion_mnist import find_fashion_mnist  # noqa: E402
 from ecar.device import pick_device  # noqa: E402
-from ecar.eval.cost import cost_anatomy, time_sampling  # noqa: E402
+from ecar.eval.cost import cost_anatomy, median_seconds, time_sampling  # noqa: E402
 
 # ---------------------------------------------------------------------------- the two regimes
 
@@ -128,24 +127,6 @@ class Budget:
     def left(self, part: str | None = None) -> float:
         end = self.seconds * (SHARE[part] if part else 1.0)
         return end - self.elapsed()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_call_s(fn, device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall-clock seconds of one ``fn()`` (same protocol as ``time_sampling``)."""
-    times = []
-    for i in range(warmup + repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _gflops_per_image(fn, batch: int) -> float:
@@ -370,7 +351,7 @@ class Run:
                 if why:
                     out["timing"].append({"batch": b, **self.skip(part, what, why)})
                     continue
-                s = _median_call_s(make(b), dev, max(self.args.repeats, 5), max(self.args.warmup, 2)) / b
+                s = median_seconds(make(b), dev, max(self.args.repeats, 5), max(self.args.warmup, 2)) / b
                 out["timing"].append({"batch": b, "seconds_per_image": s})
         self.say(f"{key} {out['what']}: {out['gflops_per_image']:.4g} GFLOPs/img")
         return out

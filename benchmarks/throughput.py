@@ -29,9 +29,7 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -43,7 +41,7 @@ from ecar.autoencoders.taef2 import DOWNSAMPLE, LATENT_CHANNELS
 from ecar.build import LatentSpec, build_model
 from ecar.config import load_config
 from ecar.device import pick_device
-from ecar.eval.cost import measure_cost
+from ecar.eval.cost import measure_cost, median_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,11 +74,6 @@ def _spec(cfg) -> LatentSpec:
     ch, res, k = next(v for key, v in PIXEL_DATA.items() if cfg.data.name.startswith(key))
     cfg.data.channels, cfg.data.resolution, cfg.data.num_classes = ch, res, k
     return LatentSpec(ch, res, k)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _peak(device: torch.device) -> float | None:
@@ -123,15 +116,7 @@ def measure_training(cfg, spec: LatentSpec, batch: int, device: torch.device, pr
             objective(x, y, gen)["loss"].backward()
     opt.zero_grad(set_to_none=True)
     train_gflops = counter.get_total_flops() / batch / 1e9
-    times = []
-    for i in range(warmup + steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
+    step_s = median_seconds(step, device, steps, warmup)
     model.eval()
     peak = _peak(device)
     train_ips = batch / step_s

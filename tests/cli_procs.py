@@ -32,10 +32,14 @@ TINY = [
 ]
 
 
-def _child(argv: list[str], log: str) -> None:
+def _child(argv: list[str], log: str, env: dict[str, str | None]) -> None:
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 2)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    for key, value in env.items():  # None: unset
+        os.environ.pop(key, None)
+        if value is not None:
+            os.environ[key] = value
     torch.set_num_threads(1)
     tqdm.set_lock(threading.RLock())  # tqdm's default lock is a semaphore that a SIGKILL would leak
     sys.exit(main(argv))
@@ -43,22 +47,24 @@ def _child(argv: list[str], log: str) -> None:
 
 def forkserver():
     ctx = multiprocessing.get_context("forkserver")
+    # what a run imports on the way, lazily (AdamW: torch._dynamo; the digits: scikit-learn)
     ctx.set_forkserver_preload(["ecar.cli", "torch._dynamo", "sklearn.datasets"])
     return ctx
 
 
-def start(ctx, log: Path, *argv: str):
-    """``ecar ARGV`` in a child; returns the process (stderr goes to ``log``)."""
-    proc = ctx.Process(target=_child, args=(list(argv), str(log)), daemon=True)
+def start(ctx, log: Path, *argv: str, env: dict[str, str | None] | None = None):
+    """``ecar ARGV`` in a child; returns the process (stderr goes to ``log``; ``env`` sets or,
+    with None, unsets variables in the child)."""
+    proc = ctx.Process(target=_child, args=(list(argv), str(log), env or {}), daemon=True)
     proc.start()
     return proc
 
 
-def finish(proc, timeout: float = 120.0) -> int:
+def finish(proc, timeout: float = 120.0, what: str = "an ecar command") -> int:
     proc.join(timeout)
     if proc.exitcode is None:
         proc.kill()
-        pytest.fail("an ecar command did not finish in time")
+        pytest.fail(f"{what} did not finish in time")
     return proc.exitcode
 
 

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ecar.build import LatentSpec, build_model
 from ecar.config import load_config
-from ecar.eval.cost import PARTS, cost_anatomy, count_flops
+from ecar.eval.cost import PARTS, cost_anatomy, count_flops, measure_cost
 from ecar.methods import method_of
 
 
@@ -69,4 +69,10 @@ def test_guidance_share_follows_the_guided_stages():
     for u in every.units:  # guiding a unit doubles its rows: the null branch costs what the rest does
         assert u["guidance"] == pytest.approx(u["backbone"] + u["head"], rel=1e-6)
     assert coarse.units[-1]["guidance"] == 0 and coarse.units[0]["guidance"] > 0
+    # measure_cost(anatomy=True): the bench's one call; its FLOPs are the anatomy's total
+    s = dataclasses.replace(base, cfg_interval=[0.0, 0.7])
+    cost = measure_cost(model, cfg, s, batch=2, repeats=1, warmup=0, anatomy=True)
+    assert cost.anatomy.units == coarse.units
+    assert cost.gflops_per_image == cost.anatomy.total == pytest.approx(count_flops(model, cfg, s, batch=2), rel=1e-12)
+    assert measure_cost(model, cfg, s, batch=2, repeats=1, warmup=0).anatomy is None
     assert method_of(cfg.model).name == "ecar"

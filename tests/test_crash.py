@@ -10,28 +10,23 @@ moments. After every kill the run is resumed with ``--resume``, and:
   from an older step than the previous resume;
 * the final weights and EMA equal an uninterrupted run's, bit for bit.
 
-The children are forked from a forkserver that has imported ``ecar.cli`` (and what a run
-imports lazily) once, so a start costs milliseconds instead of seconds of imports; each runs the CLI's
-``main`` with its stderr in a log file, single-threaded like the reference run.
+The children come from tests/cli_procs.py: forked from a forkserver that has imported
+``ecar.cli`` (and what a run imports lazily) once, so a start costs milliseconds instead of
+seconds of imports; each runs the CLI's ``main`` with its stderr in a log file,
+single-threaded like the reference run.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import random
 import re
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import torch
-from tqdm import tqdm
+from cli_procs import complete_steps, finish, forkserver, start
 
-from ecar.checkpoint import CHECKPOINT_FILES, SAVE_PAUSE_ENV
-from ecar.cli import main
+from ecar.checkpoint import SAVE_PAUSE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "configs" / "digits_dit.yaml")
@@ -50,41 +45,19 @@ KILLS = 20
 RESUMED = re.compile(r"resuming from (\S+) \(step (\d+)\)")
 
 
-def _child(argv: list[str], log: str, pause: float | None) -> None:
-    """`ecar ARGV` in this (forked) process: stderr to ``log``, one thread, the hook as asked."""
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 2)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-    os.environ.pop(SAVE_PAUSE_ENV, None)
-    if pause is not None:
-        os.environ[SAVE_PAUSE_ENV] = str(pause)
-    torch.set_num_threads(1)
-    # tqdm's default lock is a multiprocessing semaphore, which a SIGKILL would leak
-    tqdm.set_lock(threading.RLock())
-    sys.exit(main(argv))
-
-
 @pytest.fixture(scope="module")
 def spawner():
-    ctx = multiprocessing.get_context("forkserver")
-    # what a run imports on the way, lazily (AdamW: torch._dynamo; the digits: scikit-learn)
-    ctx.set_forkserver_preload(["ecar.cli", "torch._dynamo", "sklearn.datasets"])
-    return ctx
+    return forkserver()
 
 
 def _start(ctx, run: Path, log: Path, *args: str, pause: float | None = None):
-    argv = ["train", "--quiet", "--out", str(run), *args]
-    proc = ctx.Process(target=_child, args=(argv, str(log), pause), daemon=True)
-    proc.start()
-    return proc
+    """`ecar train --quiet --out RUN ARGS` in a child, the save-pause hook as asked."""
+    return start(ctx, log, "train", "--quiet", "--out", str(run), *args,
+                 env={SAVE_PAUSE_ENV: None if pause is None else str(pause)})
 
 
 def _finish(proc, timeout: float = 300.0) -> int:
-    proc.join(timeout)
-    if proc.exitcode is None:
-        proc.kill()
-        pytest.fail("a training run did not finish in time")
-    return proc.exitcode
+    return finish(proc, timeout, what="a training run")
 
 
 def _kill(proc) -> None:
@@ -103,14 +76,6 @@ def _wait(cond, proc, what: str, timeout: float = 120.0, poll: float = 0.005):
         time.sleep(poll)
     proc.kill()
     pytest.fail(f"timed out waiting for {what}")
-
-
-def _complete_steps(run: Path) -> list[int]:
-    root = run / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(int(p.name[5:]) for p in root.iterdir()
-                  if p.name.startswith("step-") and all((p / f).is_file() for f in CHECKPOINT_FILES))
 
 
 def _unfinished(run: Path) -> set[str]:
@@ -132,13 +97,13 @@ def test_kill_9_at_random_moments_and_inside_saves_then_resume_bitwise(tmp_path,
     logs.mkdir()
 
     proc = _start(spawner, run, logs / "0.log", "--config", RECIPE, *TINY)
-    assert _wait(lambda: _complete_steps(run), proc, "the first checkpoint"), (logs / "0.log").read_text()
+    assert _wait(lambda: complete_steps(run), proc, "the first checkpoint"), (logs / "0.log").read_text()
     time.sleep(rng.uniform(0.0, 0.3))
     _kill(proc)
     kills, inside_save, previous = 1, int(bool(_unfinished(run))), 0
 
     while kills < KILLS:
-        expected = _complete_steps(run)[-1]
+        expected = complete_steps(run)[-1]
         stale = _unfinished(run)  # left by the last kill
         aimed = kills % 2 == 1
         log = logs / f"{kills}.log"
@@ -161,7 +126,7 @@ def test_kill_9_at_random_moments_and_inside_saves_then_resume_bitwise(tmp_path,
         inside_save += bool(_unfinished(run) - stale)
 
     # the last resume runs to the end (no intermediate saves: they do not change the weights)
-    log, expected = logs / "final.log", _complete_steps(run)[-1]
+    log, expected = logs / "final.log", complete_steps(run)[-1]
     last = expected + FINAL_EXTRA
     proc = _start(spawner, run, log, "--resume", "train.ckpt_every=0", f"train.max_steps={last}")
     assert _finish(proc) == 0, log.read_text()[-3000:]

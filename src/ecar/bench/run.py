@@ -58,7 +58,7 @@ from ecar.bench.report import (anatomy_markdown, bench_table_markdown, headline_
 from ecar.build import load_for_inference
 from ecar.config import Config, load_config
 from ecar.device import pick_device
-from ecar.eval.cost import cost_anatomy, measure_cost
+from ecar.eval.cost import measure_cost
 from ecar.eval.evaluate import default_feature_net, evaluate_seeds, fid_of_images, reference_stats
 from ecar.errors import OutputExistsError
 from ecar.eval.features import load_feature_net
@@ -447,9 +447,7 @@ def run_bench(
                                  metrics=("fid", "is", "pr"), features=extractor,
                                  batch_size=batch_size, sample=st["sample"], progress=progress,
                                  reference=reference)
-            cost = measure_cost(model, lcfg, st["sample"], **cost_kw)
-            anatomy = cost_anatomy(model, lcfg, st["sample"],
-                                   **{k: v for k, v in cost_kw.items() if k == "batch"})
+            cost = measure_cost(model, lcfg, st["sample"], anatomy=True, **cost_kw)
             row = {
                 "name": name, "family": res["family"], "mode": res["mode"], "model": lcfg.model.name,
                 "setting": st["setting"], "step_scale": st["scale"], "params": params,
@@ -463,7 +461,7 @@ def run_bench(
                 "recall_std": res.get("recall_std"),
                 "gflops_per_image": cost.gflops_per_image,
                 "seconds_per_image": cost.seconds_per_image,
-                "anatomy": anatomy.as_dict(),
+                "anatomy": cost.anatomy.as_dict(),
                 "features": res["features"], "reference_split": res["reference_split"],
                 "n_eval": n_eval, "ckpt": str(run),
             }

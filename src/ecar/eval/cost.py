@@ -57,6 +57,8 @@ class Cost:
     repeats: int
     warmup: int = TIMING_WARMUP
     threads: int = field(default_factory=torch.get_num_threads)
+    anatomy: Anatomy | None = None
+    """Where the FLOPs go (:func:`cost_anatomy`), when :func:`measure_cost` was asked for it."""
 
     def as_dict(self) -> dict:
         return {
@@ -102,6 +104,22 @@ def count_flops(
     return counter.get_total_flops() / batch / 1e9
 
 
+def median_seconds(fn, device: torch.device, repeats: int, warmup: int) -> float:
+    """Median wall-clock seconds of ``repeats`` calls of ``fn()`` after ``warmup`` untimed
+    ones, the device synchronised before and after each (the protocol of every timing here)."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"timing needs repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    times = []
+    for i in range(warmup + repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 @torch.no_grad()
 def time_sampling(
     model: nn.Module,
@@ -115,15 +133,8 @@ def time_sampling(
     if repeats < 1 or warmup < 0:
         raise ValueError(f"timing needs repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
     run, device = _sampling_call(model, cfg, sample, batch)
-    times = []
-    for i in range(warmup + repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        run(i)
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) / batch
+    calls = iter(range(warmup + repeats))
+    return median_seconds(lambda: run(next(calls)), device, repeats, warmup) / batch
 
 
 def measure_cost(
@@ -133,20 +144,27 @@ def measure_cost(
     batch: int = TIMING_BATCH,
     repeats: int = TIMING_REPEATS,
     warmup: int = TIMING_WARMUP,
+    anatomy: bool = False,
 ) -> Cost:
     """FLOPs and time per image at the given (default: the recipe's) sampler settings.
 
     Callers that compare models use the defaults (the module's protocol); ``batch``,
-    ``repeats`` and ``warmup`` are there for tests and explicit experiments.
+    ``repeats`` and ``warmup`` are there for tests and explicit experiments. ``anatomy``:
+    also split the FLOPs (:func:`cost_anatomy`, whose total is the count reported).
     """
     was_training = model.training
     model.eval()
+    split = None
     try:
-        gflops = count_flops(model, cfg, sample, batch=batch)
+        if anatomy:
+            split = cost_anatomy(model, cfg, sample, batch=batch)
+            gflops = split.total
+        else:
+            gflops = count_flops(model, cfg, sample, batch=batch)
         seconds = time_sampling(model, cfg, sample, batch=batch, repeats=repeats, warmup=warmup)
     finally:
         model.train(was_training)
-    return Cost(gflops, seconds, batch, repeats, warmup)
+    return Cost(gflops, seconds, batch, repeats, warmup, anatomy=split)
 
 
 PARTS = ("backbone", "head", "guidance")

@@ -48,8 +48,7 @@ class AdaLNBlock(nn.Module):
         token axis (a caller that reuses one c may keep them). ``raw``: ``ada(c)`` (…, 6·D)
         when the caller has it already (e.g. summed from separately computed parts)."""
         mod = (self.ada(c) if raw is None else raw).chunk(6, dim=-1)
-        c = mod[0]
-        if c.dim() == 2:
+        if mod[0].dim() == 2:
             mod = [m[:, None] for m in mod]
         s1, g1, a1, s2, g2, a2 = mod
         return s1, 1 + g1, a1, s2, 1 + g2, a2

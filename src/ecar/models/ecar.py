@@ -232,11 +232,20 @@ class ECAR(nn.Module):
         ids = [torch.full((1,), -1)] + [torch.full((g * g,), s) for s, g in enumerate(self.grids)]
         return torch.cat(ids).to(device)
 
+    def _ar_lengths(self, stages: int) -> list[int]:
+        """AR positions whose outputs condition each of the first ``stages`` stages: its input's
+        tokens (``upsampled``: g_s²), or its parents (``parent``: the class token for stage 1,
+        then g_{s−1}²)."""
+        if self.parent:
+            return [g * g for g in [1, *self.grids[: stages - 1]]][:stages]
+        return [g * g for g in self.grids[:stages]]
+
     def block_causal_mask(self, device, stages: int | None = None) -> torch.Tensor:
-        """Bool (L, L): position i may attend to j iff stage(j) <= stage(i) (class token = stage −1)."""
-        ids = self.stage_ids(device)
-        if stages is not None:
-            ids = ids[: 1 + sum(g * g for g in self.grids[:stages])]
+        """Bool (L, L) over the AR sequence of the first ``stages`` stages: position i may attend
+        to j iff stage(j) <= stage(i) (the class token is stage −1, or stage 1's parent)."""
+        lengths = self._ar_lengths(self.num_stages if stages is None else stages)
+        ids = [torch.full((n,), s) for s, n in enumerate(lengths)]
+        ids = torch.cat(ids if self.parent else [torch.full((1,), -1), *ids]).to(device)
         return ids[None, :] <= ids[:, None]
 
     def _embed_stage(self, inp: torch.Tensor, s: int) -> torch.Tensor:
@@ -260,12 +269,6 @@ class ECAR(nn.Module):
         out = self.expand[s](h).reshape(b, g, g, r, r, d).permute(0, 1, 3, 2, 4, 5)
         return out.reshape(b, g * r * g * r, d)
 
-    def _ar_ids(self, stages: int, device) -> torch.Tensor:
-        """``parent``: the stage of every AR position (class token 0, stage s's input s)."""
-        ids = [torch.zeros(1, dtype=torch.long)]
-        ids += [torch.full((self.grids[s - 1] ** 2,), s) for s in range(1, stages)]
-        return torch.cat(ids).to(device)
-
     # ------------------------------------------------------------------ AR transformer
     def condition(self, inputs: list[torch.Tensor | None], y: torch.Tensor) -> list[torch.Tensor]:
         """Full pass (training, or sampling without a cache) over the first len(inputs) stages.
@@ -276,17 +279,12 @@ class ECAR(nn.Module):
         c = self.y_embed(y)
         embedded = [self._embed_stage(x, s) for s, x in enumerate(inputs) if x is not None]
         h = torch.cat([c[:, None]] + embedded, dim=1)
-        if self.parent:
-            ids = self._ar_ids(len(inputs), h.device)
-            mask = ids[None, :] <= ids[:, None]
-        else:
-            mask = self.block_causal_mask(h.device, len(inputs))
+        mask = self.block_causal_mask(h.device, len(inputs))
         for blk in self.blocks:
             h = blk(h, c, mask=mask)
         h = self.norm(h)
         out, i = [], 0 if self.parent else 1
-        for s in range(len(inputs)):
-            n = (self.grids[s - 1] ** 2 if s else 1) if self.parent else self.grids[s] ** 2
+        for s, n in enumerate(self._ar_lengths(len(inputs))):
             out.append(self._children(h[:, i : i + n], s) if self.parent else h[:, i : i + n])
             i += n
         return out
@@ -309,7 +307,7 @@ class ECAR(nn.Module):
             if s == 0:
                 h = torch.cat([c[:, None], h], dim=1)
         # stage 0 carries the class token, which sees only itself; later stages see every cached position
-        mask = self.block_causal_mask(h.device, 1) if s == 0 and not self.parent else None
+        mask = self.block_causal_mask(h.device, 1) if s == 0 else None
         for blk, kv in zip(self.blocks, cache):
             h = blk(h, c, mask=mask, cache=kv)
         h = self.norm(h)

@@ -46,13 +46,11 @@ HEAD_CONDS = ("token", "stage", "add")
 """
 
 
-def _per_token(terms: torch.Tensor, b: int, counts: list[int] | None) -> torch.Tensor:
-    """Per-row time terms -> (B, 1 or N, F): rows (B·G, F) of G time groups per image, each
-    group covering ``counts[g]`` consecutive tokens (None: one group per token, or one per image)."""
+def _per_token(terms: torch.Tensor, b: int, repeats: torch.Tensor | None) -> torch.Tensor:
+    """Per-row time terms -> (B, 1 or N, F): rows (B·G, F) of G time groups per image, group g
+    covering ``repeats[g]`` consecutive tokens (None: one group per token, or one per image)."""
     terms = terms.reshape(b, -1, terms.shape[-1])
-    if counts is None:
-        return terms
-    return terms.repeat_interleave(torch.tensor(counts, device=terms.device), dim=1)
+    return terms if repeats is None else terms.repeat_interleave(repeats, dim=1)
 
 
 class TokenHead(nn.Module):
@@ -112,19 +110,16 @@ class TokenHead(nn.Module):
         if u.dim() == 0:
             u = u.expand(b)
         t = self.t_embed(u.reshape(-1))  # (B·G, w)
+        reps = None if counts is None else torch.tensor(counts, device=x.device)
         h = self.inp(x)
-        w = self.width
         if self.cond == "token":
-            c = zc + _per_token(t, b, counts)
-            mods = [None] * (len(self.blocks) + 1)
+            c, mods = zc + _per_token(t, b, reps), [None] * (len(self.blocks) + 1)
+        elif self.cond == "stage":
+            parts = zc[..., self.width:].split([a[1].out_features for a in self._adas()], dim=-1)
+            c, mods = None, [p + _per_token(ta(t), b, reps) for p, ta in zip(parts, self.t_ada)]
         else:
-            c = None
-            if self.cond == "stage":
-                parts = zc[..., w:].split([a[1].out_features for a in self._adas()], dim=-1)
-                mods = [p + _per_token(ta(t), b, counts) for p, ta in zip(parts, self.t_ada)]
-            else:
-                h = h + zc
-                mods = [_per_token(ada(t), b, counts) for ada in self._adas()]
+            c, h = None, h + zc
+            mods = [_per_token(ada(t), b, reps) for ada in self._adas()]
         if self.kind == "mlp":
             for blk, mod in zip(self.blocks, mods):
                 h = blk(h, c, mod=mod)
