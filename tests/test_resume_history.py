@@ -109,3 +109,19 @@ def test_resume_drops_later_rows_and_a_torn_line_and_keeps_the_rest_byte_for_byt
     MetricsLog(tmp_path, enabled=True, tensorboard=False)  # a fresh start drops nothing
     assert path.read_text() == "".join(rows[:5])
     assert not list(tmp_path.glob(".metrics.jsonl.tmp-*"))  # rewritten through a temporary file
+
+
+def test_a_resumed_run_continues_its_time_budget(tmp_path):
+    """A run stopped by train.max_minutes, resumed, has no time left: it trains no further step
+    (before the checkpoint kept its training seconds, every resume got the whole budget again
+    and restarted the time-driven schedule). Its logged elapsed time goes on from the first run's."""
+    from ecar.config import load_config
+    from ecar.train.trainer import train
+
+    cfg = load_config(RECIPE, [*TINY, "train.max_steps=100000", "train.max_minutes=0.02",
+                               "train.log_every=1", "train.ckpt_every=100000"])
+    first = train(cfg, tmp_path / "run", progress=False)
+    assert 0 < first["step"] < 100000 and first["train_seconds"] >= 1.2
+    again = train(cfg, tmp_path / "run", resume=True, progress=False)
+    assert again["step"] == first["step"]
+    assert again["train_seconds"] >= 1.2  # the clock went on from the checkpoint's (a new one: ~0 s)

@@ -302,9 +302,9 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
         model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay
     )
 
-    start = 0
+    start, spent = 0, 0.0
     if resume:
-        start = _restore(out, cfg, model, ema, opt, par)
+        start, spent = _restore(out, cfg, model, ema, opt, par)
     if di.is_main:
         if replacing is not None:
             _replace_run(out, replacing)
@@ -335,6 +335,9 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
             "rng_cpu": torch.get_rng_state(),
             "batches_seen": step * t.grad_accum,
             "world_size": di.world,
+            # training seconds so far: a resumed run continues its train.max_minutes budget
+            # (and the time-driven schedule) where it stopped instead of starting it again
+            "train_seconds": time.perf_counter() - t_start,
         }
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -352,7 +355,7 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
     bar = tqdm(total=t.max_steps, initial=start, desc="train", disable=not (progress and di.is_main),
                dynamic_ncols=True)
     step, last_saved, tic, seen = start, start if resume else None, time.perf_counter(), 0
-    t_start = time.perf_counter()
+    t_start = time.perf_counter() - spent  # a resumed run's clock goes on from its checkpoint
     budget_s = t.max_minutes * 60.0
     with _StopFlag() as stopper:
         while step < t.max_steps:
@@ -435,7 +438,7 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
     }
 
 
-def _restore(out: Path, cfg: Config, model, ema, opt, par: Parallel) -> int:
+def _restore(out: Path, cfg: Config, model, ema, opt, par: Parallel) -> tuple[int, float]:
     ck = ckpt.load_checkpoint(out, with_state=True)  # the newest that loads; skipped ones are logged
     saved = ck.cfg
     if type(saved.model) is not type(cfg.model) or saved.model != cfg.model:
@@ -451,4 +454,4 @@ def _restore(out: Path, cfg: Config, model, ema, opt, par: Parallel) -> int:
     log.info("resuming from %s (step %d)", ck.directory, ck.step)
     if ck.step >= cfg.train.max_steps:
         log.warning("checkpoint is at step %d >= train.max_steps=%d: nothing to do", ck.step, cfg.train.max_steps)
-    return ck.step
+    return ck.step, float(ck.train_state.get("train_seconds", 0.0))  # older checkpoints: 0
