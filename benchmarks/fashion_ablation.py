@@ -69,10 +69,12 @@ def train(name: str, overrides: list[str], args) -> Path:
 
 
 @torch.no_grad()
-def teacher_forced_fids(L, ext, ref, n: int, guidance: list[float]) -> dict:
-    """FID when the model generates stages k..S from the true states before stage k."""
+def teacher_forced_fids(L, ext, ref, n: int, guidance: list[float], sampler: str = "euler",
+                        steps: list[int] | None = None) -> dict:
+    """FID when the model generates stages k..S from the true states before stage k
+    (``sampler`` with ``steps`` per stage; default: Euler at the run's shipped counts)."""
     m, sched = L.model, L.model.schedule
-    steps = list(L.cfg.sample.stage_steps or [L.cfg.sample.steps] * m.num_stages)
+    steps = list(steps or L.cfg.sample.stage_steps or [L.cfg.sample.steps] * m.num_stages)
     ds = build_dataset(L.cfg.data.name, split="train")
     x = ds.images(5000, 5000 + n)
     y = torch.tensor([int(ds[i][1]) for i in range(5000, 5000 + n)])
@@ -103,7 +105,7 @@ def teacher_forced_fids(L, ext, ref, n: int, guidance: list[float]) -> dict:
                     return m.velocity(xx, u.expand(xx.shape[0]), zz, s)
 
                 v = guided(head, *zc.chunk(2), lambda t, sc=guidance[s]: sc)
-                end = m.stage_latent(integrate("euler", v, m.stage_tokens(start), time_grid(steps[s]), g), s)
+                end = m.stage_latent(integrate(sampler, v, m.stage_tokens(start), time_grid(steps[s]), g), s)
                 conds = conds + [cond]
                 if s + 1 < m.num_stages:
                     size = sched.sizes[s + 1]

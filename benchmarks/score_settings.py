@@ -42,6 +42,9 @@ def main() -> None:
     p.add_argument("--features", default=None,
                    help="feature net (default: the dataset's shipped net; 'inception' for Inception FID)")
     p.add_argument("--ref-max", type=int, default=None, help="use at most this many reference images")
+    p.add_argument("--teacher-forced", action="store_true",
+                   help="E-CAR / FlowAR: also the FIDs with stages k..S generated from the true states before "
+                        "stage k (fid_free_from_k, benchmarks/fashion_ablation.py; --n training images, seed 0)")
     a = p.parse_args()
     L = load_for_inference(a.run, torch.device("cpu"))
     name = a.features or default_feature_net(L.cfg.data.name)
@@ -68,6 +71,10 @@ def main() -> None:
                "reference_split": r["reference_split"],
                "gflops_per_image": round(count_flops(L.model, L.cfg, s, batch=2), 3),
                "seconds": round(time.time() - t), "command": command}
+        if a.teacher_forced and len(steps) > 1:
+            from fashion_ablation import teacher_forced_fids  # benchmarks/ is this script's folder
+            from ecar.methods.ecar import stage_guidance
+            row.update(teacher_forced_fids(L, ext, ref, a.n, stage_guidance(s, L.model.num_stages), sampler, steps))
         print(json.dumps(row), flush=True)
         with open(a.out, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -497,6 +497,25 @@ def test_bench_list_flags_are_checked_entry_by_entry_before_any_work(tmp_path, c
     assert not out.exists()
 
 
+def test_bench_samples_a_run_with_its_recipes_new_sampler(tmp_path, capsys, ecar_run):
+    """`--ckpts RUN=RECIPE` re-benches a trained run with the recipe's (changed) sample section,
+    and refuses a recipe whose model is not the run's before any evaluation."""
+    out = tmp_path / "bench"
+    flags = ["--n-eval", "4", "--sweep", "1", "--samplers", "euler", "--seeds", "0", "--quiet"]
+    model = [o for o in ECAR_FAST if o.startswith("model.")]
+    code, err = run(capsys, "bench", "--ckpts", f"{ecar_run}={ECAR}", "--out", out, *flags,
+                    *model, "sample.stage_steps=[3,1,1]", "sample.cfg=1.5")
+    assert code == 0, err
+    shipped = json.loads((out / "bench.json").read_text())["rows"][0]
+    assert shipped["setting"] == "shipped" and shipped["steps"] == [3, 1, 1] and shipped["cfg"] == 1.5
+    other = tmp_path / "other"
+    code, err = run(capsys, "bench", "--ckpts", f"{ecar_run}={ECAR}", "--out", other, *flags)
+    one_error(code, err, expected=EXIT_FAIL, match="describes another model")
+    assert not (other / "bench.json").exists()
+    code, err = run(capsys, "bench", "--ckpts", f"{ecar_run}={tmp_path / 'none.yaml'}", "--out", other, *flags)
+    one_error(code, err, expected=(EXIT_FAIL, EXIT_USAGE), match="none.yaml")
+
+
 @pytest.mark.parametrize("classes,match", [("1,-3", "--classes[1]=-3 is not valid: it must be >= 0"),
                                            ("1,30", "classes [30] are out of range"),
                                            ("9" * 5000, "--classes: expected comma-separated integers")])

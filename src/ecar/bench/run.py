@@ -69,7 +69,7 @@ from ecar.serialization import is_empty_dir
 from ecar.train.trainer import train
 
 __all__ = ["DEFAULT_SAMPLERS", "DEFAULT_SEEDS", "DEFAULT_SWEEP", "bench_table_markdown",
-           "plot_bench", "run_bench", "sweep_settings"]
+           "plot_bench", "run_bench", "split_ckpt_spec", "sweep_settings", "with_recipe_sampling"]
 
 log = logging.getLogger("ecar.bench")
 
@@ -116,6 +116,34 @@ def sweep_settings(model: torch.nn.Module, cfg: Config, step_sweep: Sequence[flo
             label = ",".join(str(c) for c in counts) if isinstance(counts, list) else str(counts)
             out.append({"setting": f"{name} steps={label}", "scale": f, "sample": sample})
     return out
+
+
+def split_ckpt_spec(spec: str) -> tuple[str, str | None]:
+    """``RUN`` or ``RUN=RECIPE.yaml`` (an entry of ``ckpts``) -> (run, recipe or None)."""
+    run, sep, recipe = spec.rpartition("=")
+    if sep and recipe.endswith((".yaml", ".yml")):
+        if not Path(recipe).is_file():
+            raise FileNotFoundError(f"recipe '{recipe}' of --ckpts entry '{spec}' does not exist")
+        return run, recipe
+    return spec, None
+
+
+def with_recipe_sampling(cfg: Config, recipe: Config, run: str) -> Config:
+    """``cfg`` (a trained run's) with the ``sample`` section of ``recipe``, the recipe it was
+    trained from: a recipe whose sampler changed since is benched without retraining.
+
+    Raises CheckpointError when the recipe's model or dataset is not the run's (its weights
+    would not be the recipe's).
+    """
+    if type(recipe.model) is not type(cfg.model) or recipe.model != cfg.model:
+        raise ckpt_mod.CheckpointError(
+            f"the recipe given for '{run}' describes another model ({recipe.model}) than the run's "
+            f"({cfg.model}): pair each run with the recipe it was trained from")
+    if recipe.data.name != cfg.data.name:
+        raise ckpt_mod.CheckpointError(
+            f"the recipe given for '{run}' names data '{recipe.data.name}', the run trained on "
+            f"'{cfg.data.name}'")
+    return dataclasses.replace(cfg, sample=dataclasses.replace(recipe.sample))
 
 
 def load_previous(paths: Sequence[str | Path], train_minutes: float, n_eval: int, seeds: Sequence[int],
@@ -301,7 +329,10 @@ def run_bench(
             ``train.max_minutes=train_minutes`` (and ``train.device`` unless ``device`` is
             ``auto``) and trained into ``out/<recipe stem>/run``; the recipe's
             ``train.max_steps`` still caps the run.
-        ckpts: existing checkpoint directories to evaluate as they are (after ``configs``).
+        ckpts: existing checkpoint directories to evaluate as they are (after ``configs``);
+            ``RUN=RECIPE.yaml`` evaluates RUN with the ``sample`` section of RECIPE (with
+            ``overrides``), which must describe RUN's model and data
+            (:func:`with_recipe_sampling`): a changed sampler is benched without retraining.
         train_minutes: wall-clock training budget per recipe (0 = max_steps only).
         out: output directory: ``bench.json`` (rows + metadata), ``bench.md``,
             ``bench.png`` and one run directory per recipe. Rewritten after every model, so
@@ -366,12 +397,16 @@ def run_bench(
     taken: set[str] = {r["name"] for r in prev_rows}
     for c in configs:
         jobs.append(("config", c, _unique(Path(c).stem, taken)))
-    for c in ckpts:
+    recipes: dict[str, Config] = {}  # ckpt job name -> the recipe whose sampling it is evaluated with
+    for spec in ckpts:
+        c, recipe = split_ckpt_spec(spec)
         p = Path(c).resolve()
         if p.parent.name == ckpt_mod.CHECKPOINTS_DIR:  # one checkpoint of a run: named by the run
             p = p.parent.parent
         stem = p.parent.name if p.name == "run" else p.name
         jobs.append(("ckpt", c, _unique(stem, taken)))
+        if recipe is not None:
+            recipes[jobs[-1][2]] = load_config(recipe, list(overrides))
     # Fail early, before any training, on recipes that do not load or an --out in use.
     extra = [f"train.max_minutes={train_minutes}"] + ([f"train.device={device}"] if device != "auto" else [])
     loaded_cfgs: dict[str, Config] = {}
@@ -424,6 +459,8 @@ def run_bench(
         if train_steps is None:
             train_steps = loaded.step
         model, lcfg = loaded.model, loaded.cfg
+        if name in recipes:
+            lcfg = with_recipe_sampling(lcfg, recipes[name], str(run))
         params = sum(p.numel() for p in model.parameters())
         feat_name = features or default_feature_net(lcfg.data.name)
         if feat_name not in extractors:

@@ -42,7 +42,9 @@ def add_bench(sub) -> None:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--configs", nargs="+", help="recipes to train and compare (first = baseline)")
-    src.add_argument("--ckpts", nargs="+", help="existing checkpoints to compare instead")
+    src.add_argument("--ckpts", nargs="+", metavar="RUN[=RECIPE]",
+                     help="existing checkpoints to compare instead; RUN=RECIPE.yaml samples RUN with the "
+                          "recipe's sample section (the recipe RUN was trained from, its sampler changed)")
     p.add_argument("--train-minutes", type=float, default=5.0, help="training budget per recipe")
     p.add_argument("--out", default="bench", help="output directory, new or empty (default: bench)")
     p.add_argument("--overwrite", action="store_true",
