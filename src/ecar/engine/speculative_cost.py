@@ -23,7 +23,8 @@ token (a proposal kept whole):
 * verify(M) = v₀ + v₁·B·M: a target head call of M proposals per image (K + 1 rows each, both
   guidance halves): a fixed latency plus a cost per proposal and image;
 * redo (some image of the batch rejected, P_rej = 1 − α^{γ·B}): a Gaussian redraw, the draft's
-  rest of a chain and one more target head call over the rejected images' rows.
+  rest of a chain and one more target head call over the rejected images' rows, repeated
+  about 1/√α times (the rest of a chain is rejected again with probability ~ 1 − √α).
 """
 
 from __future__ import annotations
@@ -98,7 +99,11 @@ def predicted_seconds(costs: CallCosts, gamma: int, alpha: float, batch: int, to
     passes = gamma * (costs.pass_ + costs.draft_pass) + (gamma - 1) * costs.extra_position
     kept = alpha ** gamma  # an image's whole block kept
     p_redo = 1 - kept ** batch
-    redo = 0.5 * costs.draft_chain + costs.verify_fixed + costs.verify_per_token * batch * (1 - kept) + costs.decide
+    # a redo continues the cut token's chain, about half of it, kept whole with probability ~ √α: repeated
+    # until kept, about 1/√α times (at most 10)
+    repeats = min(10.0, 1 / math.sqrt(max(alpha, 1e-2)))
+    redo = repeats * (0.5 * costs.draft_chain + costs.verify_fixed + costs.verify_per_token * batch * (1 - kept)
+                      + costs.decide)
     per_round = passes + gamma * costs.draft_chain + verify + costs.decide + p_redo * redo
     return rounds_needed(alpha, gamma, batch, tokens) * per_round
 
