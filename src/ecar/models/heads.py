@@ -123,21 +123,23 @@ class TokenHead(nn.Module):
             return None, [p + expand(ta(t)) for p, ta in zip(parts, self.t_ada)]
         return zc, [expand(ada(t)) for ada in self._adas()]
 
-    def body(self, x: torch.Tensor, offset: torch.Tensor | None, mods: list[torch.Tensor],
-             mask: torch.Tensor | None = None, pos: torch.Tensor | None = None) -> torch.Tensor:
-        """The x-dependent part of a head call: tokens x (…, N, D) and :meth:`terms` -> (…, N, D)."""
+    def body(self, x: torch.Tensor, offset: torch.Tensor | None, mods: list, mask: torch.Tensor | None = None,
+             pos: torch.Tensor | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
+        """The x-dependent part of a head call: tokens x (…, N, D) and :meth:`terms` -> (…, N, D).
+        A modulation given as None is computed by its block from ``c`` (inside the block's own
+        call, where a sharded block has its weights)."""
         h = self.inp(x)
         if offset is not None:
             h = h + offset
         if self.kind == "mlp":
             for blk, mod in zip(self.blocks, mods):
-                h = blk(h, None, mod=mod)
+                h = blk(h, c, mod=mod)
         else:
             if pos is not None:
                 h = h + pos
             for blk, mod in zip(self.blocks, mods):
-                h = blk(h, None, mask=mask, mod=blk.modulation(None, mod))
-        return self.final(h, None, mod=mods[-1])
+                h = blk(h, c, mask=mask, mod=None if mod is None else blk.modulation(None, mod))
+        return self.final(h, c, mod=mods[-1])
 
     def forward(
         self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor, mask: torch.Tensor | None = None,
@@ -151,6 +153,8 @@ class TokenHead(nn.Module):
             u = u.expand(b)
         t = self.time_embedding(u.reshape(-1))  # (B·G, w)
         reps = None if counts is None else torch.tensor(counts, device=x.device)
+        if self.cond == "token":  # each block modulates itself from c (FSDP gathers a block's weights in its call)
+            return self.body(x, None, [None] * (len(self.blocks) + 1), mask, pos, zc + _per_token(t, b, reps))
         offset, mods = self.terms(zc, t, lambda m: _per_token(m, b, reps))  # time terms per row or group
         return self.body(x, offset, mods, mask, pos)
 
