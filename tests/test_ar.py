@@ -41,9 +41,13 @@ def test_ar_is_registered_with_its_own_settings():
     draft = load_config(ROOT / "configs" / "digits_ar_draft.yaml")
     check_draft_pair(cfg, draft)  # the shipped pair fits
     assert draft.model.depth * 4 <= cfg.model.depth
-    for bad in ({"gamma": 0}, {"residual_batch": 0}, {"temperature": -1.0}):
+    for bad in ({"gamma": -1}, {"gamma": "fast"}, {"residual_batch": 0}, {"temperature": -1.0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             apply_sample_overrides(cfg.sample, bad)
+    assert apply_sample_overrides(cfg.sample, {"gamma": 0}).gamma == 0  # 0: plain decoding
+    assert cfg.sample.gamma == "auto"
+    gamma_flag = next(f for f in sampler_flags() if f.flag == "--gamma")
+    assert gamma_flag.type("3") == 3 and gamma_flag.type("auto") == "auto"
     flags = {f.flag for f in sampler_flags()}
     assert {"--gamma", "--residual-batch"} <= flags
 
@@ -152,5 +156,7 @@ def test_bench_reports_speculative_statistics_with_a_draft(tmp_path, monkeypatch
                      "--seeds", "0", "--quiet", "--out", str(out)]) == 0
     spec = json.loads((out / "bench.json").read_text())["meta"]["speculative"]["t"]
     assert 0.0 <= spec["acceptance_rate"] <= 1.0 and spec["tokens"] == 8 * 64 and spec["n"] == 8
-    assert spec["target_passes"] > 0 and spec["draft_passes"] >= spec["target_passes"]
+    assert spec["target_passes"] > 0 and spec["choices"] and all(c["gamma"] in range(7) for c in spec["choices"])
+    if all(c["gamma"] >= 1 for c in spec["choices"]):  # a separate draft passes every proposal after the pilot
+        assert spec["draft_passes"] >= spec["target_passes"] - 2 * len(spec["choices"])
     assert math.isfinite(spec["fid"]) and spec["seconds_per_image"] > 0

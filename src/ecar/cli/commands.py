@@ -250,7 +250,8 @@ def cmd_sample(args) -> int:
         print(f"wrote {len(paths)} images to {args.out}/")
     if draft:
         st = out["speculative"]
-        print(f"speculative decoding (gamma {sample.gamma}): acceptance rate {st['acceptance_rate']:.3f}, "
+        print(f"speculative decoding (gamma {sample.gamma}): {gamma_summary(st['choices'])}")
+        print(f"acceptance rate {st['acceptance_rate']:.3f}, "
               f"{st['tokens_per_round']:.2f} tokens per verification, "
               f"{st['tokens_per_target_pass']:.2f} tokens per target pass; target: {st['target_passes']} passes, "
               f"{st['target_head_calls']} head calls; draft: {st['draft_passes']} passes, "
@@ -260,6 +261,22 @@ def cmd_sample(args) -> int:
         save_png(stages_strip(out["stages"], max_rows=min(8, args.n)), args.stages_out)
         print(f"wrote the stage strip to {args.stages_out}")
     return 0
+
+
+def gamma_summary(choices: list[dict]) -> str:
+    """What γ each sampling call ran with and, where it was chosen (gamma auto), why: the
+    acceptance measured on its first tokens and the predicted speed-up over plain decoding."""
+    parts = []
+    for c in choices:
+        text = f"batch {c['batch']}: gamma {c['gamma']}" + (" (plain decoding)" if c["gamma"] == 0 else "")
+        if "acceptance" in c:
+            text += (f", chosen at measured acceptance {c['acceptance']:.3f} on the first {c['start']} tokens, "
+                     f"predicted {c['predicted_speedup']:.2f}x plain")
+        parts.append(text)
+    if len(parts) > 4:  # many batches: the distinct choices
+        seen = sorted({(c["batch"], c["gamma"]) for c in choices})
+        return f"{len(parts)} calls; " + ", ".join(f"batch {b}: gamma {g}" for b, g in seen) + "; first: " + parts[0]
+    return "; ".join(parts)
 
 
 def add_draft(sub) -> None:

@@ -29,7 +29,7 @@ from ecar.samplers import SAMPLER_NAMES
 from ecar.samplers.chain import GaussianChain, StepMean, power_grid
 from ecar.samplers.temperature import integrate_at_temperature
 
-__all__ = ["CausalSampleConfig", "GuidedCausal", "generate_causal"]
+__all__ = ["CausalSampleConfig", "GuidedCausal", "chain_token", "generate_causal"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,17 @@ class GuidedCausal:
         return torch.cat([c[index], u[index]])
 
 
+def chain_token(net: GuidedCausal, chain: GaussianChain, zc: torch.Tensor, pos: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row by ``net``'s chain (plain decoding): conditions zc (B or 2B, 1, F) at
+    positions pos (B, 1) -> (the chain's last state x_K, the output token), both (B, 1, D). The
+    head's x-free terms are computed once for all steps (:meth:`GuidedCausal.step_means`).
+    Draws: the start noise (B, 1, D), then the chain's K normals."""
+    noise = torch.randn((pos.shape[0], 1, net.model.token_dim), generator=generator, device=pos.device)
+    x = chain.sample_steps(net.step_means(zc, pos, chain), noise, generator)[0]
+    return x, chain.finish(net.velocity(zc, pos), x)
+
+
 @torch.no_grad()
 def generate_causal(model: nn.Module, labels: torch.Tensor, settings: CausalSampleConfig,
                     generator: torch.Generator | None = None, return_stages: bool = False,
@@ -154,14 +165,14 @@ def generate_causal(model: nn.Module, labels: torch.Tensor, settings: CausalSamp
     for i in range(N):
         pos = torch.full((B, 1), i, dtype=torch.long, device=dev)
         prev = context[:, i - 1:i] if i else context[:, :1]
-        v = net.velocity(net.condition(prev, pos), pos)
-        noise = torch.randn((B, 1, D), generator=generator, device=dev)
+        zc = net.condition(prev, pos)
         if chain is not None:
-            x = chain.sample(v, noise, generator)[0]
+            state, x = chain_token(net, chain, zc, pos, generator)
             if chain.finishes:  # later tokens condition on the chain's state; the output is finished
-                context[:, i] = x[:, 0].to(context.dtype)
-                x = chain.finish(v, x)
+                context[:, i] = state[:, 0].to(context.dtype)
         else:
+            v = net.velocity(zc, pos)
+            noise = torch.randn((B, 1, D), generator=generator, device=dev)
             x = integrate_at_temperature(settings.sampler, lambda x, t: v(x, t.expand(B, 1)), noise, grid,
                                          generator, settings.noise_scale, settings.temperature)
         tokens[:, i] = x[:, 0].to(tokens.dtype)

@@ -36,127 +36,33 @@ Exactness for tokens follows from exactness for paths: the token is the path's l
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ecar.engine.causal import CausalSampleConfig, GuidedCausal
+from ecar.engine.causal import CausalSampleConfig, GuidedCausal, chain_token
+from ecar.engine.speculative_cost import MAX_GAMMA, CallCosts, choose_gamma
+from ecar.engine.speculative_rules import (SpeculativeStats, accepted_prefix, block_accepted, check_rounds,
+                                           first_residual, gaussian_residual, step_test)
 from ecar.models.ar import shares_transformer
-from ecar.samplers.chain import GaussianChain, path_log_ratio, step_log_ratio
+from ecar.samplers.chain import GaussianChain, path_log_ratio
 
-__all__ = ["ACCEPTED", "RESIDUAL", "VERIFY_MODES", "SpeculativeStats", "accepted_prefix", "block_accepted",
-           "chain_means", "first_residual", "gaussian_residual", "generate_speculative"]
+__all__ = ["ACCEPTED", "AUTO", "PLAIN", "RESIDUAL", "VERIFY_MODES", "SpeculativeStats", "accepted_prefix",
+           "block_accepted", "chain_means", "first_residual", "gaussian_residual", "generate_speculative"]
 
 VERIFY_MODES = ("step", "path")
 """What a proposal's acceptance test compares: each Gaussian transition of its chain (``step``)
 or its whole path (``path``); both exact (docs/speculative.md)."""
 
-ACCEPTED, RESIDUAL = 1, 2
-"""Codes of ``source``: where each output token came from (0 would be "never set")."""
+AUTO = "auto"
+"""``gamma=AUTO``: γ chosen per call from measured costs and acceptance (:mod:`ecar.engine.speculative_cost`)."""
 
-
-def accepted_prefix(log_ratio: torch.Tensor, limit: torch.Tensor, generator: torch.Generator | None = None
-                    ) -> torch.Tensor:
-    """Acceptance of γ proposals per row: log_ratio (B, γ) = log p − log q of each proposal,
-    limit (B,) the valid proposals per row (a prefix) -> (B,) long, the accepted count a:
-    proposal j is accepted when log u_j < log_ratio_j (u_j ~ U(0, 1), i.e. with probability
-    min(1, p/q)), and a is the number before the first rejection (at most ``limit``)."""
-    u = torch.rand(log_ratio.shape, generator=generator, device=log_ratio.device, dtype=torch.float64)
-    valid = torch.arange(log_ratio.shape[1], device=log_ratio.device)[None] < limit[:, None]
-    ok = (torch.log(u) < log_ratio.double()) & valid
-    return ok.long().cumprod(dim=1).sum(dim=1)
-
-
-def block_accepted(log_ratio: torch.Tensor, delta: torch.Tensor, limit: torch.Tensor,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block verification (Sun et al., ICLR 2025, arXiv 2403.10444) of L proposed Gaussian
-    transitions per row, in order: log_ratio (B, L) = log p − log q of each transition at its
-    proposed state, delta (B, L) = |m_p − m_q| / std of its two means, limit (B,) the valid
-    transitions (a prefix; 0 keeps none) -> (τ (B,) long, the transitions kept, and log w (B,) float64, the
-    weight of the residual max(0, w·p − q) that transition τ + 1 is drawn from when τ < limit).
-
-    With p_0 = 1 and p_i = min(1, p_{i−1}·p/q of transition i) (log p_i = S_i − max_{j<=i} S_j
-    for the partial sums S of the log ratios), the mass r_i = ∫ max(0, p_i·p − q) of
-    transition i + 1 (closed form for two Gaussians of equal std) and h_i = r_i / (r_i + 1 − p_i)
-    (h = p at the last valid transition), τ is the last i with u_i < h_i (0 if none) and
-    w = p_τ. The kept transitions and the residual draw follow the target exactly; every
-    transition is kept at least as often as by testing each alone (docs/speculative.md)."""
-    lr = log_ratio.double()
-    b, n = lr.shape
-    if n == 0:  # nothing proposed: nothing kept, an unweighted residual
-        return torch.zeros(b, dtype=torch.long, device=lr.device), lr.new_zeros(b)
-    sums = lr.cumsum(1)
-    logp = sums - sums.cummax(1).values.clamp_min(0)  # (B, L): log p_1 … log p_L, all <= 0 (S_0 = 0)
-    u = torch.rand((b, n), generator=generator, device=lr.device, dtype=torch.float64)
-    last = (limit - 1).clamp_min(0)[:, None]
-    whole = (u.gather(1, last) < logp.gather(1, last).exp())[:, 0] & (limit > 0)  # u_L < h_L = p_L
-    tau = torch.where(whole, limit, 0)
-    if bool(whole.all()):  # the usual case: the whole block kept, no h_i needed
-        return tau, lr.new_zeros(b)
-    lp, d = logp[:, :-1], delta[:, 1:].double()  # p_i and the distance of transition i + 1, i < L
-    ystar = (0.5 * d * d - lp) / d  # where w·N(δ, 1) > N(0, 1) along the means' direction
-    r = (torch.exp(lp) * torch.special.ndtr(d - ystar) - torch.special.ndtr(-ystar)).clamp_min(0)
-    h = torch.where(lp == 0, 1.0, r / (r - torch.expm1(lp)))  # p_i = 1: h = 1
-    i = torch.arange(1, n, device=lr.device)[None]
-    cut = ((u[:, :-1] < h) & (i < limit[:, None])) * i  # the i < L (and < limit) with u_i < h_i
-    tau = torch.where(whole, tau, cut.amax(1) if n > 1 else 0)
-    return tau, torch.where(tau > 0, logp.gather(1, (tau - 1).clamp_min(0)[:, None])[:, 0], 0.0)
-
-
-def first_residual(log_ratio: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Rejection step of residual sampling: log_ratio (R, M) = log p − log q of M candidates
-    y ~ p per row -> (R,) long, the index of the first candidate accepted with probability
-    max(0, 1 − q/p), or −1 where none was. The accepted candidates are distributed as
-    max(0, p − q) / TV(p, q)."""
-    lr = log_ratio.double()
-    u = torch.rand(lr.shape, generator=generator, device=lr.device, dtype=torch.float64)
-    threshold = torch.where(lr > 0, torch.log(-torch.expm1(-lr.clamp_min(1e-300))), torch.full_like(lr, -torch.inf))
-    ok = torch.log(u) < threshold
-    first = torch.where(ok.any(dim=1), ok.long().argmax(dim=1), torch.full_like(ok[:, 0], -1, dtype=torch.long))
-    return first
-
-
-@dataclass
-class SpeculativeStats:
-    """Counts of one or more speculative runs (summed with :meth:`add`)."""
-
-    tokens: int = 0
-    proposed: int = 0
-    tested: int = 0
-    accepted: int = 0
-    steps_proposed: int = 0
-    steps_accepted: int = 0
-    target_passes: int = 0
-    image_passes: int = 0
-    target_head_calls: int = 0
-    draft_passes: int = 0
-    draft_head_calls: int = 0
-    residual_tokens: int = 0
-    residual_candidates: int = 0
-    residual_rounds: int = 0
-    rounds: int = 0
-    image_rounds: int = 0
-    seconds: float = 0.0
-
-    def add(self, other: "SpeculativeStats") -> None:
-        for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v)
-
-    def as_dict(self) -> dict:
-        """The counts plus ``acceptance_rate`` (accepted / tested: the probability that a
-        proposal the target tests is accepted; the proposals after a rejection are never
-        tested), ``accepted_per_proposed`` (accepted / proposed) and
-        ``tokens_per_target_pass`` (tokens per image and target transformer pass: tokens /
-        Σ passes × images of the batch) and ``tokens_per_round`` (tokens per image and
-        verification: what one target head call over the proposals yields)."""
-        out = asdict(self)
-        out["acceptance_rate"] = self.accepted / self.tested if self.tested else float("nan")
-        out["accepted_per_proposed"] = self.accepted / self.proposed if self.proposed else float("nan")
-        out["tokens_per_target_pass"] = self.tokens / self.image_passes if self.image_passes else float("nan")
-        out["tokens_per_round"] = self.tokens / self.image_rounds if self.image_rounds else float("nan")
-        return out
+PLAIN, ACCEPTED, RESIDUAL = 3, 1, 2
+"""Codes of ``source``: where each output token came from (0 would be "never set"): the
+target's own chain (plain decoding), an accepted proposal, a residual draw."""
 
 
 def _pick(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, doubled: bool) -> torch.Tensor:
@@ -185,13 +91,6 @@ def chain_means(net: GuidedCausal, zq: torch.Tensor, pos: torch.Tensor, chain: G
     return chain.means(net.velocity(*_rows(zq, pos, chain.steps)), states)
 
 
-def _step_test(path: torch.Tensor, p_means: torch.Tensor, q_means: torch.Tensor, stds: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """What :func:`block_accepted` reads of recorded transitions (…, K + 1, D) and their two means
-    (…, K, D): the log ratio (…, K) of each and the distance of its means in stds (…, K)."""
-    return step_log_ratio(path, p_means, q_means, stds), (p_means - q_means).norm(dim=-1) / stds
-
-
 def _verify(net: GuidedCausal, zp: torch.Tensor, pos: torch.Tensor, chain: GaussianChain,
             paths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The target's transition means (B, M, K, D) along recorded paths (B, M, K + 1, D) and the
@@ -209,41 +108,6 @@ def _finish(net: GuidedCausal, chain: GaussianChain, x: torch.Tensor, z: torch.T
     return chain.finish(net.velocity(z[:, None], pos[:, None]), x[:, None])[:, 0]
 
 
-def gaussian_residual(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor, candidates: int,
-                      generator: torch.Generator | None, max_rounds: int, stats: SpeculativeStats,
-                      log_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """One draw per row of the normalised residual max(0, w·N(m_p, s²I) − N(m_q, s²I)) (w = 1
-    unless ``log_weight`` (R,) gives log w <= 0, :func:`block_accepted`): rejection from
-    N(m_p, s²I) with acceptance 1 − q/(w·p) (:func:`first_residual`), ``candidates`` per row and
-    round, until every row has one. mean_p, mean_q (R, D), std (R,) -> (R, D). No network call."""
-    out = torch.empty_like(mean_p)
-    rows = torch.arange(mean_p.shape[0], device=mean_p.device)
-    rounds = 0
-    while rows.numel():
-        _check_rounds(rounds, max_rounds, rows.numel(), candidates)
-        rounds += 1
-        mp, mq, sd = mean_p[rows, None], mean_q[rows, None], std[rows, None, None]
-        shift = 0.0 if log_weight is None else log_weight[rows, None].double()
-        y = mp + sd * torch.randn((rows.numel(), candidates, mp.shape[-1]), generator=generator,
-                                  device=mp.device, dtype=mp.dtype)
-        lr = (((y - mq).double() ** 2 - (y - mp).double() ** 2) / (2 * sd.double() ** 2)).sum(-1) + shift
-        first = first_residual(lr, generator)
-        ok = first >= 0
-        out[rows[ok]] = y[ok.nonzero()[:, 0], first[ok]]
-        rows = rows[~ok]
-        stats.residual_candidates += int(ok.numel()) * candidates
-    stats.residual_rounds += rounds
-    return out
-
-
-def _check_rounds(rounds: int, max_rounds: int, rows: int, candidates: int) -> None:
-    if rounds >= max_rounds:
-        raise RuntimeError(
-            f"residual sampling found no sample in {rounds}×{candidates} candidates for {rows} token(s): the "
-            "draft and target densities agree almost everywhere there; raise residual_batch or use a draft "
-            "that differs less erratically from the target")
-
-
 def _residual_paths(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain, zp: torch.Tensor,
                     zq: torch.Tensor, pos: torch.Tensor, m: int, generator, max_rounds: int,
                     stats: SpeculativeStats) -> torch.Tensor:
@@ -255,7 +119,7 @@ def _residual_paths(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain
     rows = torch.arange(pos.shape[0], device=pos.device)
     rounds = 0
     while rows.numel():
-        _check_rounds(rounds, max_rounds, rows.numel(), m)
+        check_rounds(rounds, max_rounds, rows.numel(), m)
         rounds += 1
         prow = pos[rows, None].expand(-1, m)
         noise = torch.randn((rows.numel(), m, out.shape[-1]), generator=generator, device=pos.device)
@@ -299,7 +163,7 @@ def _continue_chains(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChai
         q_means = torch.stack(q_means, dim=2) if q_means else path[:, :, :0]
         p_means, finished = chain.means_and_finish(tnet.velocity(rp, p), path, s0)
         held = torch.arange(s0, K, device=dev)[None] < d[:, None]  # a copied state: ratio 1, kept
-        lr, dist = _step_test(path, p_means, q_means, stds[s0:])
+        lr, dist = step_test(path, p_means, q_means, stds[s0:])
         c, logw = block_accepted(lr[:, 0].masked_fill(held, 0.0), dist[:, 0], torch.full_like(d, K - s0), generator)
         complete = c == K - s0
         state[rows[complete]] = path[complete, 0, -1]
@@ -335,137 +199,167 @@ def _replace(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain, verif
     return new, _finish(tnet, chain, new, zp, pos)
 
 
-def _generate_token_by_token(target: nn.Module, draft: nn.Module, tnet: GuidedCausal, dnet: GuidedCausal,
-                             shared: bool, chain: GaussianChain, verify: str, residual_batch: int, generator,
-                             max_rounds: int, on_round, stats: SpeculativeStats) -> dict:
-    """γ = 1: every image gains exactly one token per round, so all stand at the same position
-    and the round needs none of the ragged bookkeeping. The draft speculates the K steps of
-    each token's chain; the target checks them in one head call (K + 1 rows with its finishing
-    step) instead of running them one after the other."""
-    B, N, D, dev = tnet.batch, target.num_tokens, target.token_dim, tnet.labels.device
+@dataclass
+class _Run:
+    """One call's networks, settings and output tensors, shared by its loops. ``tokens`` hold
+    the output (finished by the target), ``context`` the chain's states the transformer reads
+    (the same tensor when the chain ends at 1), ``source`` where each token came from; all
+    sized N + γ_max so a round may run past the grid. ``clock`` (when set) collects the seconds
+    of each kind of call for :class:`CallCosts`."""
+
+    target: nn.Module
+    draft: nn.Module
+    tnet: GuidedCausal
+    dnet: GuidedCausal
+    shared: bool
+    chain: GaussianChain
+    verify: str
+    residual_batch: int
+    generator: torch.Generator | None
+    max_rounds: int
+    on_round: Callable[[torch.Tensor], None] | None
+    stats: SpeculativeStats
+    tokens: torch.Tensor
+    context: torch.Tensor
+    source: torch.Tensor
+    clock: dict | None = None
+
+    def tick(self, key: str, since: float) -> float:
+        """Add the seconds since ``since`` to ``clock[key]`` (when timing); the time now."""
+        now = time.perf_counter()
+        if self.clock is not None:
+            self.clock.setdefault(key, []).append(now - since)
+        return now
+
+    def conditions(self, prev: torch.Tensor, pos: torch.Tensor, draft: bool = True
+                   ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The draft's and the target's head conditions of positions pos (B, L) after tokens
+        prev (B, L, D): one target pass (which also serves the draft head when it shares the
+        transformer), else a draft pass (with ``draft``; its cache must follow) and a target pass."""
+        t0 = time.perf_counter()
+        if self.shared:
+            h = self.tnet.hidden(prev, pos)
+            self.tick("pass", t0)
+            return self.draft.head_condition(h), self.target.head_condition(h)
+        zp = self.tnet.condition(prev, pos)
+        t1 = self.tick("pass", t0)
+        zq = self.dnet.condition(prev, pos) if draft else None
+        self.tick("draft_pass", t1)
+        return zq, zp
+
+
+def _plain_tokens(run: _Run, start: int) -> None:
+    """Positions start … N − 1 of every image by the target's own chain (plain decoding, γ = 0);
+    a separate draft's cache follows only while a later choice might still use it (never here)."""
+    B, N, dev = run.tnet.batch, run.target.num_tokens, run.tokens.device
+    for i in range(start, N):
+        pos = torch.full((B, 1), i, dtype=torch.long, device=dev)
+        _, zp = run.conditions(run.context[:, max(i - 1, 0)][:, None], pos, draft=False)
+        t0 = time.perf_counter()
+        x, tok = chain_token(run.tnet, run.chain, zp, pos, run.generator)
+        run.tick("target_chain", t0)
+        run.context[:, i], run.tokens[:, i] = x[:, 0].to(run.context.dtype), tok[:, 0].to(run.tokens.dtype)
+        run.source[:, i] = PLAIN
+        if run.on_round is not None:
+            run.on_round(torch.full((B,), i + 1, dtype=torch.long, device=dev))
+
+
+def _token_by_token(run: _Run, start: int, stop: int) -> None:
+    """γ = 1 for positions start … stop − 1: every image gains exactly one token per round, so all
+    stand at the same position and the round needs none of the ragged bookkeeping. The draft
+    speculates the K steps of each token's chain; the target checks them in one head call
+    (K + 1 rows with its finishing step) instead of running them one after the other."""
+    tnet, dnet, chain, stats, g = run.tnet, run.dnet, run.chain, run.stats, run.generator
+    B, D, dev = tnet.batch, run.target.token_dim, run.tokens.device
     K, stds, dbl = chain.steps, chain.stds(dev), tnet.doubled
-    tokens = torch.zeros(B, N, D, device=dev)
-    context = torch.zeros(B, N, D, device=dev) if chain.finishes else tokens
-    source = torch.full((B, N), ACCEPTED, dtype=torch.int8, device=dev)
     all_steps, one, zero = (torch.full((B,), v, dtype=torch.long, device=dev) for v in (K, 1, 0))
     steps_accepted = 0  # a tensor after the first token: summed without a sync per token
-    for i in range(N):
+    for i in range(start, stop):
         pos = torch.full((B, 1), i, dtype=torch.long, device=dev)
-        prev = context[:, i - 1:i] if i else context[:, :1]
-        if shared:
-            h = tnet.hidden(prev, pos)
-            zq, zp = draft.head_condition(h), target.head_condition(h)
-        else:
-            zq, zp = dnet.condition(prev, pos), tnet.condition(prev, pos)
-        noise = torch.randn((B, 1, D), generator=generator, device=dev)
-        x, path, q_means = chain.sample_steps(dnet.step_means(zq, pos, chain), noise, generator, record=True)
+        zq, zp = run.conditions(run.context[:, max(i - 1, 0)][:, None], pos)
+        t0 = time.perf_counter()
+        noise = torch.randn((B, 1, D), generator=g, device=dev)
+        x, path, q_means = chain.sample_steps(dnet.step_means(zq, pos, chain), noise, g, record=True)
+        t0 = run.tick("draft_chain", t0)
         p_means, finished = _verify(tnet, zp, pos, chain, path)
-        if verify == "step":
-            lr, dist = _step_test(path, p_means, q_means, stds)
-            c, logw = block_accepted(lr[:, 0], dist[:, 0], all_steps, generator)
+        t0 = run.tick("verify", t0)
+        if run.verify == "step":
+            lr, dist = step_test(path, p_means, q_means, stds)
+            c, logw = block_accepted(lr[:, 0], dist[:, 0], all_steps, g)
             ok, step = c == K, (c.clamp(max=K - 1), logw)
             steps_accepted = steps_accepted + c.sum()
         else:
-            ok, step = accepted_prefix(path_log_ratio(path, p_means, q_means, stds), one, generator) == 1, None
-        context[:, i], tokens[:, i] = x[:, 0].to(context.dtype), finished[:, 0].to(tokens.dtype)
+            ok, step = accepted_prefix(path_log_ratio(path, p_means, q_means, stds), one, g) == 1, None
+        run.context[:, i], run.tokens[:, i] = x[:, 0].to(run.context.dtype), finished[:, 0].to(run.tokens.dtype)
+        run.source[:, i] = ACCEPTED
         rows = (~ok).nonzero()[:, 0] if not bool(ok.all()) else zero[:0]
+        t0 = run.tick("decide", t0)
         if rows.numel():
             cols = zero[:rows.numel()]
-            new, tok = _replace(tnet, dnet, chain, verify, _pick(zp, rows, cols, dbl), _pick(zq, rows, cols, dbl),
+            new, tok = _replace(tnet, dnet, chain, run.verify, _pick(zp, rows, cols, dbl), _pick(zq, rows, cols, dbl),
                                 pos[rows, 0], p_means[rows, 0], q_means[rows, 0],
-                                None if step is None else (step[0][rows], step[1][rows]), residual_batch, generator,
-                                max_rounds, stats)
+                                None if step is None else (step[0][rows], step[1][rows]), run.residual_batch, g,
+                                run.max_rounds, stats)
             if chain.finishes:
-                context[rows, i] = new.to(context.dtype)
-            tokens[rows, i] = tok.to(tokens.dtype)
-            source[rows, i] = RESIDUAL
+                run.context[rows, i] = new.to(run.context.dtype)
+            run.tokens[rows, i] = tok.to(run.tokens.dtype)
+            run.source[rows, i] = RESIDUAL
+            run.tick("redo", t0)
         stats.accepted += B - rows.numel()
-        if on_round is not None:
-            on_round(torch.full((B,), i + 1, dtype=torch.long, device=dev))
-    stats.rounds, stats.image_rounds = N, B * N
-    stats.proposed = stats.tested = B * N
-    stats.steps_proposed = B * N * K if verify == "step" else 0
+        if run.on_round is not None:
+            run.on_round(torch.full((B,), i + 1, dtype=torch.long, device=dev))
+    done = stop - start
+    stats.rounds, stats.image_rounds = stats.rounds + done, stats.image_rounds + B * done
+    stats.proposed, stats.tested = stats.proposed + B * done, stats.tested + B * done
+    stats.steps_proposed += B * done * K if run.verify == "step" else 0
     stats.steps_accepted += int(steps_accepted)
-    return {"tokens": tokens, "source": source}
 
 
-@torch.no_grad()
-def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tensor, settings: CausalSampleConfig,
-                         gamma: int, residual_batch: int = 8, generator: torch.Generator | None = None,
-                         max_residual_rounds: int = 100_000, verify: str = "step",
-                         on_round: Callable[[torch.Tensor], None] | None = None, share_passes: bool = True) -> dict:
-    """labels (B,) -> {"latents": (B, C, H, W), "stats": SpeculativeStats, "source": (B, N)
-    int8 (:data:`ACCEPTED` or :data:`RESIDUAL` per token)}: samples of ``target``'s guided,
-    tempered chain (``settings``, sampler euler_maruyama), proposed by ``draft`` (same token
-    layout and settings). ``verify``: :data:`VERIFY_MODES`. ``on_round(n)`` hears the tokens
-    known per image after each round. When the draft has the target's transformer
-    (:func:`~ecar.models.ar.shares_transformer`: a draft *head*, ``ecar draft``) and
-    ``share_passes``, the target's passes condition both heads: the proposals cost target
-    passes plus the draft head's chains, and the verification is one head call."""
-    if settings.sampler != "euler_maruyama":
-        raise ValueError(f"speculative decoding compares path densities, so the head must be sampled by "
-                         f"the Gaussian chain: use sampler euler_maruyama (got {settings.sampler!r})")
-    if gamma < 1 or residual_batch < 1 or verify not in VERIFY_MODES:
-        raise ValueError(f"gamma and residual_batch must be >= 1 and verify one of {VERIFY_MODES}, got "
-                         f"{gamma}, {residual_batch}, {verify!r}")
-    if (target.num_tokens, target.token_dim) != (draft.num_tokens, draft.token_dim):
-        raise ValueError(f"draft tokens {draft.num_tokens}×{draft.token_dim} differ from the target's "
-                         f"{target.num_tokens}×{target.token_dim}")
-    chain = settings.chain()
-    shared = share_passes and shares_transformer(target, draft)
-    B, N, D, dev = labels.shape[0], target.num_tokens, target.token_dim, labels.device
-    K, stds = chain.steps, chain.stds(dev)
-    tnet = GuidedCausal(target, labels, settings.guidance, N + gamma)
-    dnet = GuidedCausal(draft, labels, settings.guidance, N + gamma)
-    dbl = tnet.doubled
-    stats = SpeculativeStats()
-    if gamma == 1:
-        out = _generate_token_by_token(target, draft, tnet, dnet, shared, chain, verify, residual_batch, generator,
-                                       max_residual_rounds, on_round, stats)
-        return _result(target, tnet, dnet, stats, out["tokens"], out["source"])
-    tokens = torch.zeros(B, N + gamma, D, device=dev)  # the output, finished by the target
-    context = torch.zeros(B, N + gamma, D, device=dev) if chain.finishes else tokens  # the chain's states
-    source = torch.zeros(B, N + gamma, dtype=torch.int8, device=dev)
-    n = torch.zeros(B, dtype=torch.long, device=dev)
+def _rounds(run: _Run, start: int, gamma: int) -> None:
+    """γ >= 2 from position ``start`` (every image there) to the end: the draft proposes γ tokens
+    per image, the target verifies them in one head call, and every image advances by its own
+    count (ragged caches)."""
+    tnet, dnet, chain, stats, g = run.tnet, run.dnet, run.chain, run.stats, run.generator
+    B, N, D, dev = tnet.batch, run.target.num_tokens, run.target.token_dim, run.tokens.device
+    K, stds, dbl = chain.steps, chain.stds(dev), tnet.doubled
+    n = torch.full((B,), start, dtype=torch.long, device=dev)
     steps = torch.arange(gamma, device=dev)
     batch = torch.arange(B, device=dev)
     while bool((n < N).any()):
         limit = (N - n).clamp(0, gamma)
         pos = n[:, None] + steps
-        prev0 = context[batch, (n - 1).clamp_min(0)][:, None]
+        prev0 = run.context[batch, (n - 1).clamp_min(0)][:, None]
         # the draft proposes gamma tokens, recording each path and its transition means
         prev, props, paths, q_means, zq, zp = prev0, [], [], [], [], []
         for j in range(gamma):
-            if shared:  # the target's pass gives both heads their conditions
-                h = tnet.hidden(prev, pos[:, j:j + 1])
-                z = draft.head_condition(h)
-                zp.append(target.head_condition(h))
+            if run.shared:  # the target's pass gives both heads their conditions
+                z, zpj = run.conditions(prev, pos[:, j:j + 1])
+                zp.append(zpj)
             else:
                 z = dnet.condition(prev, pos[:, j:j + 1])
-            noise = torch.randn((B, 1, D), generator=generator, device=dev)
-            x, path, mq = chain.sample_steps(dnet.step_means(z, pos[:, j:j + 1], chain), noise, generator,
-                                             record=True)
+            noise = torch.randn((B, 1, D), generator=g, device=dev)
+            x, path, mq = chain.sample_steps(dnet.step_means(z, pos[:, j:j + 1], chain), noise, g, record=True)
             props.append(x), paths.append(path), q_means.append(mq), zq.append(z)
             prev = x
         props, paths, q_means, zq = (torch.cat(v, dim=1) for v in (props, paths, q_means, zq))
         # the target verifies all of them: one causal pass, one head call of gamma*K rows per image
         # (gamma*(K + 1) with the target's finishing step)
-        zp = torch.cat(zp, dim=1) if shared else tnet.condition(torch.cat([prev0, props[:, :-1]], dim=1), pos)
+        zp = torch.cat(zp, dim=1) if run.shared else tnet.condition(torch.cat([prev0, props[:, :-1]], dim=1), pos)
         stats.rounds += 1
         stats.image_rounds += int((limit > 0).sum())
         p_means, finished = _verify(tnet, zp, pos, chain, paths)
-        if verify == "step":  # the transitions of all proposals in order, as one block
-            lr, dist = _step_test(paths, p_means, q_means, stds)
-            c, logw = block_accepted(lr.reshape(B, gamma * K), dist.reshape(B, gamma * K), limit * K, generator)
+        if run.verify == "step":  # the transitions of all proposals in order, as one block
+            lr, dist = step_test(paths, p_means, q_means, stds)
+            c, logw = block_accepted(lr.reshape(B, gamma * K), dist.reshape(B, gamma * K), limit * K, g)
             a, k_rej = c // K, c % K
             stats.steps_proposed += int((limit * K).sum())
             stats.steps_accepted += int(c.sum())
         else:
-            a = accepted_prefix(path_log_ratio(paths, p_means, q_means, stds), limit, generator)
-        tokens.scatter_(1, pos[..., None].expand(-1, -1, D), finished.to(tokens.dtype))
+            a = accepted_prefix(path_log_ratio(paths, p_means, q_means, stds), limit, g)
+        run.tokens.scatter_(1, pos[..., None].expand(-1, -1, D), finished.to(run.tokens.dtype))
         if chain.finishes:
-            context.scatter_(1, pos[..., None].expand(-1, -1, D), props.to(context.dtype))
-        source.scatter_(1, pos, torch.where(steps[None] < a[:, None], ACCEPTED, 0).to(torch.int8))
+            run.context.scatter_(1, pos[..., None].expand(-1, -1, D), props.to(run.context.dtype))
+        run.source.scatter_(1, pos, torch.where(steps[None] < a[:, None], ACCEPTED, 0).to(torch.int8))
         rejected = a < limit
         stats.proposed += int(limit.sum())
         stats.tested += int(a.sum()) + int(rejected.sum())
@@ -473,25 +367,139 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
         rows = rejected.nonzero()[:, 0]
         if rows.numel():
             cols, res_pos = a[rows], (n + a)[rows]
-            new, tok = _replace(tnet, dnet, chain, verify, _pick(zp, rows, cols, dbl), _pick(zq, rows, cols, dbl),
+            new, tok = _replace(tnet, dnet, chain, run.verify, _pick(zp, rows, cols, dbl), _pick(zq, rows, cols, dbl),
                                 res_pos, p_means[rows, cols], q_means[rows, cols],
-                                (k_rej[rows], logw[rows]) if verify == "step" else None, residual_batch, generator,
-                                max_residual_rounds, stats)
+                                (k_rej[rows], logw[rows]) if run.verify == "step" else None, run.residual_batch, g,
+                                run.max_rounds, stats)
             if chain.finishes:
-                context[rows, res_pos] = new.to(context.dtype)
-            tokens[rows, res_pos] = tok.to(tokens.dtype)
-            source[rows, res_pos] = RESIDUAL
+                run.context[rows, res_pos] = new.to(run.context.dtype)
+            run.tokens[rows, res_pos] = tok.to(run.tokens.dtype)
+            run.source[rows, res_pos] = RESIDUAL
         n = n + a + rejected.long()
-        if on_round is not None:
-            on_round(n.clone())
-    return _result(target, tnet, dnet, stats, tokens[:, :N], source[:, :N])
+        if run.on_round is not None:
+            run.on_round(n.clone())
 
 
-def _result(target: nn.Module, tnet: GuidedCausal, dnet: GuidedCausal, stats: SpeculativeStats,
-            tokens: torch.Tensor, source: torch.Tensor) -> dict:
+def _fixed_costs(run: _Run, labels: torch.Tensor, settings: CausalSampleConfig) -> tuple[float, float]:
+    """Seconds of a one-image verification head call of 1 and of 4 proposals, on scratch caches
+    (the fixed latency of a call and the cost a proposal adds at batch 1; no draw of the run)."""
+    net = GuidedCausal(run.target, labels[:1], settings.guidance, 1)
+    pos = torch.zeros((1, 1), dtype=torch.long, device=labels.device)
+    zp = run.target.head_condition(net.hidden(run.context[:1, :1], pos))
+    out = []
+    for m in (1, 4):
+        z, p = _expand(zp[:, 0], m), pos.expand(1, m)
+        paths = torch.zeros((1, m, run.chain.steps + 1, run.target.token_dim), device=labels.device)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            _verify(net, z, p, run.chain, paths)
+            best = min(best, time.perf_counter() - t0)
+        out.append(best)
+    return out[0], out[1]
+
+
+def _measured_costs(run: _Run, fixed: tuple[float, float], batch: int) -> CallCosts:
+    """:class:`CallCosts` from a pilot's clock (the fastest of each kind: the first calls warm up)."""
+    c = run.clock
+
+    def best(key: str) -> float:
+        return min(c[key]) if c.get(key) else 0.0
+
+    v1, v4 = fixed
+    verify_b = best("verify")  # one proposal per image at the call's batch
+    per_token = max((v4 - v1) / 3, (verify_b - v1) / (batch - 1) if batch > 1 else 0.0, 0.0)
+    fixed_part = max(verify_b - per_token * batch, 0.0)
+    return CallCosts(pass_=best("pass"), target_chain=best("target_chain"), draft_pass=best("draft_pass"),
+                     draft_chain=best("draft_chain"), verify_fixed=fixed_part, verify_per_token=per_token,
+                     decide=2 * best("decide"), extra_position=0.0 if run.shared else 0.5 * best("pass"))
+
+
+def _auto(run: _Run, labels: torch.Tensor, settings: CausalSampleConfig) -> dict:
+    """Plain decoding of the first tokens and γ = 1 speculation of the next ones, timed (real
+    work of the call), then γ for the rest from :func:`choose_gamma` at the measured acceptance."""
+    B, N = run.tnet.batch, run.target.num_tokens
+    run.clock = {}
+    plain = min(2, N)
+    spec = min(N - plain, max(1, min(max(2, -(-32 // B)), N // 4)))  # ~32 tested tokens, at most a quarter
+    fixed = _fixed_costs(run, labels, settings)
+    keep_draft = not run.shared
+    for i in range(plain):  # plain tokens, the separate draft's cache kept in step
+        pos = torch.full((B, 1), i, dtype=torch.long, device=labels.device)
+        _, zp = run.conditions(run.context[:, max(i - 1, 0)][:, None], pos, draft=keep_draft)
+        t0 = time.perf_counter()
+        x, tok = chain_token(run.tnet, run.chain, zp, pos, run.generator)
+        run.tick("target_chain", t0)
+        run.context[:, i], run.tokens[:, i] = x[:, 0].to(run.context.dtype), tok[:, 0].to(run.tokens.dtype)
+        run.source[:, i] = PLAIN
+    before = (run.stats.accepted, run.stats.tested)
+    _token_by_token(run, plain, plain + spec)
+    tested = run.stats.tested - before[1]
+    alpha = (run.stats.accepted - before[0]) / tested if tested else 1.0
+    costs = _measured_costs(run, fixed, B)
+    gamma, pred = choose_gamma(costs, alpha, B, N - plain - spec)
+    run.clock = None
+    return {"gamma": gamma, "start": plain + spec, "acceptance": alpha, "pilot_plain": plain, "pilot_gamma1": spec,
+            "costs": costs.as_dict(), "predicted_s": {str(k): v for k, v in pred.items()},
+            "predicted_speedup": pred[0] / pred[gamma] if pred[gamma] > 0 else 1.0}
+
+
+@torch.no_grad()
+def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tensor, settings: CausalSampleConfig,
+                         gamma: int | str = AUTO, residual_batch: int = 8, generator: torch.Generator | None = None,
+                         max_residual_rounds: int = 1000, verify: str = "step",
+                         on_round: Callable[[torch.Tensor], None] | None = None, share_passes: bool = True) -> dict:
+    """labels (B,) -> {"latents": (B, C, H, W), "stats": SpeculativeStats, "source": (B, N)
+    int8 (:data:`PLAIN`, :data:`ACCEPTED` or :data:`RESIDUAL` per token)}: samples of
+    ``target``'s guided, tempered chain (``settings``, sampler euler_maruyama), proposed by
+    ``draft`` (same token layout and settings). ``gamma``: proposals per round, 0 for plain
+    decoding, or :data:`AUTO` (the first tokens are decoded plainly and at γ = 1 while the
+    costs and the acceptance are measured, the rest at the γ of
+    :func:`~ecar.engine.speculative_cost.choose_gamma`; ``stats.choices`` says why).
+    ``verify``: :data:`VERIFY_MODES`. ``on_round(n)`` hears the tokens known per image after
+    each round. When the draft has the target's transformer
+    (:func:`~ecar.models.ar.shares_transformer`: a draft *head*, ``ecar draft``) and
+    ``share_passes``, the target's passes condition both heads: the proposals cost target
+    passes plus the draft head's chains, and the verification is one head call. A residual
+    draw that finds no sample in ``max_residual_rounds`` rounds of candidates raises
+    RuntimeError (a rule that leaves the residual no mass fails fast, not by hanging)."""
+    if settings.sampler != "euler_maruyama":
+        raise ValueError(f"speculative decoding compares path densities, so the head must be sampled by "
+                         f"the Gaussian chain: use sampler euler_maruyama (got {settings.sampler!r})")
+    if not (gamma == AUTO or (isinstance(gamma, int) and gamma >= 0)) or residual_batch < 1 \
+            or verify not in VERIFY_MODES:
+        raise ValueError(f"gamma must be an integer >= 0 or {AUTO!r}, residual_batch >= 1 and verify one of "
+                         f"{VERIFY_MODES}; got {gamma!r}, {residual_batch}, {verify!r}")
+    if (target.num_tokens, target.token_dim) != (draft.num_tokens, draft.token_dim):
+        raise ValueError(f"draft tokens {draft.num_tokens}×{draft.token_dim} differ from the target's "
+                         f"{target.num_tokens}×{target.token_dim}")
+    chain = settings.chain()
+    B, N, D, dev = labels.shape[0], target.num_tokens, target.token_dim, labels.device
+    room = N + (MAX_GAMMA if gamma == AUTO else gamma)
+    tokens = torch.zeros(B, room, D, device=dev)
+    run = _Run(target, draft, GuidedCausal(target, labels, settings.guidance, room),
+               GuidedCausal(draft, labels, settings.guidance, room), share_passes and shares_transformer(target, draft),
+               chain, verify, residual_batch, generator, max_residual_rounds, on_round, SpeculativeStats(), tokens,
+               torch.zeros(B, room, D, device=dev) if chain.finishes else tokens,
+               torch.zeros(B, room, dtype=torch.int8, device=dev))
+    choice = {"gamma": gamma, "start": 0} if gamma != AUTO else _auto(run, labels, settings)
+    choice["batch"] = B
+    start, chosen = choice["start"], choice["gamma"]
+    if chosen == 0:
+        _plain_tokens(run, start)
+    elif chosen == 1:
+        _token_by_token(run, start, N)
+    else:
+        _rounds(run, start, chosen)
+    run.stats.choices.append(choice)
+    return _result(run, tokens[:, :N], run.source[:, :N])
+
+
+def _result(run: _Run, tokens: torch.Tensor, source: torch.Tensor) -> dict:
+    stats, tnet, dnet = run.stats, run.tnet, run.dnet
     B, N = source.shape
     stats.tokens = B * N
     stats.target_passes, stats.target_head_calls = tnet.passes, tnet.head_calls
     stats.image_passes = B * tnet.passes
     stats.draft_passes, stats.draft_head_calls = dnet.passes, dnet.head_calls
-    return {"latents": target.latent(tokens.contiguous()), "stats": stats, "source": source}
+    return {"latents": run.target.latent(tokens.contiguous()), "stats": stats, "source": source}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ecar.engine.causal import CausalSampleConfig, generate_causal
-from ecar.engine.speculative import VERIFY_MODES, generate_speculative
+from ecar.engine.speculative import AUTO, VERIFY_MODES, generate_speculative
 from ecar.errors import ConfigError, shown
 from ecar.flow import FlowConfig, drop_labels, interpolate
 from ecar.flow.masking import MaskedFlowObjective
@@ -65,8 +65,11 @@ class ARSampleConfig(SampleConfig):
         None, "euler_maruyama: the Gaussian chain stops at this time (< 1) and one deterministic Euler step "
         "of the head finishes the output token, while the next tokens condition on the chain's state "
         "(docs/speculative.md); default: the model's context_time (1 unless trained for it)")
-    gamma: int = setting(4, "speculative decoding (ecar sample --draft): tokens the draft proposes per "
-                         "verification (1: the draft speculates each token's chain steps only)")
+    gamma: int | str = setting(AUTO, "speculative decoding (ecar sample --draft): tokens the draft proposes per "
+                               "verification (1: the draft speculates each token's chain steps only; 0: plain "
+                               "decoding), or auto: chosen per call from the measured costs and acceptance at the "
+                               "call's batch size, 0 where speculation would not pay (docs/speculative.md)",
+                               metavar="G|auto")
     residual_batch: int = setting(8, "speculative decoding: candidate paths drawn at once when a "
                                   "rejected token is resampled from the residual (verify=path)")
     verify: str = setting("step", "speculative decoding: accept each Gaussian step of a proposed token's "
@@ -78,10 +81,11 @@ class ARSampleConfig(SampleConfig):
         super().validate()
         if not self.temperature >= 0:
             raise ConfigError(f"sample.temperature must be >= 0, got {self.temperature}")
-        for key in ("gamma", "residual_batch"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"sample.{key} must be an integer >= 1, got {shown(value)}")
+        if not isinstance(self.residual_batch, int) or self.residual_batch < 1:
+            raise ConfigError(f"sample.residual_batch must be an integer >= 1, got {shown(self.residual_batch)}")
+        if self.gamma != AUTO and (not isinstance(self.gamma, int) or self.gamma < 0):
+            raise ConfigError(f"sample.gamma must be an integer >= 0 (0: plain decoding) or {AUTO}, got "
+                              f"{shown(self.gamma)}")
         check_choice("sample.verify", self.verify, VERIFY_MODES)
         if not self.time_power > 0 or not (self.chain_end is None or 0 < self.chain_end <= 1):
             raise ConfigError(f"sample.time_power must be > 0 and sample.chain_end in (0, 1]; got "

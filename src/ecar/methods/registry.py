@@ -162,6 +162,8 @@ class SamplerFlag:
 def _parser_of(tp: Any) -> Callable[[str], Any]:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if set(args) == {int, str}:  # a number or a word (gamma: 4 or auto)
+            return lambda text: int(text) if text.strip().lstrip("+-").isdigit() else text
         return _parser_of(args[0])
     if typing.get_origin(tp) is list:
         return comma_list(args[0])

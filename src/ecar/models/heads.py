@@ -99,6 +99,48 @@ class TokenHead(nn.Module):
             return zc
         return torch.cat([zc, *(ada(zc) for ada in self._adas())], dim=-1)
 
+    def time_embedding(self, u: torch.Tensor) -> torch.Tensor:
+        """Times u (R,) -> their embeddings (R, width). Outside autograd the embedding is computed
+        once per distinct time and gathered (a chain's rows share its grid's few times);
+        the same values up to rounding."""
+        if torch.is_grad_enabled() or u.numel() < 64:  # few rows: not worth a sort
+            return self.t_embed(u)
+        times, index = torch.unique(u, return_inverse=True)
+        return self.t_embed(times)[index] if times.numel() < u.numel() else self.t_embed(u)
+
+    def terms(self, zc: torch.Tensor, t: torch.Tensor, expand=None) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """The x-free part of a head call: conditions zc (…, P) from :meth:`project` and time
+        embeddings t -> (what is added to the hidden state or None, the raw modulation of every
+        block and of the final layer). ``expand`` maps a time-only term to a shape that
+        broadcasts against zc (identity when t does already). With ``cond`` ``token`` the
+        modulations mix z and t per row; with ``add`` they are t's alone (one per time)."""
+        expand = expand or (lambda m: m)
+        if self.cond == "token":
+            c = zc + expand(t)
+            return None, [ada(c) for ada in self._adas()]
+        if self.cond == "stage":
+            parts = zc[..., self.width:].split([a[1].out_features for a in self._adas()], dim=-1)
+            return None, [p + expand(ta(t)) for p, ta in zip(parts, self.t_ada)]
+        return zc, [expand(ada(t)) for ada in self._adas()]
+
+    def body(self, x: torch.Tensor, offset: torch.Tensor | None, mods: list, mask: torch.Tensor | None = None,
+             pos: torch.Tensor | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
+        """The x-dependent part of a head call: tokens x (…, N, D) and :meth:`terms` -> (…, N, D).
+        A modulation given as None is computed by its block from ``c`` (inside the block's own
+        call, where a sharded block has its weights)."""
+        h = self.inp(x)
+        if offset is not None:
+            h = h + offset
+        if self.kind == "mlp":
+            for blk, mod in zip(self.blocks, mods):
+                h = blk(h, c, mod=mod)
+        else:
+            if pos is not None:
+                h = h + pos
+            for blk, mod in zip(self.blocks, mods):
+                h = blk(h, c, mask=mask, mod=None if mod is None else blk.modulation(None, mod))
+        return self.final(h, c, mod=mods[-1])
+
     def forward(
         self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor, mask: torch.Tensor | None = None,
         pos: torch.Tensor | None = None, counts: list[int] | None = None,
@@ -109,26 +151,41 @@ class TokenHead(nn.Module):
         b = x.shape[0]
         if u.dim() == 0:
             u = u.expand(b)
-        t = self.t_embed(u.reshape(-1))  # (B·G, w)
+        t = self.time_embedding(u.reshape(-1))  # (B·G, w)
         reps = None if counts is None else torch.tensor(counts, device=x.device)
-        h = self.inp(x)
-        if self.cond == "token":
-            c, mods = zc + _per_token(t, b, reps), [None] * (len(self.blocks) + 1)
-        elif self.cond == "stage":
-            parts = zc[..., self.width:].split([a[1].out_features for a in self._adas()], dim=-1)
-            c, mods = None, [p + _per_token(ta(t), b, reps) for p, ta in zip(parts, self.t_ada)]
-        else:
-            c, h = None, h + zc
-            mods = [_per_token(ada(t), b, reps) for ada in self._adas()]
-        if self.kind == "mlp":
-            for blk, mod in zip(self.blocks, mods):
-                h = blk(h, c, mod=mod)
-        else:
-            if pos is not None:
-                h = h + pos
-            for blk, mod in zip(self.blocks, mods):
-                h = blk(h, c, mask=mask, mod=None if mod is None else blk.modulation(None, mod))
-        return self.final(h, c, mod=mods[-1])
+        if self.cond == "token":  # each block modulates itself from c (FSDP gathers a block's weights in its call)
+            return self.body(x, None, [None] * (len(self.blocks) + 1), mask, pos, zc + _per_token(t, b, reps))
+        offset, mods = self.terms(zc, t, lambda m: _per_token(m, b, reps))  # time terms per row or group
+        return self.body(x, offset, mods, mask, pos)
+
+    def chain_means(self, zc: torch.Tensor, times: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                    weights: torch.Tensor | None = None):
+        """The transition means of a Gaussian chain on this head's velocity with its x-free
+        terms (:meth:`terms`: time embedding and modulations) computed once for every step:
+        zc (B, N, P) from :meth:`project`, the chain's times t_k and step coefficients a_k, b_k
+        (K,) -> ``m(x (B, N, D), k) -> (B, N, D)``, the mean a_k·x + b_k·v(x, t_k) of step k.
+        With ``weights`` w (B, N, 1), zc (2, B, N, P) holds a conditional and a null half and the
+        mean is that of the guided velocity v_null + w·(v_cond − v_null). The same values as
+        :meth:`forward` at t_k up to rounding; a step then runs only :meth:`body` (the
+        interface of :meth:`MixtureHead.chain_means`)."""
+        if self.kind != "mlp":
+            raise ValueError("chain_means: a per-token chain needs the mlp head (kind='mlp')")
+        lead = zc.dim() - 1
+        t = self.time_embedding(times.to(zc.dtype)).reshape(len(times), *([1] * lead), -1)
+        offset, mods = self.terms(zc, t)  # (K, …, F): per token and step (token, stage) or per step (add)
+        per_step = [list(ms) for ms in zip(*(m.unbind(0) for m in mods))]
+        coef_a, coef_b = a.tolist(), b.tolist()
+        w = None if weights is None else weights.to(zc.dtype)
+
+        def m(x: torch.Tensor, k: int) -> torch.Tensor:
+            if w is None:
+                v = self.body(x, offset, per_step[k])
+            else:
+                y = self.body(x.expand(2, *x.shape), offset, per_step[k])
+                v = torch.lerp(y[1], y[0], w)
+            return torch.add(x * coef_a[k], v, alpha=coef_b[k])
+
+        return m
 
 
 @dataclass

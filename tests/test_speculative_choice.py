@@ -1,0 +1,83 @@
+"""Choosing γ per call (issue 28, part 2): the cost model's logic on given costs, and the
+engine's gamma="auto" / gamma=0 paths on a tiny random-weight pair."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ecar.build import LatentSpec
+from ecar.config import load_config
+from ecar.engine.speculative import PLAIN, generate_speculative
+from ecar.engine.speculative_cost import CallCosts, choose_gamma, predicted_seconds, rounds_needed, tokens_per_round
+from ecar.methods.ar import AR_METHOD
+
+# batch 1 on a CPU: every call costs mostly latency, the draft's chain is cheap next to the target's
+LATENCY = CallCosts(pass_=1.0, target_chain=6.0, draft_pass=0.0, draft_chain=1.0, verify_fixed=1.0,
+                    verify_per_token=0.05, decide=0.2)
+# a large batch: verification rows cost what plain steps cost, per image and token
+THROUGHPUT = CallCosts(pass_=1.0, target_chain=5.0, draft_pass=0.0, draft_chain=1.5, verify_fixed=0.1,
+                       verify_per_token=5.0 / 64, decide=0.3)
+
+
+def test_tokens_per_round_is_the_geometric_prefix_plus_the_residual():
+    mean, var = tokens_per_round(0.9, 4)
+    assert mean == pytest.approx((1 - 0.9 ** 4) / (1 - 0.9))
+    assert tokens_per_round(1.0, 4) == (4.0, 0.0) and tokens_per_round(0.0, 4) == (1.0, 0.0)
+    assert var > 0
+
+
+def test_the_slowest_image_of_a_batch_needs_more_rounds():
+    one, many = rounds_needed(0.9, 4, 1, 64), rounds_needed(0.9, 4, 64, 64)
+    assert one == pytest.approx(64 / tokens_per_round(0.9, 4)[0])
+    assert one < many <= 64
+    assert rounds_needed(0.5, 1, 64, 64) == 64
+
+
+def test_speculation_at_batch_1_with_high_acceptance():
+    gamma, pred = choose_gamma(LATENCY, 0.93, batch=1, tokens=64)
+    assert gamma >= 2 and pred[gamma] < pred[1] < pred[0]
+
+
+def test_plain_decoding_where_speculation_loses():
+    gamma, pred = choose_gamma(THROUGHPUT, 0.93, batch=64, tokens=64)
+    assert gamma == 0 and min(pred[g] for g in range(1, 7)) > pred[0]
+    assert choose_gamma(LATENCY, 0.05, batch=1, tokens=64)[0] == 0  # a useless draft
+
+
+def test_a_tie_within_the_margin_stays_plain():
+    pred1 = predicted_seconds(LATENCY, 1, 0.93, 1, 64)
+    tie = CallCosts(**{**LATENCY.as_dict(), "target_chain": pred1 / 64 - LATENCY.pass_ + 0.01})
+    assert choose_gamma(tie, 0.93, 1, 64, max_gamma=1)[0] == 0
+    assert choose_gamma(tie, 0.93, 1, 64, max_gamma=1, margin=0.0)[0] == 1
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="batch >= 1"):
+        choose_gamma(LATENCY, 0.9, batch=0, tokens=4)
+    with pytest.raises(ValueError, match="acceptance"):
+        predicted_seconds(LATENCY, 2, 1.5, 1, 4)
+
+
+def _pair():
+    cfg = load_config(None, ["model.name=ar-tiny", "sample.steps=3", "sample.cfg=2.0"])
+    target = AR_METHOD.build(cfg.model, LatentSpec(1, 8, 10))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+    return AR_METHOD.loop_settings(target, cfg.sample), target.eval()
+
+
+def test_auto_records_its_choice_and_gamma_0_is_plain_decoding():
+    settings, target = _pair()
+    labels = torch.arange(6) % 10
+    out = generate_speculative(target, target, labels, settings, gamma="auto", generator=torch.Generator().manual_seed(0))
+    (choice,) = out["stats"].choices
+    assert choice["batch"] == 6 and 0 <= choice["gamma"] <= 6 and choice["acceptance"] == 1.0
+    assert set(choice["predicted_s"]) == {str(g) for g in range(7)} and choice["start"] >= 3
+    assert bool((out["source"][:, :2] == PLAIN).all())  # the pilot's plain tokens
+    plain = generate_speculative(target, target, labels, settings, gamma=0, generator=torch.Generator().manual_seed(0))
+    assert bool((plain["source"] == PLAIN).all()) and plain["stats"].draft_head_calls == 0
+    with pytest.raises(ValueError, match="gamma must be an integer >= 0 or 'auto'"):
+        generate_speculative(target, target, labels, settings, gamma=-1)
