@@ -6,6 +6,7 @@ Chromium by tests/test_serve_browser.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -412,3 +413,49 @@ def test_a_client_that_goes_away_then_a_stop_leave_no_traceback(serve_runs, serv
     assert status == 200 and events[-1]["event"] == "done", events[-1]
     server.stop(signal.SIGTERM)
     _assert_clean_exit(server, signal.SIGTERM)
+
+
+@pytest.mark.parametrize("stopping_first", [True, False], ids=["stopping", "not-stopping"])
+def test_a_request_the_stop_cuts_ends_without_a_traceback(slots, caplog, stopping_first):
+    """The last shutdown path: a request still running when uvicorn cancels it (after the
+    grace period) ends with one warning, not an exception for uvicorn to log with its
+    task-group frames. Outside a stop, a cancellation passes through as it is."""
+    stopping = threading.Event()
+    app = create_app(slots, stopping)
+    body = json.dumps(LONG_MIDDLE).encode()
+    sent: list[dict] = []
+
+    async def call() -> None:
+        delivered = False
+
+        async def receive():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(3600)  # the client stays connected
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/api/generate", "raw_path": b"/api/generate", "query_string": b"",
+                 "root_path": "", "headers": [(b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+        task = asyncio.ensure_future(app(scope, receive, send))
+        while not any(m.get("body", b"").startswith(b'{"event": "unit"') for m in sent):
+            await asyncio.sleep(0.01)
+        if stopping_first:
+            stopping.set()
+        task.cancel()  # what uvicorn does to a task past the grace period
+        await task
+
+    with caplog.at_level("WARNING", logger="ecar.serve"):
+        if stopping_first:
+            asyncio.run(call())  # returns: no CancelledError, no exception group
+            assert "a request was cut off by the stop" in caplog.text
+        else:
+            with pytest.raises(asyncio.CancelledError):
+                asyncio.run(call())
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    assert "Traceback" not in caplog.text

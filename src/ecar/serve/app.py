@@ -76,7 +76,7 @@ async def _bounded_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(slots: list[ModelSlot], stopping: threading.Event | None = None) -> Starlette:
+def create_app(slots: list[ModelSlot], stopping: threading.Event | None = None) -> _QuietWhenStopping:
     """The app serving ``slots``. Setting ``stopping`` cancels running generations at their
     next integration step (the server sets it when it gets a stop signal); ``app.state.workers``
     holds the live generation threads, which the server waits for before it returns."""
