@@ -1,9 +1,11 @@
 import math
+import threading
 
 import pytest
 import torch
 
-from ecar.samplers import euler, euler_maruyama, guided, guidance_scale, heun, time_grid
+from ecar.samplers import euler, euler_maruyama, guided, guidance_scale, heun, stop_when, time_grid
+from ecar.samplers.chain import GaussianChain
 
 
 def _linear_field(a: float):
@@ -96,3 +98,51 @@ def test_guidance_interval_limits_where_guidance_applies():
     assert guidance_scale(3.0, "constant", 0.6, [0.0, 0.5]) == 1.0
     assert guidance_scale(3.0, "linear", 0.1, [0.3, 1.0]) == 1.0
     assert guidance_scale(3.0, "linear", 0.5, [0.3, 1.0]) == 2.0
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", [euler, heun, euler_maruyama])
+def test_stop_when_stops_every_integrator_at_the_next_step(method):
+    """Issue 29: a cancellation set during step k stops the loop before step k + 1; outside
+    the block, or in another thread, the check is not called."""
+    calls, started = [], []
+
+    def velocity(x, t):
+        calls.append(float(t))
+        return -x
+
+    def check():
+        started.append(len(started))
+        if len(started) > 3:  # cancelled while step 3 ran: step 4 must not start
+            raise _Stop
+
+    with stop_when(check), pytest.raises(_Stop):
+        method(velocity, torch.ones(2, 3), time_grid(10), torch.Generator().manual_seed(0))
+    per_step = 2 if method is heun else 1
+    assert len(started) == 4 and len(calls) == 3 * per_step
+    calls.clear()
+    method(velocity, torch.ones(2, 3), time_grid(10), torch.Generator().manual_seed(0))  # no block: all 10
+    assert len(calls) == 10 * per_step - (1 if method is heun else 0) and len(started) == 4
+    # the Gaussian chain of the causal AR method checks too
+    started.clear()
+    chain = GaussianChain(8, 1.0, 1.0, 1.0, 1.0)
+    with stop_when(check), pytest.raises(_Stop):
+        chain.sample(lambda x, t: -x, torch.ones(1, 2, 3), torch.Generator().manual_seed(0))
+    assert len(started) == 4
+
+
+def test_stop_when_belongs_to_its_thread():
+    def never(x, t):
+        return -x
+
+    seen = []
+    with stop_when(lambda: seen.append("main")):
+        t = threading.Thread(target=euler, args=(never, torch.ones(2), time_grid(5)))
+        t.start()
+        t.join()
+        assert seen == []  # the other thread's steps did not call this thread's check
+        euler(never, torch.ones(2), time_grid(5))
+    assert seen == ["main"] * 5

@@ -6,6 +6,7 @@ Chromium by tests/test_serve_browser.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -331,32 +332,130 @@ def _process_group(pgid: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_the_server_stops_cleanly_on_a_signal(serve_runs, serve_process, sig):
-    """Idle (SIGINT) or in the middle of a long streamed request (SIGTERM): the process exits
-    0 within the grace period, says why, frees its port and leaves no child behind."""
-    server = serve_process([serve_runs[0]])
-    stream: dict = {}
+SIGNALS = pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 
-    def read() -> None:
-        body = {"model": "m0", "n": 64, "settings": {"stage_steps": "333,333,333"}}
-        try:
-            stream["result"] = _post(server.url, body)
-        except Exception as e:  # a stream cut off: reported by the assertion below
-            stream["result"] = (0, [{"event": repr(e)}])
 
-    reader = threading.Thread(target=read, daemon=True)
-    if sig == signal.SIGTERM:
-        reader.start()
-        time.sleep(1.0)
-    t0 = time.monotonic()
-    code = server.stop(sig)
-    assert code == 0, server.output()
-    assert time.monotonic() - t0 < 15
-    assert f"stopped ({sig.name})" in server.output() and "Traceback" not in server.output()
-    socket.create_server(("127.0.0.1", server.port)).close()  # the port is free again
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_saturated_cpu_keeps_the_cores_busy(saturated_cpu):
+    """The load the signal tests run under: every child spins (it gains CPU time)."""
+    assert len(saturated_cpu) == (os.cpu_count() or 1)
+    before = [_cpu_seconds(p) for p in saturated_cpu]
+    time.sleep(1.0)
+    gained = [_cpu_seconds(p) - b for p, b in zip(saturated_cpu, before)]
+    assert all(g > 0.05 for g in gained), gained
+
+
+def _assert_clean_exit(server, sig: signal.Signals) -> None:
+    """Exit 0 with the reason, no traceback, the port free, nothing left in its group."""
+    out = server.output()
+    assert server.proc.returncode == 0, out
+    assert f"stopped ({sig.name})" in out and "Traceback" not in out and "Exception in ASGI" not in out, out
+    socket.create_server(("127.0.0.1", server.port)).close()
     assert not _process_group(server.proc.pid)
-    if sig == signal.SIGTERM:
-        reader.join(30)
-        status, events = stream["result"]  # the stream ended: finished, or cancelled with a line
-        assert status == 200 and events[-1]["event"] in ("done", "error"), events[-1]
+
+
+@SIGNALS
+def test_the_server_stops_cleanly_on_a_signal(serve_runs, serve_process, saturated_cpu, sig):
+    """Idle, with every core busy elsewhere: the process exits 0, says why, frees its port and
+    leaves no child behind (ServeProcess.stop kills it after 30 s, which fails the exit code)."""
+    server = serve_process([serve_runs[0]])
+    server.stop(sig)
+    _assert_clean_exit(server, sig)
+
+
+LONG_MIDDLE = {"model": "m0", "n": 64, "settings": {"stage_steps": "1,998,1"}}
+"""A request whose second unit (stage) takes 998 steps: a signal sent just after the first
+unit arrives lands inside it."""
+
+
+@SIGNALS
+def test_a_stop_signal_cancels_the_generation_at_its_next_step(serve_runs, serve_process, saturated_cpu, sig):
+    """Issue 29: promptness counted in steps, not seconds. The server is paused (SIGSTOP) just
+    after it streamed unit 1 of 3, i.e. inside the 998-step unit 2; the signal is sent and the
+    server resumed. The generation stops inside unit 2 — no unit is streamed after the signal
+    and fewer than its 998 steps ran — the stream ends with one cancellation line, and the
+    process exits 0 with no traceback."""
+    server = serve_process([serve_runs[0]])
+    req = urllib.request.Request(server.url + "/api/generate", data=json.dumps(LONG_MIDDLE).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with NO_PROXY.open(req, timeout=120) as r:
+        assert r.status == 200
+        first = [json.loads(r.readline()), json.loads(r.readline())]
+        os.kill(server.proc.pid, signal.SIGSTOP)  # the generation held at a known point
+        try:
+            assert [e["event"] for e in first] == ["start", "unit"] and first[1]["index"] == 0, first
+            os.kill(server.proc.pid, sig)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        after = [json.loads(line) for line in r.read().decode().splitlines() if line.strip()]
+    server.proc.wait(60)
+    assert [e["event"] for e in after] == ["error"], after  # no unit (nor the result) after the signal
+    message = after[0]["message"]
+    assert message.startswith("generation cancelled (the server is stopping) at unit 2 of 3, after "), message
+    steps = int(message.split("after ")[1].split()[0])
+    assert 0 <= steps < 998, message
+    _assert_clean_exit(server, sig)
+
+
+def test_a_client_that_goes_away_then_a_stop_leave_no_traceback(serve_runs, serve_process, saturated_cpu):
+    """The other way a stream ends: the client closes it mid-generation (the generation is
+    cancelled and frees the model: the next request on it finishes), then SIGTERM."""
+    server = serve_process([serve_runs[0]])
+    req = urllib.request.Request(server.url + "/api/generate", data=json.dumps(LONG_MIDDLE).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with NO_PROXY.open(req, timeout=120) as r:
+        assert json.loads(r.readline())["event"] == "start"
+    status, events = _post(server.url, {"model": "m0", "n": 1})  # the model was freed: this one runs
+    assert status == 200 and events[-1]["event"] == "done", events[-1]
+    server.stop(signal.SIGTERM)
+    _assert_clean_exit(server, signal.SIGTERM)
+
+
+@pytest.mark.parametrize("stopping_first", [True, False], ids=["stopping", "not-stopping"])
+def test_a_request_the_stop_cuts_ends_without_a_traceback(slots, caplog, stopping_first):
+    """The last shutdown path: a request still running when uvicorn cancels it (after the
+    grace period) ends with one warning, not an exception for uvicorn to log with its
+    task-group frames. Outside a stop, a cancellation passes through as it is."""
+    stopping = threading.Event()
+    app = create_app(slots, stopping)
+    body = json.dumps(LONG_MIDDLE).encode()
+    sent: list[dict] = []
+
+    async def call() -> None:
+        delivered = False
+
+        async def receive():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(3600)  # the client stays connected
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/api/generate", "raw_path": b"/api/generate", "query_string": b"",
+                 "root_path": "", "headers": [(b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+        task = asyncio.ensure_future(app(scope, receive, send))
+        while not any(m.get("body", b"").startswith(b'{"event": "unit"') for m in sent):
+            await asyncio.sleep(0.01)
+        if stopping_first:
+            stopping.set()
+        task.cancel()  # what uvicorn does to a task past the grace period
+        await task
+
+    with caplog.at_level("WARNING", logger="ecar.serve"):
+        if stopping_first:
+            asyncio.run(call())  # returns: no CancelledError, no exception group
+            assert "a request was cut off by the stop" in caplog.text
+        else:
+            with pytest.raises(asyncio.CancelledError):
+                asyncio.run(call())
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    assert "Traceback" not in caplog.text

@@ -10,6 +10,7 @@ from ecar.samplers.ode import (
     integrate,
     time_grid,
 )
+from ecar.samplers.stop import check_stop, stop_when
 from ecar.samplers.settings import SAMPLER_NAMES, SampleConfig, check_cfg_interval
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "SAMPLER_NAMES",
     "SampleConfig",
     "check_cfg_interval",
+    "check_stop",
     "euler",
     "euler_maruyama",
     "evaluations_per_step",
@@ -25,5 +27,6 @@ __all__ = [
     "guided",
     "heun",
     "integrate",
+    "stop_when",
     "time_grid",
 ]

@@ -33,6 +33,8 @@ from typing import Callable
 
 import torch
 
+from ecar.samplers.stop import check_stop
+
 __all__ = ["GaussianChain", "StepMean", "path_log_ratio", "power_grid", "step_log_ratio"]
 
 RowVelocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -146,6 +148,7 @@ class GaussianChain:
         x = self.temperature * noise
         path, means = [x], []
         for k in range(self.steps):
+            check_stop()
             mean = step_mean(x, k)
             eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = torch.add(mean, eps, alpha=stds[k])

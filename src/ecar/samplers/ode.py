@@ -2,7 +2,8 @@
 
 ``velocity_fn(x, t) -> v`` where ``t`` is a 0-d tensor; ``time_grid`` is an increasing
 1-D tensor from the start time to the end time. Each function returns the state at the
-last grid point. Nothing here picks a device: everything follows ``x``.
+last grid point. Nothing here picks a device: everything follows ``x``. Each step starts
+with :func:`~ecar.samplers.stop.check_stop` (a caller's cancellation, a no-op by default).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
+from ecar.samplers.stop import check_stop
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -27,6 +30,7 @@ def euler(
 ) -> torch.Tensor:
     """First-order explicit Euler: one velocity evaluation per step."""
     for i in range(len(grid) - 1):
+        check_stop()
         t, dt = grid[i], grid[i + 1] - grid[i]
         x = x + dt * velocity_fn(x, t)
     return x
@@ -44,6 +48,7 @@ def heun(
     last step's local error is O(h²) either way, so the method stays second order."""
     n = len(grid) - 1
     for i in range(n):
+        check_stop()
         t0, t1 = grid[i], grid[i + 1]
         dt = t1 - t0
         v0 = velocity_fn(x, t0)
@@ -71,6 +76,7 @@ def euler_maruyama(
     """
     n = len(grid) - 1
     for i in range(n):
+        check_stop()
         t, dt = grid[i], grid[i + 1] - grid[i]
         v = velocity_fn(x, t)
         drift = v - 0.5 * noise_scale * (x - t * v)

@@ -20,14 +20,15 @@ Routes:
 
 Each request runs in its own worker thread, which holds the model's lock while it generates
 and puts its events on a queue that only this request's response reads, so two requests
-never see each other's images.
+never see each other's images. A stop signal (the server sets ``stopping``) or a client
+that goes away cancels the generation at its next integration step (docs/serve.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import queue
 import threading
 from importlib import resources
 
@@ -75,11 +76,13 @@ async def _bounded_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(slots: list[ModelSlot], stopping: threading.Event | None = None) -> Starlette:
+def create_app(slots: list[ModelSlot], stopping: threading.Event | None = None) -> _QuietWhenStopping:
     """The app serving ``slots``. Setting ``stopping`` cancels running generations at their
-    next unit (the server sets it when it shuts down)."""
+    next integration step (the server sets it when it gets a stop signal); ``app.state.workers``
+    holds the live generation threads, which the server waits for before it returns."""
     by_key = {s.key: s for s in slots}
     stopping = stopping or threading.Event()
+    workers: set[threading.Thread] = set()
     page = _page()
 
     async def index(request: Request) -> Response:
@@ -100,40 +103,82 @@ def create_app(slots: list[ModelSlot], stopping: threading.Event | None = None) 
             req = slot.parse(body)
         except RequestError as e:
             return _error(e.status, str(e))
-        return StreamingResponse(_events(slot, req, stopping), media_type="application/x-ndjson",
+        return StreamingResponse(_events(slot, req, stopping, workers), media_type="application/x-ndjson",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     routes = [Route("/", index), Route("/api/models", models),
               Route("/api/generate", generate, methods=["POST"])]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    app.state.workers = workers
+    return _QuietWhenStopping(app, stopping)
 
 
-def _events(slot: ModelSlot, req, stopping: threading.Event):
-    """The NDJSON lines of one request: its worker thread generates, this generator (run by
-    Starlette in a thread of its pool) forwards what the worker puts on the queue."""
-    events: queue.Queue = queue.Queue()
+async def _events(slot: ModelSlot, req, stopping: threading.Event, workers: set[threading.Thread]):
+    """The NDJSON lines of one request: its worker thread generates and hands each event to
+    the event loop, where this async generator forwards it. Nothing here blocks a thread of
+    the server's pool, so a stop never waits on a thread parked in a queue."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
     cancelled = threading.Event()
+
+    def put(event) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the event loop is closed: nobody reads any more, stop generating
+            cancelled.set()
 
     def work() -> None:
         try:
-            slot.run(req, events.put, _AnyOf(cancelled, stopping))
-        except GenerationCancelled:
-            events.put({"event": "error", "message": "generation cancelled (the server is stopping)"})
+            slot.run(req, put, _AnyOf(cancelled, stopping))
+        except GenerationCancelled as e:
+            why = "the server is stopping" if stopping.is_set() else "the request was cancelled"
+            put({"event": "error", "message": f"generation cancelled ({why}){e.where}"})
         except Exception as e:  # reported on the page as a line, logged here with the traceback
             log.exception("generation failed")
-            events.put({"event": "error", "message": f"generation failed: {type(e).__name__}: {e}"})
+            put({"event": "error", "message": f"generation failed: {type(e).__name__}: {e}"})
         finally:
-            events.put(_END)
+            put(_END)
+            workers.discard(threading.current_thread())
 
-    threading.Thread(target=work, name=f"ecar-serve-{slot.key}", daemon=True).start()
+    worker = threading.Thread(target=work, name=f"ecar-serve-{slot.key}", daemon=True)
+    workers.add(worker)
+    worker.start()
     try:
         while True:
-            event = events.get()
+            event = await events.get()
             if event is _END:
                 return
             yield (json.dumps(event) + "\n").encode()
-    finally:  # the client went away or the stream ended: stop at the next unit
+    finally:  # the client went away, the stream ended or the server cut it: stop at the next step
         cancelled.set()
+
+
+class _QuietWhenStopping:
+    """The app, with one change: a request task cancelled while the server stops (uvicorn
+    cancels what outlives the grace period) ends quietly instead of reaching uvicorn, which
+    would log it as a traceback of the task group's frames. Outside a stop nothing changes."""
+
+    def __init__(self, app: Starlette, stopping: threading.Event):
+        self.app, self.stopping = app, stopping
+        self.state = app.state
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self.stopping.is_set():
+                raise
+            log.warning("a request was cut off by the stop")
+        except BaseExceptionGroup as group:
+            if not self.stopping.is_set() or not _only_cancellations(group):
+                raise
+            log.warning("a request was cut off by the stop")
+
+
+def _only_cancellations(group: BaseExceptionGroup) -> bool:
+    """Whether every leaf of ``group`` (an anyio task group's) is a cancellation."""
+    return all(_only_cancellations(e) if isinstance(e, BaseExceptionGroup) else isinstance(e, asyncio.CancelledError)
+               for e in group.exceptions)
 
 
 class _AnyOf:

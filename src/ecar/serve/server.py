@@ -4,8 +4,12 @@ uvicorn catches both signals, stops accepting connections, gives open streams
 :data:`GRACE_SECONDS` to finish and then re-raises the signal it caught. We install our own
 handlers first (uvicorn restores them before re-raising), so the re-raised signal lands
 there and :func:`run_server` returns the signal's name instead of the process dying by
-SIGTERM or unwinding through KeyboardInterrupt; running generations are cancelled at their
-next unit, and the worker threads are daemons, so nothing keeps the process alive.
+SIGTERM or unwinding through KeyboardInterrupt. The signal also sets the app's ``stopping``
+flag at once, so a running generation stops at its next integration step (not only at the
+end of its unit, which may take minutes on a loaded CPU): its stream ends with an ``error``
+line well inside the grace period, and uvicorn has nothing left to cut. Before returning,
+:func:`run_server` waits (up to :data:`GRACE_SECONDS`) for the generation threads, which are
+daemons, so a thread stuck in one long step cannot keep the process alive either.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import signal
 import socket
 import threading
+import time
 
 import uvicorn
 
@@ -58,7 +63,15 @@ def run_server(slots: list[ModelSlot], host: str = "127.0.0.1", port: int = 7860
         stopping.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _join(app.state.workers, GRACE_SECONDS)
     return signal.Signals(caught[0]).name if caught else "stopped"
+
+
+def _join(workers: set[threading.Thread], seconds: float) -> None:
+    """Wait up to ``seconds`` in all for the generation threads (each stops at its next step)."""
+    deadline = time.monotonic() + seconds
+    for worker in list(workers):
+        worker.join(max(0.0, deadline - time.monotonic()))
 
 
 class _Server(uvicorn.Server):

@@ -36,7 +36,7 @@ from ecar.flow.pyramid import upsample
 from ecar.generate import generate_images, labels_for
 from ecar.imageio import auto_scale, make_grid, to_uint8
 from ecar.methods import apply_sample_overrides, sampler_flags, total_steps
-from ecar.samplers import SampleConfig
+from ecar.samplers import SampleConfig, stop_when
 from ecar.schema import parser_kind
 
 __all__ = ["DISPLAY_PX", "GenerationCancelled", "GenerationRequest", "LIMITS", "ModelSlot", "RequestError",
@@ -70,7 +70,18 @@ class RequestError(ValueError):
 
 
 class GenerationCancelled(RuntimeError):
-    """Raised inside a generation whose request was cancelled (client gone, server stopping)."""
+    """Raised inside a generation whose request was cancelled (client gone, server stopping),
+    at the first integration step or unit boundary after the cancellation. ``unit`` and
+    ``step`` say where: the unit that was running (0-based) and the steps of it that had
+    started; ``where`` is that as text for a message."""
+
+    def __init__(self, message: str, unit: int = 0, units: int = 1, step: int = 0):
+        super().__init__(message)
+        self.unit, self.units, self.step = unit, units, step
+
+    @property
+    def where(self) -> str:
+        return f" at unit {self.unit + 1} of {self.units}, after {self.step} step(s) of it"
 
 
 @dataclass(frozen=True)
@@ -335,7 +346,8 @@ class ModelSlot:
         ``queued`` (only when other requests are ahead: how many), ``start`` (units, n),
         one ``unit`` per unit (its index and a PNG of every image at that unit, upsampled to
         the final size), ``done`` (the grid PNG, seconds, GFLOPs per image). Raises
-        :class:`GenerationCancelled` when ``cancelled`` is set between units.
+        :class:`GenerationCancelled` when ``cancelled`` is set, at the next integration step
+        (every sampler's step loop asks :func:`ecar.samplers.stop.check_stop`) or unit.
         """
         with self._count_lock:
             ahead = self._queued
@@ -359,11 +371,21 @@ class ModelSlot:
         nrow = math.ceil(math.sqrt(req.n))
         emit({"event": "start", "units": req.units, "n": req.n, "waited_seconds": round(waited, 3)})
         shown = 0.0  # seconds spent encoding pictures for the page: not the model's cost
+        unit, steps = 0, 0  # the unit running and its steps started: where a cancellation stops
+
+        def check() -> None:  # before every integration step (ecar.samplers.stop) and unit
+            if cancelled is not None and cancelled.is_set():
+                raise GenerationCancelled("the request was cancelled", unit, req.units, steps)
+
+        def step() -> None:
+            nonlocal steps
+            check()
+            steps += 1
 
         def on_unit(i: int, images: torch.Tensor) -> None:
-            nonlocal shown
-            if cancelled is not None and cancelled.is_set():
-                raise GenerationCancelled("the request was cancelled")
+            nonlocal shown, unit, steps
+            check()
+            unit, steps = i + 1, 0
             t = time.perf_counter()
             tiles = to_uint8(upsample(images, size)) if images.shape[-1] != size else to_uint8(images)
             emit({"event": "unit", "index": i, "units": req.units, "size": int(images.shape[-1]),
@@ -371,8 +393,9 @@ class ModelSlot:
             shown += time.perf_counter() - t
 
         t0 = time.perf_counter()
-        out = generate_images(ld.model, ld.cfg, ld.autoencoder, req.labels, req.sample, seed=req.seed,
-                              batch_size=req.n, on_unit=on_unit)
+        with stop_when(step):
+            out = generate_images(ld.model, ld.cfg, ld.autoencoder, req.labels, req.sample, seed=req.seed,
+                                  batch_size=req.n, on_unit=on_unit)
         seconds = time.perf_counter() - t0 - shown
         gflops = self.gflops_per_image(req.sample)
         grid = png_data_url(make_grid(to_uint8(out["images"]), nrow=nrow, scale=scale))
