@@ -248,13 +248,14 @@ class _Run:
         return zq, zp
 
 
-def _plain_tokens(run: _Run, start: int) -> None:
-    """Positions start … N − 1 of every image by the target's own chain (plain decoding, γ = 0);
-    a separate draft's cache follows only while a later choice might still use it (never here)."""
-    B, N, dev = run.tnet.batch, run.target.num_tokens, run.tokens.device
-    for i in range(start, N):
+def _plain_tokens(run: _Run, start: int, stop: int | None = None, keep_draft: bool = False) -> None:
+    """Positions start … stop − 1 (default: to the end) of every image by the target's own chain
+    (plain decoding, γ = 0); with ``keep_draft`` a separate draft's cache follows, for a later
+    choice that may still speculate (the pilot of :func:`_auto`)."""
+    B, dev = run.tnet.batch, run.tokens.device
+    for i in range(start, run.target.num_tokens if stop is None else stop):
         pos = torch.full((B, 1), i, dtype=torch.long, device=dev)
-        _, zp = run.conditions(run.context[:, max(i - 1, 0)][:, None], pos, draft=False)
+        _, zp = run.conditions(run.context[:, max(i - 1, 0)][:, None], pos, draft=keep_draft)
         t0 = time.perf_counter()
         x, tok = chain_token(run.tnet, run.chain, zp, pos, run.generator)
         run.tick("target_chain", t0)
@@ -423,15 +424,7 @@ def _auto(run: _Run, labels: torch.Tensor, settings: CausalSampleConfig) -> dict
     plain = min(2, N)
     spec = min(N - plain, max(1, min(max(2, -(-32 // B)), N // 4)))  # ~32 tested tokens, at most a quarter
     fixed = _fixed_costs(run, labels, settings)
-    keep_draft = not run.shared
-    for i in range(plain):  # plain tokens, the separate draft's cache kept in step
-        pos = torch.full((B, 1), i, dtype=torch.long, device=labels.device)
-        _, zp = run.conditions(run.context[:, max(i - 1, 0)][:, None], pos, draft=keep_draft)
-        t0 = time.perf_counter()
-        x, tok = chain_token(run.tnet, run.chain, zp, pos, run.generator)
-        run.tick("target_chain", t0)
-        run.context[:, i], run.tokens[:, i] = x[:, 0].to(run.context.dtype), tok[:, 0].to(run.tokens.dtype)
-        run.source[:, i] = PLAIN
+    _plain_tokens(run, 0, plain, keep_draft=not run.shared)  # the separate draft's cache kept in step
     before = (run.stats.accepted, run.stats.tested)
     _token_by_token(run, plain, plain + spec)
     tested = run.stats.tested - before[1]
