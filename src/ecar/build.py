@@ -1,23 +1,19 @@
-"""Assemble the parts a config describes: dataset, autoencoder, model; load a trained model."""
+"""Assemble the parts a config describes: dataset, autoencoder, model. (A trained model is
+loaded by :func:`ecar.load`, :mod:`ecar.pipeline`.)"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from pathlib import Path
 
-import torch
 from torch import nn
 
 from ecar.autoencoders import build_autoencoder
-from ecar.checkpoint import CheckpointError, load_checkpoint, load_state_into
 from ecar.config import Config, ConfigError, DataConfig
 from ecar.data import HFlipped, ImageDataset, build_dataset, source_data_args
 from ecar.methods import Method, method_of
 from ecar.models.base import LatentSpec
 
-__all__ = ["LatentSpec", "LoadedModel", "build_data", "build_model", "latent_spec", "load_for_inference",
-           "resolved_data"]
+__all__ = ["LatentSpec", "build_data", "build_model", "latent_spec", "resolved_data"]
 
 
 def build_data(data: DataConfig, split: str = "train", images: bool = False) -> ImageDataset:
@@ -73,40 +69,3 @@ def build_model(cfg: Config, spec: LatentSpec) -> tuple[nn.Module, Method]:
     method = method_of(cfg.model)
     cfg.model.validate_latent(spec.size)
     return method.build(cfg.model, spec), method
-
-
-@dataclass
-class LoadedModel:
-    cfg: Config
-    model: nn.Module
-    method: Method
-    autoencoder: nn.Module
-    step: int
-    directory: Path | None = None
-    """The checkpoint folder that was loaded (the newest complete one of a run directory)."""
-
-    @property
-    def num_classes(self) -> int:
-        return self.cfg.data.num_classes
-
-
-def load_for_inference(ckpt_dir: str, device: torch.device, use_ema: bool = True) -> LoadedModel:
-    """Build the model a checkpoint's config describes and load its (EMA) weights.
-
-    ``ckpt_dir`` is a run directory (its newest complete checkpoint is loaded, and any it
-    skips is logged) or one checkpoint's folder (:func:`ecar.checkpoint.load_checkpoint`).
-    Only the weights used are read: ``use_ema=False`` (``--no-ema``) never opens the EMA
-    file, so a damaged or stale EMA does not refuse the intact raw weights.
-    """
-    ck = load_checkpoint(ckpt_dir, with_ema=use_ema, with_model=not use_ema)
-    cfg = ck.cfg
-    try:
-        ae = build_autoencoder(cfg.autoencoder, cfg.data.channels or 3)
-        model, method = build_model(cfg, latent_spec(cfg, ae))
-    except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{ckpt_dir}: its config does not build a model: {e}") from None
-    state = ck.ema_state if (use_ema and ck.ema_state is not None) else ck.model_state
-    load_state_into(model, state, f"checkpoint '{ckpt_dir}'")
-    model.to(device).eval()
-    ae.to(device).eval()
-    return LoadedModel(cfg, model, method, ae, ck.step, ck.directory)

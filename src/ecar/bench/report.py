@@ -1,7 +1,7 @@
 """What ``ecar bench`` reports: equal-quality summary, Markdown table and frontier plot.
 
 :func:`summarize` turns the bench rows into the headline numbers (see
-:mod:`ecar.eval.pareto` for the frontier arithmetic):
+:mod:`ecar.bench.pareto` for the frontier arithmetic):
 
 * per model, its Pareto frontier in GFLOPs and in seconds (lists of row settings);
 * per pair (method, other model), ``equal_quality_vs_<other>``: at the method's *shipped*
@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from ecar.eval.pareto import Point, equal_quality_ratio, fid_at_cost, pareto_frontier
+from ecar.bench.pareto import Point, equal_quality_ratio, fid_at_cost, pareto_frontier
 
 __all__ = ["bench_table_markdown", "headline_markdown", "plot_bench", "summarize"]
 

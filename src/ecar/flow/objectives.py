@@ -92,7 +92,7 @@ class MultistageObjective(nn.Module):
         if len(w) != S:
             raise ValueError(f"model.stage_weights has {len(w)} entries for {S} stages")
         self.register_buffer("weights", torch.tensor(w) / sum(w), persistent=False)
-        self.head_batch_mul = int(getattr(model.cfg, "head_batch_mul", 1) or 1)
+        self.head_batch_mul = int(model.cfg.head_batch_mul)
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None

@@ -25,6 +25,7 @@ from torch import nn
 from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions
 from ecar.layers.ragged_cache import RaggedKVCache, ragged_mask, set_positions
+from ecar.models.base import init_input_layers
 from ecar.models.heads import MixtureHead, TokenGridNetwork, TokenHead, TokenHeadConfig
 from ecar.schema import check_choice
 
@@ -76,8 +77,7 @@ class AR(TokenGridNetwork):
             self.head = MixtureHead(self.token_dim, h, cfg.head_width, cfg.mixture_components)
         else:
             self.head = TokenHead(self.token_dim, h, cfg.head_width, cfg.head_depth, kind="mlp")
-        nn.init.xavier_uniform_(self.embed.weight)
-        nn.init.zeros_(self.embed.bias)
+        init_input_layers(self.embed)
         nn.init.normal_(self.head_pos, std=0.02)
         nn.init.normal_(self.y_embed.table.weight, std=0.02)
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, KVCache, LabelEmbedder, grid_positions, patchify, unpatchify, upsample
-from ecar.models.base import TransformerConfig
+from ecar.models.base import ClassConditional, TransformerConfig, init_input_layers
 from ecar.models.heads import HEAD_CONDS, HEAD_KINDS, TokenHead, x_to_velocity
 from ecar.schema import check_each
 
@@ -153,7 +153,7 @@ class ECARConfig(TransformerConfig):
                               f"{num_stages} stages")
 
 
-class ECAR(nn.Module):
+class ECAR(ClassConditional):
     """Stage-causal AR transformer with a flow-matching head over C×size×size latents.
 
     ``schedule`` is the stage pyramid (:class:`ecar.flow.pyramid.StageSchedule`): the
@@ -196,9 +196,7 @@ class ECAR(nn.Module):
             ratios = [self.grids[0]] + [b // a for a, b in zip(self.grids, self.grids[1:])]
             self.ratios = ratios
             self.expand = nn.ModuleList(nn.Linear(cfg.hidden, r * r * cfg.hidden) for r in ratios)
-        nn.init.xavier_uniform_(self.embed.weight)
-        nn.init.zeros_(self.embed.bias)
-        nn.init.normal_(self.y_embed.table.weight, std=0.02)
+        init_input_layers(self.embed, self.y_embed)
         nn.init.normal_(self.stage_embed.weight, std=0.02)
 
     # ------------------------------------------------------------------ helpers
@@ -210,10 +208,6 @@ class ECAR(nn.Module):
                 f"the last stage grid ({sizes[-1] // patch}) must equal the full token grid "
                 f"{size // patch} (latent {size} / patch {patch})"
             )
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
 
     @property
     def num_stages(self) -> int:

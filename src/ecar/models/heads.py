@@ -13,7 +13,7 @@ from torch import nn
 
 from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, AdaLNResBlock, FinalLayer, TimestepEmbedder, patchify, unpatchify
-from ecar.models.base import TransformerConfig
+from ecar.models.base import ClassConditional, TransformerConfig
 
 X_PRED_MIN_GAP = 0.05
 """x-prediction divides by 1 − u; clamped here so the loss weight stays bounded near u = 1."""
@@ -208,7 +208,7 @@ class TokenHeadConfig(TransformerConfig):
             raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {shown(self.head_batch_mul)}")
 
 
-class TokenGridNetwork(nn.Module):
+class TokenGridNetwork(ClassConditional):
     """Base of the per-token networks (MAR, AR): a C×size×size latent as a raster-order grid
     of N = (size / patch)² tokens of D = C·patch² values, labels with a null class, and a
     per-token head ``self.head`` (a :class:`TokenHead`) the subclass builds."""
@@ -222,10 +222,6 @@ class TokenGridNetwork(nn.Module):
         self.grid = size // cfg.patch
         self.num_tokens = self.grid**2
         self.token_dim = channels * cfg.patch**2
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
 
     def tokens(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, C, size, size) -> (B, N, D), raster order."""

@@ -31,7 +31,7 @@ from torch import nn
 from ecar.errors import ConfigError, shown
 from ecar.layers import (AdaLNBlock, FinalLayer, KVCache, LabelEmbedder, TimestepEmbedder, grid_positions,
                          modulate, patchify, unpatchify)
-from ecar.models.base import TransformerConfig
+from ecar.models.base import ClassConditional, TransformerConfig, init_input_layers
 from ecar.schema import check_each
 
 __all__ = ["UNITS", "UNIT_ORDERS", "XAR", "XARConfig"]
@@ -122,7 +122,7 @@ class _Peek:
         return (torch.cat([self.cache.k[: self.rows], k], dim=2), torch.cat([self.cache.v[: self.rows], v], dim=2))
 
 
-class XAR(nn.Module):
+class XAR(ClassConditional):
     """Block-causal velocity transformer over the units of a C×size×size latent.
 
     Sequence tensors are (B, L, D) with L = Σ_u n_u tokens in unit order (scales: Σ g_s²).
@@ -161,13 +161,7 @@ class XAR(nn.Module):
         self.y_embed = LabelEmbedder(num_classes, h)
         self.blocks = nn.ModuleList(AdaLNBlock(h, cfg.heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.depth))
         self.final = FinalLayer(h, token_dim)
-        nn.init.xavier_uniform_(self.embed.weight)
-        nn.init.zeros_(self.embed.bias)
-        nn.init.normal_(self.y_embed.table.weight, std=0.02)
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
+        init_input_layers(self.embed, self.y_embed)
 
     @property
     def num_units(self) -> int:

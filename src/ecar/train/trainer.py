@@ -12,7 +12,6 @@ W ranks with A accumulation steps draw what one process with W·A steps draws.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -29,14 +28,15 @@ from ecar.autoencoders import build_autoencoder
 from ecar.build import build_data, build_model, latent_spec, resolved_data
 from ecar.config import Config, ConfigError
 from ecar.errors import OutputExistsError
-from ecar.generate import generate_images, labels_for
 from ecar.imageio import save_grid, to_uint8
 from ecar.latent_cache import check_cache_autoencoder
 from ecar.lock import writer_lock
-from ecar.serialization import atomic_write, entries, is_empty_dir, remove_tree
+from ecar.pipeline import Pipeline
+from ecar.serialization import entries, is_empty_dir, remove_tree
 from ecar.train.data_order import BatchStream
 from ecar.train.distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier, cleanup, init_distributed
 from ecar.train.ema import ema_decay, make_ema, update_ema
+from ecar.train.metrics_log import MetricsLog
 from ecar.train.parallel import Parallel
 
 log = logging.getLogger("ecar.train")
@@ -113,79 +113,6 @@ class _StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-class MetricsLog:
-    """metrics.jsonl (always) and TensorBoard (when installed and enabled), rank 0 only.
-
-    One history per run: a run resumed from the checkpoint of step N first drops what the
-    interrupted process logged after N (rows of ``metrics.jsonl`` with a later step, and a
-    line torn by a kill, rewritten atomically: temporary file, fsync, rename), and opens
-    TensorBoard's writer with ``purge_step=N + 1``, which hides the earlier events of steps
-    after N (TensorBoard purges steps >= purge_step; step N itself was logged before its
-    checkpoint and is not logged again). Each step then appears once in both.
-    """
-
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool, resume_step: int | None = None):
-        self.enabled = enabled
-        self.tb = None
-        if not enabled:
-            return
-        self.path = out / "metrics.jsonl"
-        if resume_step is not None:
-            self._drop_after(resume_step)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                purge = None if resume_step is None else resume_step + 1
-                self.tb = SummaryWriter(str(out / "tb"), purge_step=purge)
-            except Exception:  # noqa: BLE001 - tensorboard is optional
-                self.tb = None
-
-    def _drop_after(self, step: int) -> None:
-        """Rewrite metrics.jsonl without the rows logged after ``step`` (and a torn last line)."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return
-        lines = data.split(b"\n")
-        torn = lines.pop()  # b"" when the file ends with a newline, as every whole row does
-        try:
-            json.loads(torn)
-            lines.append(torn)  # a whole row that lost only its newline
-            torn = b""
-        except ValueError:
-            pass
-        kept, dropped = [], 0
-        for line in lines:
-            try:
-                row_step = json.loads(line).get("step")
-            except (ValueError, AttributeError):
-                row_step = None
-            if isinstance(row_step, int) and row_step > step:
-                dropped += 1
-            else:
-                kept.append(line)
-        if not dropped and not torn:
-            return
-        atomic_write(self.path, b"".join(line + b"\n" for line in kept))
-        log.info("%s: dropped %d row(s) logged after step %d%s by the interrupted run", self.path,
-                 dropped, step, " and a torn last line" if torn else "")
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"train/{k}", v, row["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True,
@@ -348,8 +275,7 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
             if not di.is_main:
                 return
             n = min(4 * cfg.data.num_classes, 40)
-            labels = labels_for(n, cfg.data.num_classes)
-            imgs = generate_images(sampler, cfg, ae, labels, seed=0, batch_size=n)["images"]
+            imgs = Pipeline(sampler, cfg, ae)(n, seed=0, batch_size=n).tensor
         save_grid(to_uint8(imgs), out / "samples" / f"step_{step:07d}.png", nrow=cfg.data.num_classes)
 
     bar = tqdm(total=t.max_steps, initial=start, desc="train", disable=not (progress and di.is_main),
