@@ -4,10 +4,11 @@ loaded by :func:`ecar.load`, :mod:`ecar.pipeline`.)"""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from torch import nn
 
-from ecar.autoencoders import build_autoencoder
+from ecar.autoencoders import Autoencoder, build_autoencoder
 from ecar.config import Config, ConfigError, DataConfig
 from ecar.data import HFlipped, ImageDataset, build_dataset, source_data_args
 from ecar.methods import Method, method_of
@@ -27,7 +28,7 @@ def build_data(data: DataConfig, split: str = "train", images: bool = False) -> 
     """
     source = source_data_args(data.name)
     cached = source is not None and not images and split == "train"
-    args = source if source is not None and not cached else {
+    args: dict[str, Any] = source if source is not None and not cached else {
         "name": data.name, "resolution": data.resolution, "channels": data.channels,
         "seed": data.seed, "shapes_size": data.shapes_size}
     ds = build_dataset(args["name"], split=split, resolution=args["resolution"], channels=args["channels"],
@@ -50,7 +51,7 @@ def resolved_data(data: DataConfig, dataset: ImageDataset) -> DataConfig:
                                num_classes=dataset.num_classes)
 
 
-def latent_spec(cfg: Config, autoencoder: nn.Module | None = None) -> LatentSpec:
+def latent_spec(cfg: Config, autoencoder: Autoencoder | None = None) -> LatentSpec:
     """Latent shape from a config whose data section is resolved (see :func:`resolved_data`)."""
     d = cfg.data
     if d.resolution is None or d.channels is None or d.num_classes is None:

@@ -87,12 +87,13 @@ def summarize(rows: Sequence[dict]) -> dict:
 
             g = shipped.get("gflops_per_image")
             pts = _points(theirs, "gflops_per_image")
-            other_fid = fid_at_cost(pts, g) if pts and _finite(g) else None
+            other_fid = fid_at_cost(pts, g) if pts and g is not None and _finite(g) else None
             cmp: dict[str, Any] = {"gflops": g, "method_fid_mean": shipped["fid_mean"],
                                    "method_fid_std": shipped.get("fid_std"), "other_fid": other_fid}
             if other_fid is None:
                 cmp["verdict"] = "other cannot sample this cheaply"
             else:
+                assert g is not None
                 so = _std_at(theirs, g, "gflops_per_image")
                 sd = math.hypot(shipped.get("fid_std") or 0.0, so)
                 cmp["other_fid_std"], cmp["diff_std"] = so, sd
@@ -225,7 +226,7 @@ def plot_bench(rows: Sequence[dict], path: str | Path, title: str | None = None)
             if not mine:
                 continue
             for r in mine:
-                ax.scatter([r[cost_key]], [r["fid_mean"]], marker=markers.get(r.get("sampler"), "^"),
+                ax.scatter([r[cost_key]], [r["fid_mean"]], marker=markers.get(str(r.get("sampler")), "^"),
                            s=18, color=color, alpha=0.35, zorder=2)
             by = {r["setting"]: r for r in mine}
             front = [by[p.label] for p in pareto_frontier(_points(mine, cost_key))]

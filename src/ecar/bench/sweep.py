@@ -4,7 +4,7 @@ the shipped one, then sampler × multiplier of the model's own shipped step coun
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 from ecar.pipeline import Pipeline
 from ecar.samplers import SAMPLER_NAMES
@@ -34,7 +34,7 @@ def sweep_settings(pipe: Pipeline, step_sweep: Sequence[float], samplers: Sequen
         return (sampler, *counts) if isinstance(counts, list) else (sampler, counts)
 
     seen = {key(shipped.sampler, pipe.step_counts(shipped))}
-    out = [{"setting": "shipped", "scale": None, "sample": dataclasses.replace(shipped)}]
+    out: list[dict[str, Any]] = [{"setting": "shipped", "scale": None, "sample": dataclasses.replace(shipped)}]
     factors = sorted(float(v) for v in step_sweep)
     for f in factors:
         if not f > 0:

@@ -160,6 +160,7 @@ def _newest(path: str | Path, with_ema: bool, with_state: bool, weights: bool, w
         return ck
     if len(found) > 1:
         raise CheckpointError(f"no checkpoint of '{path}' loads ({len(found)} tried; newest: {first_error})")
+    assert first_error is not None  # every candidate failed
     raise first_error
 
 def load_checkpoint(path: str | Path, with_ema: bool = True, with_state: bool = False,

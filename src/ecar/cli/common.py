@@ -162,7 +162,7 @@ def error_text(e: BaseException) -> str:
         where = "" if e.filename is None else f": '{e.filename}'"
         if getattr(e, "filename2", None) is not None:
             where += f" -> '{e.filename2}'"
-        hint = _OS_HINTS.get(e.errno)
+        hint = _OS_HINTS.get(e.errno) if e.errno is not None else None
         text = f"{e.strerror}{where}" + (f" ({hint})" if hint else "")
     else:
         text = str(e) or type(e).__name__

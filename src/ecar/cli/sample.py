@@ -90,7 +90,7 @@ def cmd_sample(args) -> int:
         print(f"wrote {len(paths)} images to {args.out}/")
     if out.speculative is not None:
         st = out.speculative
-        print(f"speculative decoding (gamma {sample.gamma}): {gamma_summary(st['choices'])}")
+        print(f"speculative decoding (gamma {vars(out.sample).get('gamma')}): {gamma_summary(st['choices'])}")
         print(f"acceptance rate {st['acceptance_rate']:.3f}, "
               f"{st['tokens_per_round']:.2f} tokens per verification, "
               f"{st['tokens_per_target_pass']:.2f} tokens per target pass; target: {st['target_passes']} passes, "

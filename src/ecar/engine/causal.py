@@ -19,7 +19,7 @@ mixes the velocities v_u + w_i·(v_c − v_u), with a scale w_i per token positi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
@@ -63,6 +63,8 @@ class CausalNet(Protocol):
     def velocity(self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor) -> torch.Tensor: ...
 
     def latent(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def state_dict(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True)

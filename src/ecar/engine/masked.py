@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from ecar.engine.units import UnitReport
+from ecar.engine.units import UnitReport, constant_scale
 from ecar.flow.masking import random_orders
 from ecar.samplers import SAMPLER_NAMES, guided, time_grid
 from ecar.samplers.temperature import integrate_at_temperature
@@ -108,7 +108,7 @@ def generate_masked(
         def head_fn(x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor) -> torch.Tensor:
             return model.velocity(x, u.expand(x.shape[0]), zc)
 
-        v = guided(head_fn, z_c, z_u, lambda t, s=scale: s)
+        v = guided(head_fn, z_c, z_u, constant_scale(scale))
         noise = torch.randn((B, n, D), generator=generator, device=dev)
         new = integrate_at_temperature(settings.sampler, v, noise, grid, generator,
                                        settings.noise_scale, settings.temperature)

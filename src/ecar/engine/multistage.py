@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
-from ecar.engine.units import GuidedLabels, UnitReport
+from ecar.engine.units import GuidedLabels, UnitReport, constant_scale
 from ecar.flow.pyramid import StageSchedule, jump
 from ecar.samplers import guided, integrate, time_grid
 
@@ -119,7 +119,7 @@ def generate_multistage(
         def head_fn(x: torch.Tensor, u: torch.Tensor, zz: torch.Tensor, s: int = s) -> torch.Tensor:
             return model.velocity(x, u.expand(x.shape[0]), zz, s)
 
-        v = guided(head_fn, z_c, z_u, lambda t, sc=scales[s]: sc)
+        v = guided(head_fn, z_c, z_u, constant_scale(scales[s]))
         tokens = integrate(
             stages.sampler, v, model.stage_tokens(start), time_grid(steps[s], device=dev),
             generator, stages.noise_scale,

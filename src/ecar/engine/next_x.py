@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
-from ecar.engine.units import GuidedLabels, UnitReport
+from ecar.engine.units import GuidedLabels, UnitReport, constant_scale
 from ecar.flow.paths import interpolate
 from ecar.samplers import SAMPLER_NAMES, guided, integrate, time_grid
 
@@ -115,7 +115,7 @@ def generate_next_x(
             times[:, u] = t
             return model.velocity_seq(seq, times, yy)[:, -x.shape[1]:]
 
-        v = guided(model_fn, labels, null, lambda t, s=scales[u]: s)
+        v = guided(model_fn, labels, null, constant_scale(scales[u]))
         noise = torch.randn((B, model.counts[u], D), generator=generator, device=dev)
         tokens = integrate(settings.sampler, v, noise, time_grid(settings.steps[u], device=dev), generator,
                            settings.noise_scale)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -156,10 +156,11 @@ def _token_by_token(run: _Run, start: int, stop: int) -> None:
     B, D, dev = tnet.batch, run.target.token_dim, run.tokens.device
     K, stds, dbl = chain.steps, chain.stds(dev), tnet.doubled
     all_steps, one, zero = (torch.full((B,), v, dtype=torch.long, device=dev) for v in (K, 1, 0))
-    steps_accepted = 0  # a tensor after the first token: summed without a sync per token
+    steps_accepted: int | torch.Tensor = 0  # a tensor after the first token: summed without a sync per token
     for i in range(start, stop):
         pos = torch.full((B, 1), i, dtype=torch.long, device=dev)
         zq, zp = run.conditions(run.context[:, max(i - 1, 0)][:, None], pos)
+        assert zq is not None  # the draft's conditions were asked for
         t0 = time.perf_counter()
         noise = torch.randn((B, 1, D), generator=g, device=dev)
         x, path, q_means = chain.sample_steps(dnet.step_means(zq, pos, chain), noise, g, record=True)
@@ -213,21 +214,31 @@ def _rounds(run: _Run, start: int, gamma: int) -> None:
         pos = n[:, None] + steps
         prev0 = run.context[batch, (n - 1).clamp_min(0)][:, None]
         # the draft proposes gamma tokens, recording each path and its transition means
-        prev, props, paths, q_means, zq, zp = prev0, [], [], [], [], []
+        prev = prev0
+        xs: list[torch.Tensor] = []  # per proposal: its token, path, draft means, conditions
+        ps: list[torch.Tensor] = []
+        qs: list[torch.Tensor] = []
+        zqs: list[torch.Tensor] = []
+        zps: list[torch.Tensor] = []
         for j in range(gamma):
             if run.shared:  # the target's pass gives both heads their conditions
-                z, zpj = run.conditions(prev, pos[:, j:j + 1])
-                zp.append(zpj)
+                zj, zpj = run.conditions(prev, pos[:, j:j + 1])
+                assert zj is not None
+                z = zj
+                zps.append(zpj)
             else:
                 z = dnet.condition(prev, pos[:, j:j + 1])
             noise = torch.randn((B, 1, D), generator=g, device=dev)
             x, path, mq = chain.sample_steps(dnet.step_means(z, pos[:, j:j + 1], chain), noise, g, record=True)
-            props.append(x), paths.append(path), q_means.append(mq), zq.append(z)
+            xs.append(x)
+            ps.append(path)
+            qs.append(mq)
+            zqs.append(z)
             prev = x
-        props, paths, q_means, zq = (torch.cat(v, dim=1) for v in (props, paths, q_means, zq))
+        props, paths, q_means, zq = (torch.cat(v, dim=1) for v in (xs, ps, qs, zqs))
         # the target verifies all of them: one causal pass, one head call of gamma*K rows per image
         # (gamma*(K + 1) with the target's finishing step)
-        zp = torch.cat(zp, dim=1) if run.shared else tnet.condition(torch.cat([prev0, props[:, :-1]], dim=1), pos)
+        zp = torch.cat(zps, dim=1) if run.shared else tnet.condition(torch.cat([prev0, props[:, :-1]], dim=1), pos)
         stats.rounds += 1
         stats.image_rounds += int((limit > 0).sum())
         p_means, finished = _verify(tnet, zp, pos, chain, paths)
@@ -285,6 +296,7 @@ def _fixed_costs(run: _Run, labels: torch.Tensor, settings: CausalSampleConfig) 
 def _measured_costs(run: _Run, fixed: tuple[float, float], batch: int) -> CallCosts:
     """:class:`CallCosts` from a pilot's clock (the fastest of each kind: the first calls warm up)."""
     c = run.clock
+    assert c is not None, "the pilot runs with a clock"
 
     def best(key: str) -> float:
         return min(c[key]) if c.get(key) else 0.0
@@ -350,16 +362,16 @@ def generate_speculative(target: CausalNet, draft: CausalNet, labels: torch.Tens
                          f"{target.num_tokens}×{target.token_dim}")
     chain = settings.chain()
     B, N, D, dev = labels.shape[0], target.num_tokens, target.token_dim, labels.device
-    room = N + (MAX_GAMMA if gamma == AUTO else gamma)
+    room = N + (gamma if isinstance(gamma, int) else MAX_GAMMA)
     tokens = torch.zeros(B, room, D, device=dev)
     run = _Run(target, draft, GuidedCausal(target, labels, settings.guidance, room),
                GuidedCausal(draft, labels, settings.guidance, room), share_passes and shares_transformer(target, draft),
                chain, verify, residual_batch, generator, max_residual_rounds, on_round, SpeculativeStats(), tokens,
                torch.zeros(B, room, D, device=dev) if chain.finishes else tokens,
                torch.zeros(B, room, dtype=torch.int8, device=dev))
-    choice = {"gamma": gamma, "start": 0} if gamma != AUTO else _auto(run, labels, settings)
+    choice: dict[str, Any] = {"gamma": gamma, "start": 0} if gamma != AUTO else _auto(run, labels, settings)
     choice["batch"] = B
-    start, chosen = choice["start"], choice["gamma"]
+    start, chosen = int(choice["start"]), int(choice["gamma"])
     if chosen == 0:
         _plain_tokens(run, start)
     elif chosen == 1:

@@ -90,15 +90,16 @@ def continue_chains(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain
         s0, d = int(done[rows].min()), done[rows]
         rp, rq = (GuidedCausal.rows(z, rows, dbl)[:, None] for z in (zp, zq))
         p = pos[rows, None]
-        cur, states, q_means = state[rows, None], [state[rows, None]], []
+        cur, states, means = state[rows, None], [state[rows, None]], []
         m = dnet.step_means(rq, p, chain)
         for k in range(s0, K):
             mean = m(cur, k)
             eps = torch.randn(cur.shape, generator=generator, device=dev, dtype=cur.dtype)
             cur = torch.where((d <= k)[:, None, None], mean + stds[k] * eps, cur)
-            states.append(cur), q_means.append(mean)
+            states.append(cur)
+            means.append(mean)
         path = torch.stack(states, dim=2)  # (r, 1, K + 1 − s0, D)
-        q_means = torch.stack(q_means, dim=2) if q_means else path[:, :, :0]
+        q_means = torch.stack(means, dim=2) if means else path[:, :, :0]
         p_means, finished = chain.means_and_finish(tnet.velocity(rp, p), path, s0)
         held = torch.arange(s0, K, device=dev)[None] < d[:, None]  # a copied state: ratio 1, kept
         lr, dist = step_test(path, p_means, q_means, stds[s0:])
@@ -128,6 +129,7 @@ def redraw(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain, verify:
     (:func:`continue_chains`). ``path``: the path residual."""
     stats.residual_tokens += pos.shape[0]
     if verify == "step":
+        assert step is not None, "verify=step redraws the transition its block test stopped at"
         k, log_weight = step
         r, m = torch.arange(k.shape[0], device=k.device), max(residual_batch, 64)
         x = gaussian_residual(p_means[r, k], q_means[r, k], chain.stds(k.device)[k], m, generator, max_rounds, stats,

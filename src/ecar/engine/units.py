@@ -16,7 +16,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-__all__ = ["GuidedLabels", "UnitReport"]
+__all__ = ["GuidedLabels", "UnitReport", "constant_scale"]
+
+
+def constant_scale(scale: float) -> Callable[[torch.Tensor], float]:
+    """The guidance schedule of one unit: ``scale`` at every time of its integration."""
+    return lambda t: scale
 
 
 class GuidedLabels:
@@ -56,9 +61,9 @@ class UnitReport:
         if self.on_unit is not None:
             self.on_unit(unit, current)
 
-    def result(self, latents: torch.Tensor) -> dict:
+    def result(self, latents: torch.Tensor) -> dict[str, Any]:
         """``{"latents": latents}``, plus ``"stages"`` when they were asked for."""
-        out = {"latents": latents}
+        out: dict[str, Any] = {"latents": latents}
         if self.stages is not None:
             out["stages"] = self.stages
         return out

@@ -83,6 +83,11 @@ class DigitsNet(nn.Module):
     ``features(x)`` is ``N×feature_dim``; ``logits(x)`` and ``forward(x)`` are ``N×K``.
     """
 
+    feat_shift: torch.Tensor
+    """``spatial`` mode: the features' mean over the training split (buffer)."""
+    feat_scale: torch.Tensor
+    """``spatial`` mode: 1/std of the features over the training split (buffer)."""
+
     def __init__(
         self,
         in_channels: int = 1,

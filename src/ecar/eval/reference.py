@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -113,7 +113,7 @@ def _feature_net_id(extractor: FeatureExtractor) -> dict:
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    cast(Any, np.savez)(buf, **arrays)  # numpy's stub reads a keyword argument as allow_pickle
     atomic_write(path, buf.getvalue())
 
 
@@ -169,7 +169,7 @@ def reference_stats(
     ds = _build_split(dataset, split)
     split_name = str(getattr(ds, "split", split or "train"))
     extractor = feature_net if isinstance(feature_net, FeatureExtractor) else load_feature_net(feature_net)
-    key = {
+    key: dict[str, Any] = {
         "format": _CACHE_FORMAT,
         "dataset": _fingerprint_dataset(ds),
         "max_images": max_images,

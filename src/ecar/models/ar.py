@@ -18,6 +18,7 @@ own position (speculative decoding accepts a different number of tokens per imag
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping, Protocol, cast
 
 import torch
 from torch import nn
@@ -133,12 +134,16 @@ class AR(TokenGridNetwork):
         memo = caches[0].label_terms
         if memo is None or memo[0] is not y:
             c = self.y_embed(y)
-            memo = (y, c, [blk.modulation(c) for blk in self.blocks])
+            memo = (y, c, [cast(AdaLNBlock, blk).modulation(c) for blk in self.blocks])
             caches[0].label_terms = memo
         return memo[1], memo[2]
 
 
-def shares_transformer(a: nn.Module, b: nn.Module) -> bool:
+class _WithState(Protocol):
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+
+def shares_transformer(a: _WithState, b: _WithState) -> bool:
     """Whether two AR networks have the same transformer (every parameter and buffer outside
     ``head.`` equal): then one's conditions are the other's, and a draft head on the target's
     transformer can reuse the target's passes."""

@@ -238,8 +238,8 @@ class ECAR(ClassConditional):
         """Bool (L, L) over the AR sequence of the first ``stages`` stages: position i may attend
         to j iff stage(j) <= stage(i) (the class token is stage −1, or stage 1's parent)."""
         lengths = self._ar_lengths(self.num_stages if stages is None else stages)
-        ids = [torch.full((n,), s) for s, n in enumerate(lengths)]
-        ids = torch.cat(ids if self.parent else [torch.full((1,), -1), *ids]).to(device)
+        parts = [torch.full((n,), s) for s, n in enumerate(lengths)]
+        ids = torch.cat(parts if self.parent else [torch.full((1,), -1), *parts]).to(device)
         return ids[None, :] <= ids[:, None]
 
     def _embed_stage(self, inp: torch.Tensor, s: int) -> torch.Tensor:
@@ -253,7 +253,10 @@ class ECAR(ClassConditional):
         ``like``, stage s's start state, for s = 0); ``parent``: prev_end itself (None for s = 0)."""
         if self.parent:
             return None if s == 0 else prev_end
-        return torch.zeros_like(like) if s == 0 else upsample(prev_end, self.schedule.sizes[s])
+        if s == 0:
+            return torch.zeros_like(like)
+        assert prev_end is not None, "stage s > 0 needs the previous stage's end state"
+        return upsample(prev_end, self.schedule.sizes[s])
 
     def _children(self, h: torch.Tensor, s: int) -> torch.Tensor:
         """``parent``: outputs at stage s's parent tokens (B, g², hidden) -> the conditions of
@@ -297,6 +300,7 @@ class ECAR(ClassConditional):
         if self.parent and s == 0:
             h = c[:, None]
         else:
+            assert inp is not None, "only stage 1 of model.ar_input=parent has no AR input"
             h = self._embed_stage(inp, s)
             if s == 0:
                 h = torch.cat([c[:, None], h], dim=1)

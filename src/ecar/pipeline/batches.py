@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ecar.autoencoders import Autoencoder
 from ecar.config import Config, ConfigError
 from ecar.device import available_memory
 from ecar.engine.speculative_rules import SpeculativeStats
@@ -71,7 +72,7 @@ class Sampled:
 
 
 @torch.no_grad()
-def sample_batches(model: nn.Module, method: Method[Any, Any], autoencoder: nn.Module, labels: torch.Tensor,
+def sample_batches(model: nn.Module, method: Method[Any, Any], autoencoder: Autoencoder, labels: torch.Tensor,
                    sample: SampleConfig, seed: int, batch_size: int, progress: bool = False,
                    return_stages: bool = False, on_unit: UnitHook | None = None,
                    draft: nn.Module | None = None) -> Sampled:

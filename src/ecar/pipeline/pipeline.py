@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import ecar.flops  # noqa: F401  (registers the attention FLOP formulas torch lacks)
-from ecar.autoencoders import build_autoencoder
+from ecar.autoencoders import Autoencoder, build_autoencoder
 from ecar.build import build_model, latent_spec
 from ecar.checkpoint import CheckpointError, load_checkpoint, load_state_into
 from ecar.config import Config, ConfigError
@@ -97,7 +97,7 @@ class Pipeline:
         draft: the draft pipeline of speculative decoding (:meth:`with_draft`), or None.
     """
 
-    def __init__(self, model: nn.Module, cfg: Config, autoencoder: nn.Module, *, step: int | None = None,
+    def __init__(self, model: nn.Module, cfg: Config, autoencoder: Autoencoder, *, step: int | None = None,
                  directory: Path | None = None, draft: Pipeline | None = None):
         self.model, self.cfg, self.autoencoder = model, cfg, autoencoder
         self.method: Method[Any, Any] = method_of(cfg.model)
@@ -122,7 +122,10 @@ class Pipeline:
 
     @property
     def num_classes(self) -> int:
-        return int(self.cfg.data.num_classes)
+        k = self.cfg.data.num_classes
+        if k is None:
+            raise ConfigError("data.num_classes is not resolved in this pipeline's config")
+        return int(k)
 
     @property
     def params(self) -> int:
@@ -254,9 +257,9 @@ class Pipeline:
         model, method = self.model, self.method
 
         def run(seed: int) -> dict:
-            kw = {} if on_unit is None else {"on_unit": on_unit}
             with torch.no_grad():
-                return method.generate(model, sample, labels, torch.Generator(device=device).manual_seed(seed), **kw)
+                return method.generate(model, sample, labels, torch.Generator(device=device).manual_seed(seed),
+                                       on_unit=on_unit)
 
         return run
 

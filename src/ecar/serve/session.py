@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from ecar.schema import parser_kind
 __all__ = ["DISPLAY_PX", "GenerationCancelled", "GenerationRequest", "LIMITS", "ModelSlot", "RequestError",
            "ServeError", "load_slots", "png_data_url", "read_json"]
 
-LIMITS = {"max_images": 64, "max_steps": 1000, "max_guidance": 20.0, "max_seed": 2**31 - 1,
+LIMITS: dict[str, Any] = {"max_images": 64, "max_steps": 1000, "max_guidance": 20.0, "max_seed": 2**31 - 1,
           "max_body_bytes": 64 * 1024, "max_json_depth": 16, "max_number_chars": 40}
 """Request limits: images per request, integration steps per image (summed over units),
 guidance scale (0 .. max) and seed (0 .. max) — a CPU takes seconds per image at the top —
@@ -56,6 +56,12 @@ REQUEST_KEYS = ("model", "class", "n", "seed", "settings")
 
 class ServeError(ValueError):
     """``ecar serve`` cannot start (web extra missing, no checkpoint, port taken): what to do."""
+
+
+class Flag(Protocol):
+    """What a generation checks to stop: a :class:`threading.Event`, or any object with ``is_set``."""
+
+    def is_set(self) -> bool: ...
 
 
 class RequestError(ValueError):
@@ -305,6 +311,7 @@ class ModelSlot:
             klass = number
         n = _int(body, "n", 8, 1, LIMITS["max_images"], "n (the number of images)")
         seed = _int(body, "seed", 0, 0, LIMITS["max_seed"], "seed")
+        assert n is not None and seed is not None  # both have a default
         try:
             sample = apply_sample_overrides(self.pipe.sample, _setting_values(body.get("settings")))
         except ConfigError as e:
@@ -332,7 +339,7 @@ class ModelSlot:
         return self.pipe.gflops(sample)
 
     def run(self, req: GenerationRequest, emit: Callable[[dict], None],
-            cancelled: threading.Event | None = None) -> None:
+            cancelled: Flag | None = None) -> None:
         """Generate ``req`` and ``emit`` its events, in order:
 
         ``queued`` (only when other requests are ahead: how many), ``start`` (units, n),
@@ -356,8 +363,8 @@ class ModelSlot:
                 self._queued -= 1
 
     def _run_locked(self, req: GenerationRequest, emit: Callable[[dict], None],
-                    cancelled: threading.Event | None, waited: float) -> None:
-        size = int(self.pipe.cfg.data.resolution)
+                    cancelled: Flag | None, waited: float) -> None:
+        size = int(self.pipe.cfg.data.resolution or 0)
         scale = auto_scale(size, DISPLAY_PX)
         nrow = math.ceil(math.sqrt(req.n))
         emit({"event": "start", "units": req.units, "n": req.n, "waited_seconds": round(waited, 3)})

@@ -19,6 +19,7 @@ import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -95,7 +96,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.stop = False
-        self._old = {}
+        self._old: dict[int, Any] = {}
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -215,6 +216,7 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
     torch.manual_seed(t.seed + di.rank)
     dataset = build_data(cfg.data, "train")
     cfg = dataclasses.replace(cfg, data=resolved_data(cfg.data, dataset))  # recorded in checkpoints
+    assert cfg.data.channels is not None and cfg.data.num_classes is not None  # resolved from the dataset
     ae = build_autoencoder(cfg.autoencoder, cfg.data.channels).to(device).eval()
     check_cache_autoencoder(dataset, ae, cfg.autoencoder)
     encode = not getattr(dataset, "yields_latents", False)  # a latent cache is encoded already
@@ -274,7 +276,7 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
         with par.sampling_ema(ema) as sampler:  # every rank: gathering a sharded EMA is collective
             if not di.is_main:
                 return
-            n = min(4 * cfg.data.num_classes, 40)
+            n = min(4 * int(cfg.data.num_classes or 0), 40)
             imgs = Pipeline(sampler, cfg, ae)(n, seed=0, batch_size=n).tensor
         save_grid(to_uint8(imgs), out / "samples" / f"step_{step:07d}.png", nrow=cfg.data.num_classes)
 
@@ -376,6 +378,7 @@ def _restore(out: Path, cfg: Config, model, ema, opt, par: Parallel) -> tuple[in
             f"cannot resume {out}: it trained on data '{saved.data.name}', this run names '{cfg.data.name}'"
         )
     par.restore(ck, model, ema, opt)
+    assert ck.train_state is not None  # loaded with_state
     torch.set_rng_state(ck.train_state["rng_cpu"])
     log.info("resuming from %s (step %d)", ck.directory, ck.step)
     if ck.step >= cfg.train.max_steps:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 
@@ -128,7 +128,7 @@ def _guided_chain(tnet: GuidedCausal, tokens: torch.Tensor, chain: GaussianChain
     """Transformer outputs on prefixes ``tokens`` (B, N, D) for ``tnet``'s labels (and their null
     half where guided: (B or 2B, N, hidden)), and the target's guided chain over every position:
     paths (B, N, K + 1, D), means (B, N, K, D)."""
-    h = tnet.model.condition(torch.cat([tokens, tokens]) if tnet.doubled else tokens, None, tnet.labels)
+    h = cast(AR, tnet.model).condition(torch.cat([tokens, tokens]) if tnet.doubled else tokens, None, tnet.labels)
     v = tnet.velocity(tnet.model.head_condition(h), _positions(tokens))
     noise = torch.randn(tokens.shape, generator=g, device=tokens.device)
     _, path, means = chain.sample(v, noise, g, record=True)
