@@ -33,12 +33,7 @@ PER_METHOD = {"dit": ["sample.steps=2"], "ecar": [*HEAD, "sample.stage_steps=[2,
               "ar": [*HEAD, "sample.steps=2"], "xar": ["sample.steps=2"]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
