@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from busy import saturated
 
 from ecar.config import load_config
 from ecar.train.trainer import train
@@ -65,29 +66,14 @@ def fashion_mnist_dir():
 
 # --------------------------------------------------------------------------- a loaded machine
 
-BUSY_LOOP = "while True:\n    pass\n"
-
-
 @pytest.fixture
 def saturated_cpu():
     """Keep every core busy while the test runs (issue 29): ``os.cpu_count()`` child processes
-    spinning in a Python loop, in their own process group each, killed when the test ends.
-    A test that must hold on a loaded machine (CI runners share their cores) uses it, so its
-    checks count steps and events, never seconds. Yields the children's PIDs."""
-    n = os.cpu_count() or 1
-    procs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-             for _ in range(n)]
-    try:
-        time.sleep(0.2)
-        dead = [p.args for p in procs if p.poll() is not None]
-        assert not dead, f"a busy-loop child exited at once: {dead}"
-        yield [p.pid for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
+    spinning in a Python loop (tests/busy.py), killed when the test ends. A test that must hold
+    on a loaded machine (CI runners share their cores) uses it, so its checks count steps and
+    events, never seconds. Yields the children's PIDs."""
+    with saturated() as pids:
+        yield pids
 
 
 # --------------------------------------------------------------------------- `ecar serve`
