@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-from ecar.build import LatentSpec, build_model, load_for_inference
+import ecar
+from ecar.autoencoders import IdentityAutoencoder
+from ecar.build import LatentSpec, build_model
 from ecar.config import load_config
 from ecar.eval.cost import measure_cost
 from ecar.methods import method_of
@@ -41,15 +43,15 @@ def main() -> None:
     rows = []
     for i, recipe in enumerate(RECIPES):
         if args.ckpts:
-            loaded = load_for_inference(args.ckpts[i], torch.device("cpu"))
-            cfg, model = loaded.cfg, loaded.model
+            pipe = ecar.load(args.ckpts[i], "cpu")
         else:
             cfg = load_config(ROOT / "configs" / recipe)
             cfg.data.resolution, cfg.data.channels, cfg.data.num_classes = 16, 1, 10
             torch.manual_seed(0)
             model, _ = build_model(cfg, LatentSpec(1, 16, 10))
-            model.eval()
-        cost = measure_cost(model, cfg)
+            pipe = ecar.Pipeline(model.eval(), cfg, IdentityAutoencoder(1))
+        cost = measure_cost(pipe)
+        cfg, model = pipe.cfg, pipe.model
         s, method = cfg.sample, method_of(cfg.model)
         rows.append({
             "recipe": recipe,

@@ -3,7 +3,7 @@
 
 For the Fashion-MNIST DiT recipe and each E-CAR variant (``configs/fashion_ecar.yaml`` with
 overrides; the first is the recipe as it ships): FLOPs from PyTorch's counter
-(:mod:`ecar.eval.flops` adds attention), per image, at random initialisation (FLOPs do not
+(:mod:`ecar.flops` adds attention), per image, at random initialisation (FLOPs do not
 depend on the weights):
 
 * ``head_call``: one head call over the last stage's tokens (the per-step cost of the
@@ -31,10 +31,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import ecar.eval.flops  # noqa: F401  (attention FLOPs)
+import ecar.flops  # noqa: F401  (attention FLOPs)
+from ecar.autoencoders import IdentityAutoencoder
 from ecar.build import LatentSpec, build_model
 from ecar.config import load_config
 from ecar.eval.cost import cost_anatomy
+from ecar.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = LatentSpec(1, 32, 10)  # Fashion-MNIST padded to 32×32, grey, 10 classes
@@ -79,7 +81,7 @@ def main() -> None:
     with torch.no_grad():
         x = torch.randn(BATCH, SPEC.channels, SPEC.size, SPEC.size)
         dit_forward = _flops(lambda: dit(x, torch.rand(BATCH), torch.zeros(BATCH, dtype=torch.long)))
-        dit_sampling = cost_anatomy(dit, dcfg, batch=BATCH).as_dict()
+        dit_sampling = cost_anatomy(Pipeline(dit, dcfg, IdentityAutoencoder(SPEC.channels)), batch=BATCH).as_dict()
     doc = {
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -102,7 +104,7 @@ def main() -> None:
             zc = model.head_condition(z)
             xt = torch.randn(BATCH, g * g, model.token_dim)
             call = _flops(lambda: model.velocity(xt, torch.full((BATCH,), 0.5), zc, last))
-            sampling = cost_anatomy(model, cfg, batch=BATCH).as_dict()
+            sampling = cost_anatomy(Pipeline(model, cfg, IdentityAutoencoder(SPEC.channels)), batch=BATCH).as_dict()
         m = cfg.model
         row = {
             "variant": name, "overrides": overrides,

@@ -40,12 +40,12 @@ from pathlib import Path
 
 import torch
 
-from ecar.build import load_for_inference
+import ecar
 from ecar.checkpoint import has_checkpoint
 from ecar.data import build_dataset
-from ecar.eval.cost import count_flops
-from ecar.eval.evaluate import evaluate_seeds, quantize, reference_stats
-from ecar.eval.features import load_feature_net
+from ecar.eval.evaluate import evaluate_seeds
+from ecar.eval.features import load_feature_net, quantize
+from ecar.eval.reference import reference_stats
 from ecar.eval.metrics import feature_stats, frechet_distance
 from ecar.flow.pyramid import jump, stage_targets
 from ecar.methods.ecar import stage_guidance
@@ -140,19 +140,19 @@ def main() -> None:
         overrides = split_overrides(text)
         t0 = time.time()
         run = train(name, overrides, args)
-        L = load_for_inference(str(run), torch.device("cpu"))
+        L = ecar.load(run, "cpu")
         ref = reference_stats(L.cfg, ext, split="heldout", progress=False)
         sample = dataclasses.replace(L.cfg.sample, cfg_interval=[0.0, 0.7])
         multistage = hasattr(L.model, "schedule")
         if not multistage:
             sample = dataclasses.replace(sample, sampler="euler", steps=args.dit_steps)
-        r = evaluate_seeds(L.model, L.cfg, L.autoencoder, seeds=(0,), n=args.n, metrics=("fid", "pr"),
+        r = evaluate_seeds(L, seeds=(0,), n=args.n, metrics=("fid", "pr"),
                            features=ext, reference=ref, sample=sample, progress=False)
         row = {"variant": name, "overrides": overrides, "train_steps": L.step, "n": args.n,
                "stage_steps": getattr(sample, "stage_steps", None), "cfg": sample.cfg, "cfg_interval": sample.cfg_interval,
                "fid": round(r["fid_mean"], 2), "precision": round(r["precision"], 3),
                "recall": round(r["recall"], 3), "reference_split": r["reference_split"],
-               "gflops_per_image": round(count_flops(L.model, L.cfg, sample, batch=2), 3),
+               "gflops_per_image": round(L.gflops(sample, batch=2), 3),
                "steps": None if multistage else sample.steps,
                **(teacher_forced_fids(L, ext, ref, args.n, stage_guidance(sample, L.model.num_stages))
                   if multistage else {}),
@@ -165,11 +165,11 @@ def main() -> None:
             steps = [int(v) for v in steps.split(",")]
             kw = {"stage_steps": steps} if multistage else {"steps": steps[0]}
             extra = dataclasses.replace(sample, sampler=name_, **kw)
-            e = evaluate_seeds(L.model, L.cfg, L.autoencoder, seeds=(0,), n=args.n, metrics=("fid", "pr"),
+            e = evaluate_seeds(L, seeds=(0,), n=args.n, metrics=("fid", "pr"),
                                features=ext, reference=ref, sample=extra, progress=False)
             row["extra"].append({"setting": setting, "fid": round(e["fid_mean"], 2),
                                  "precision": round(e["precision"], 3), "recall": round(e["recall"], 3),
-                                 "gflops_per_image": round(count_flops(L.model, L.cfg, extra, batch=2), 3)})
+                                 "gflops_per_image": round(L.gflops(extra, batch=2), 3)})
         if args.extra:
             row["command"] += " --extra " + " ".join(args.extra)
         print(json.dumps(row), flush=True)

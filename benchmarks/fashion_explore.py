@@ -19,13 +19,13 @@ import dataclasses
 import json
 import time
 
-import torch
 
-from ecar.build import load_for_inference
+import ecar
 from ecar.bench.report import summarize
-from ecar.eval.cost import count_flops
-from ecar.eval.evaluate import evaluate_seeds, reference_stats
-from ecar.eval.features import ClassifierFeatureExtractor, load_classifier
+from ecar.eval.evaluate import evaluate_seeds
+from ecar.eval.feature_nets import load_classifier
+from ecar.eval.features import ClassifierFeatureExtractor
+from ecar.eval.reference import reference_stats
 
 SETTINGS = {
     "dit": [("euler", 4), ("euler", 8), ("euler", 16), ("heun", 4), ("heun", 8), ("euler", 32)],
@@ -46,19 +46,19 @@ def main() -> None:
     rows, ref = [], None
     for item in args.run:
         name, _, run = item.partition("=")
-        loaded = load_for_inference(run, torch.device("cpu"))
+        loaded = ecar.load(run, "cpu")
         if ref is None:
             ref = reference_stats(loaded.cfg, ext, progress=False)
         for sampler, steps in SETTINGS["dit" if name.startswith("dit") else "ecar"]:
             kw = {"stage_steps": steps} if isinstance(steps, list) else {"steps": steps}
             s = dataclasses.replace(loaded.cfg.sample, sampler=sampler, **kw)
             t0 = time.time()
-            r = evaluate_seeds(loaded.model, loaded.cfg, loaded.autoencoder, seeds=(0, 1, 2), n=args.n,
+            r = evaluate_seeds(loaded, seeds=(0, 1, 2), n=args.n,
                                metrics=("fid", "pr"), features=ext, reference=ref, sample=s, progress=False)
             rows.append({"name": name, "setting": f"{sampler} {steps}", "steps": steps, "sampler": sampler,
                          "fid_mean": r["fid_mean"], "fid_std": r["fid_std"], "fid_per_seed": r["fid_per_seed"],
                          "precision": r["precision"], "recall": r["recall"],
-                         "gflops_per_image": count_flops(loaded.model, loaded.cfg, s, batch=2),
+                         "gflops_per_image": loaded.gflops(s, batch=2),
                          "seconds_per_image": None, "train_steps": loaded.step,
                          "reference_split": r["reference_split"]})
             print(json.dumps(rows[-1]), f"{time.time() - t0:.0f} s", flush=True)

@@ -68,6 +68,8 @@ from ecar.data import DataError  # noqa: E402
 from ecar.data.fashion_mnist import find_fashion_mnist  # noqa: E402
 from ecar.device import pick_device  # noqa: E402
 from ecar.eval.cost import cost_anatomy, median_seconds, time_sampling  # noqa: E402
+from ecar.autoencoders import IdentityAutoencoder  # noqa: E402
+from ecar.pipeline import Pipeline  # noqa: E402
 
 # ---------------------------------------------------------------------------- the two regimes
 
@@ -279,7 +281,7 @@ class Run:
 
                     def timed(b=b):
                         with self.amp():
-                            s = time_sampling(model, cfg, sample, batch=b, repeats=self.args.repeats,
+                            s = time_sampling(Pipeline(model, cfg, IdentityAutoencoder(spec.channels)), sample, batch=b, repeats=self.args.repeats,
                                               warmup=self.args.warmup)
                         return {"batch": b, "seconds_per_image": s, "images_per_s": 1.0 / s}
 
@@ -312,7 +314,7 @@ class Run:
 
     def _anatomy(self, model, cfg, sample, key: str) -> dict:
         with self.amp():
-            an = cost_anatomy(model, cfg, sample, batch=1).as_dict()
+            an = cost_anatomy(Pipeline(model, cfg, IdentityAutoencoder(1)), sample, batch=1).as_dict()
         out = {"gflops_per_image": an["total"], "parts": an["parts"], "units": len(an["units"])}
         if key == "ecar":  # the per-stage split (coarse to fine)
             out["stages"] = [{"stage": i + 1, **u, "gflops": u["backbone"] + u["head"] + u["guidance"]}

@@ -22,12 +22,11 @@ import shlex
 import sys
 import time
 
-import torch
 
-from ecar.build import load_for_inference
-from ecar.eval.cost import count_flops
-from ecar.eval.evaluate import default_feature_net, evaluate_seeds, reference_stats
-from ecar.eval.features import load_feature_net
+import ecar
+from ecar.eval.evaluate import evaluate_seeds
+from ecar.eval.features import default_feature_net, load_feature_net
+from ecar.eval.reference import reference_stats
 
 
 def main() -> None:
@@ -46,7 +45,7 @@ def main() -> None:
                    help="E-CAR / FlowAR: also the FIDs with stages k..S generated from the true states before "
                         "stage k (fid_free_from_k, benchmarks/fashion_ablation.py; --n training images, seed 0)")
     a = p.parse_args()
-    L = load_for_inference(a.run, torch.device("cpu"))
+    L = ecar.load(a.run, "cpu")
     name = a.features or default_feature_net(L.cfg.data.name)
     ext = load_feature_net(name)
     ref = reference_stats(L.cfg, ext, max_images=a.ref_max, progress=False)
@@ -63,13 +62,13 @@ def main() -> None:
         s = dataclasses.replace(L.cfg.sample, sampler=sampler,
                                 **{k: v for k, v in kw.items() if k in known or v is not None})
         t = time.time()
-        r = evaluate_seeds(L.model, L.cfg, L.autoencoder, seeds=tuple(int(v) for v in a.seeds.split(",")),
+        r = evaluate_seeds(L, seeds=tuple(int(v) for v in a.seeds.split(",")),
                            n=a.n, metrics=("fid", "pr"), features=ext, reference=ref, sample=s, progress=False)
         row = {"run": a.run, "setting": setting, "features": name, "reference_images": ref["n_images"], "cfg": s.cfg, "cfg_interval": s.cfg_interval,
                "train_steps": L.step, "fid": round(r["fid_mean"], 2), "fid_std": round(r["fid_std"] or 0, 2),
                "seeds": a.seeds, "n": a.n, "precision": round(r["precision"], 3), "recall": round(r["recall"], 3),
                "reference_split": r["reference_split"],
-               "gflops_per_image": round(count_flops(L.model, L.cfg, s, batch=2), 3),
+               "gflops_per_image": round(L.gflops(s, batch=2), 3),
                "seconds": round(time.time() - t), "command": command}
         if a.teacher_forced and len(steps) > 1:
             from fashion_ablation import teacher_forced_fids  # benchmarks/ is this script's folder

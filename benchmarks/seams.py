@@ -28,9 +28,8 @@ import sys
 
 import torch
 
-from ecar.build import load_for_inference
+import ecar
 from ecar.data import build_dataset
-from ecar.generate import generate_images, labels_for
 
 
 def border_ratios(images: torch.Tensor, periods: list[int]) -> dict[int, float]:
@@ -61,7 +60,7 @@ def main() -> None:
     rows, real_ratio = [], None
     for spec in a.settings:
         run, sampler, steps, *rest = spec.split(":")
-        L = load_for_inference(run, torch.device("cpu"))
+        L = ecar.load(run, "cpu")
         if real_ratio is None:
             ds = build_dataset(L.cfg.data.name, split="heldout")
             real = torch.stack([ds[i][0] for i in range(min(a.n, len(ds)))])
@@ -73,8 +72,7 @@ def main() -> None:
         if rest:
             kw["cfg"] = float(rest[0])
         sample = dataclasses.replace(L.cfg.sample, sampler=sampler, **kw)
-        labels = labels_for(a.n, L.cfg.data.num_classes)
-        imgs = generate_images(L.model, L.cfg, L.autoencoder, labels, sample=sample, seed=a.seed)["images"]
+        imgs = L(a.n, sample=sample, seed=a.seed).tensor
         ratio = border_ratios(imgs.clamp(-1, 1), periods)
         rows.append({"setting": spec, "n": a.n, "seed": a.seed, "border_ratio": ratio,
                      "seam_index": {str(k): round(ratio[k] / real_ratio[k], 4) for k in periods},

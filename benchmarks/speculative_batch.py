@@ -23,29 +23,33 @@ import sys
 import time
 from pathlib import Path
 
+import dataclasses
+
 import torch
 
-from ecar.build import LatentSpec, load_for_inference
+import ecar
+from ecar.autoencoders import IdentityAutoencoder
+from ecar.build import LatentSpec
 from ecar.config import load_config
-from ecar.generate import check_draft_pair
 from ecar.methods import apply_sample_overrides
 from ecar.methods.ar import AR_METHOD
-from ecar.train.draft import make_draft_head
 
 BATCHES = "1,4,16,64,256"
 
 
-def quick_pair():
-    """A random-weight ar target on 8×8 latents (16 tokens) and a fresh draft head on it."""
+def quick_pair() -> tuple[ecar.Pipeline, ecar.Pipeline]:
+    """A random-weight ar target on 8×8 latents (16 tokens) and a fresh draft head on it, as pipelines."""
     cfg = load_config(None, ["model.name=ar-tiny", "sample.steps=4", "sample.cfg=2.0", "model.context_time=0.9",
-                             "sample.time_power=2"])
+                             "sample.time_power=2", "data.resolution=8", "data.channels=1", "data.num_classes=10"])
     target = AR_METHOD.build(cfg.model, LatentSpec(1, 8, 10))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in target.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    draft, _ = make_draft_head(target.eval(), cfg, components=4, width=32)
-    return target, draft.eval(), cfg.sample
+    draft, draft_model_cfg = AR_METHOD.drafting.make_draft(target.eval(), cfg.model, components=4, width=32)
+    ae = IdentityAutoencoder(1)
+    return (ecar.Pipeline(target, cfg, ae),
+            ecar.Pipeline(draft.eval(), dataclasses.replace(cfg, model=draft_model_cfg), ae))
 
 
 def timed(fn) -> tuple[float, dict]:
@@ -72,17 +76,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
-        target, draft, sample = quick_pair()
+        target, draft = quick_pair()
+        sample = target.sample
         batches, repeats = [1, 4], min(args.repeats, 2)
     else:
         if not (args.target and args.draft):
             raise SystemExit("error: give --target and --draft runs (or --quick)")
-        t, d = load_for_inference(args.target, torch.device("cpu")), load_for_inference(args.draft, torch.device("cpu"),
-                                                                                         use_ema=False)
-        check_draft_pair(t.cfg, d.cfg)
-        target, draft, sample = t.model.eval(), d.model.eval(), apply_sample_overrides(t.cfg.sample, args.sample)
+        target, draft = ecar.load(args.target, "cpu"), ecar.load(args.draft, "cpu", ema=False)
+        sample = apply_sample_overrides(target.sample, args.sample)
         batches, repeats = [int(b) for b in args.batches.split(",")], args.repeats
     sample = apply_sample_overrides(sample, ["gamma=auto"])
+    drafted = target.with_draft(draft)  # refused unless the draft fits the target
     rows = []
     for b in batches:
         calls = max(1, -(-max(args.images, b) // b))
@@ -90,14 +94,13 @@ def main() -> None:
         row = {"batch": b, "calls": calls, "images": calls * b, "plain_s": [], "speculative_s": [], "choices": [],
                "acceptance": []}
         for r in range(repeats):  # interleaved: a drift of the machine hits both sides alike
-            gen = torch.Generator().manual_seed(r)
-            s, _ = timed(lambda: [AR_METHOD.generate(target, sample, labels, gen) for _ in range(calls)])
+            seeds = [r * calls + c for c in range(calls)]  # one pipeline call per sampling call, seeded
+            s, _ = timed(lambda: [target(labels=labels, sample=sample, seed=k, batch_size=b) for k in seeds])
             row["plain_s"].append(s)
-            gen = torch.Generator().manual_seed(r)
-            s, outs = timed(lambda: [AR_METHOD.speculative(target, draft, sample, labels, gen) for _ in range(calls)])
+            s, outs = timed(lambda: [drafted(labels=labels, sample=sample, seed=k, batch_size=b) for k in seeds])
             row["speculative_s"].append(s)
-            row["choices"] += [c for o in outs for c in o["stats"].choices]
-            row["acceptance"] += [o["stats"].as_dict()["acceptance_rate"] for o in outs]
+            row["choices"] += [c for o in outs for c in o.speculative["choices"]]
+            row["acceptance"] += [o.speculative["acceptance_rate"] for o in outs]
         p, q = statistics.median(row["plain_s"]), statistics.median(row["speculative_s"])
         row.update(plain_latency_s=p / calls, speculative_latency_s=q / calls, plain_images_per_s=row["images"] / p,
                    speculative_images_per_s=row["images"] / q, speedup=p / q,
@@ -112,6 +115,7 @@ def main() -> None:
                     "threads": torch.get_num_threads(), "torch": torch.__version__},
         "target": args.target, "draft": args.draft, "quick": args.quick, "repeats": repeats,
         "sample": {k: v for k, v in vars(sample).items()},
+        "timed": "pipeline calls (ecar.Pipeline, decoding included; identity for pixel space), one seed per call",
         "rows": rows,
         "min_speedup": min(r["speedup"] for r in rows),
     }

@@ -21,11 +21,11 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
 
-from ecar.build import load_for_inference
-from ecar.eval.evaluate import default_feature_net, fid_of_images, reference_stats
-from ecar.generate import check_draft_pair, generate_images, labels_for
+import ecar
+from ecar.eval.evaluate import fid_of_images
+from ecar.eval.features import default_feature_net
+from ecar.eval.reference import reference_stats
 from ecar.methods import apply_sample_overrides
 
 
@@ -48,20 +48,18 @@ def main() -> None:
     args = ap.parse_args()
     if Path(args.out).exists():
         raise SystemExit(f"error: {args.out} exists; choose a new --out")
-    target = load_for_inference(args.target, torch.device("cpu"))
-    draft = load_for_inference(args.draft, torch.device("cpu"), use_ema=False)
-    check_draft_pair(target.cfg, draft.cfg)
+    target = ecar.load(args.target, "cpu")
+    draft = ecar.load(args.draft, "cpu", ema=False)
+    drafted = target.with_draft(draft)  # refused unless the draft fits the target
     net = default_feature_net(target.cfg.data.name)
     ref = reference_stats(target.cfg, net)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    base = apply_sample_overrides(target.cfg.sample, args.sample)
+    base = apply_sample_overrides(target.sample, args.sample)
 
     def fids(sample) -> dict:
         out = []
         for seed in seeds:
-            images = generate_images(target.model, target.cfg, target.autoencoder,
-                                     labels_for(args.fid_n, target.num_classes), sample, seed=seed,
-                                     batch_size=250)["images"]
+            images = target(args.fid_n, sample=sample, seed=seed, batch_size=250).tensor
             out.append(fid_of_images(images, ref, net))
         return summary(out)
 
@@ -69,9 +67,7 @@ def main() -> None:
     for item in args.settings.split(";"):
         power, end = (float(v) for v in item.split(","))
         sample = apply_sample_overrides(base, [f"time_power={power}", f"chain_end={end}"])
-        spec = generate_images(target.model, target.cfg, target.autoencoder,
-                               labels_for(args.accept_n, target.num_classes), sample, seed=0,
-                               batch_size=args.accept_n, draft=draft.model)["speculative"]
+        spec = drafted(args.accept_n, sample=sample, seed=0, batch_size=args.accept_n).speculative
         row = {"time_power": power, "chain_end": end, "fid_plain": fids(sample),
                "acceptance_rate": spec["acceptance_rate"], "tokens_per_target_pass": spec["tokens_per_target_pass"],
                "speculative": spec}

@@ -6,11 +6,12 @@
 2. The draft (``--draft-kind``):
    ``head`` (default): the target's own transformer with a Gaussian-mixture head whose chain
    needs no network call per step, distilled on the target's own guided chains by the path KL
-   (``ecar.train.draft``, what ``ecar draft`` runs); the engine reuses the target's passes.
+   (the ar method's drafting, :mod:`ecar.methods.ar.draft`, what ``ecar draft`` runs); the
+   engine reuses the target's passes.
    ``network``: a separate small ``ar`` network (``configs/digits_ar_draft.yaml`` with
    ``--draft-overrides``) distilled by regressing its head velocity on the target's.
    ``--draft RUN`` reuses a draft made earlier. It is saved as the run ``WORK/draft``.
-3. GFLOPs per image of both at the sampling settings (``ecar.eval.cost.count_flops``, plain
+3. GFLOPs per image of both at the sampling settings (``ecar.Pipeline.gflops``, plain
    sampling of each network): the draft must be >= 4× cheaper.
 4. Timing: ``--time-images`` images in batches of ``--time-batch`` (speculative decoding
    pays off where a call's cost is latency, i.e. small batches), plain and speculative at
@@ -46,15 +47,15 @@ from pathlib import Path
 
 import torch
 
-from ecar.build import build_data, load_for_inference
+import ecar
+from ecar.build import build_data
 from ecar.checkpoint import save_checkpoint
 from ecar.config import load_config
-from ecar.eval.cost import count_flops
-from ecar.eval.evaluate import default_feature_net, fid_of_images, reference_stats
+from ecar.eval.evaluate import fid_of_images
+from ecar.eval.features import default_feature_net
+from ecar.eval.reference import reference_stats
 from ecar.flow import drop_labels, interpolate, sample_time, target_velocity
-from ecar.generate import check_draft_pair, generate_images, labels_for
 from ecar.methods import apply_sample_overrides
-from ecar.train.draft import distill_draft_head, make_draft_head
 from ecar.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,11 +110,10 @@ def sequential_calls(stats: dict, images: int, batch: int, steps: int, tokens: i
             "speculative_draft": (stats["draft_passes"] + stats["draft_head_calls"]) / batches}
 
 
-def timed(loaded, labels, sample, batch: int, seed: int, draft=None) -> tuple[float, dict | None]:
+def timed(pipe: ecar.Pipeline, labels, sample, batch: int, seed: int) -> tuple[float, dict | None]:
     start = time.perf_counter()
-    out = generate_images(loaded.model, loaded.cfg, loaded.autoencoder, labels, sample, seed=seed,
-                          batch_size=batch, draft=draft)
-    return time.perf_counter() - start, out.get("speculative")
+    out = pipe(labels=labels, sample=sample, seed=seed, batch_size=batch)
+    return time.perf_counter() - start, out.speculative
 
 
 def main() -> None:
@@ -161,29 +161,30 @@ def main() -> None:
         cfg = load_config(ROOT / "configs" / "digits_ar.yaml",
                           [*args.target_overrides, f"train.max_steps={args.target_steps}", *QUIET])
         train(cfg, target_run, progress=False)
-    target = load_for_inference(str(target_run), torch.device("cpu"))
+    target = ecar.load(target_run, "cpu")
     losses, distill_s, res = [float("nan")], None, None
-    sample = apply_sample_overrides(target.cfg.sample, args.sample)
+    sample = apply_sample_overrides(target.sample, args.sample)
+    drafting = target.method.drafting
+    assert drafting is not None, "the target's method cannot be drafted"
     if args.draft:
         draft_run = Path(args.draft)
-        draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
-        check_draft_pair(target.cfg, draft.cfg)
+        draft = ecar.load(draft_run, "cpu", ema=False)
     elif args.draft_kind == "head":  # built from the target: a pair by construction
         t0 = time.perf_counter()
-        model, dcfg = make_draft_head(target.model, target.cfg, args.components, args.draft_width)
-        res = distill_draft_head(target.model, model, target.cfg, sample, steps=args.draft_steps,
-                                 batch=args.draft_batch, lr=args.draft_lr)
+        model, model_cfg = drafting.make_draft(target.model, target.cfg.model, args.components, args.draft_width)
+        res = drafting.distill(target.model, model, sample, steps=args.draft_steps, batch=args.draft_batch,
+                               lr=args.draft_lr, pool=2000)
         distill_s, losses = time.perf_counter() - t0, res["losses"]
         draft_run = work / "draft"  # ecar sample --ckpt TARGET --draft it
+        dcfg = dataclasses.replace(target.cfg, model=model_cfg)
         save_checkpoint(draft_run, model=model, ema=model, cfg=dcfg, step=args.draft_steps, train_state={})
-        draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
+        draft = ecar.load(draft_run, "cpu", ema=False)
     else:
         draft_run = work / "draft_init"
         dcfg = load_config(ROOT / "configs" / "digits_ar_draft.yaml",
                            [*args.draft_overrides, "train.max_steps=1", *QUIET])
         train(dcfg, draft_run, progress=False)  # a checkpoint of the draft's architecture, then distilled here
-        draft = load_for_inference(str(draft_run), torch.device("cpu"), use_ema=False)
-        check_draft_pair(target.cfg, draft.cfg)
+        draft = ecar.load(draft_run, "cpu", ema=False)
         t0 = time.perf_counter()
         losses = distill(target.model, draft.model, target.cfg, args.draft_steps, args.draft_batch,
                          args.draft_lr, args.fm_weight, seed=0)
@@ -194,10 +195,11 @@ def main() -> None:
     report = Path(draft_run) / "draft.json"  # what ecar draft measured while distilling (or res: distilled here)
     distillation = json.loads(report.read_text()) if report.exists() else res
     distillation = distillation and {k: v for k, v in distillation.items() if k != "losses"}
-    gflops_t = count_flops(target.model, target.cfg, sample, batch=4)
-    gflops_d = count_flops(draft.model, target.cfg, sample, batch=4)
+    drafted = target.with_draft(draft)  # refused unless the draft fits the target
+    gflops_t = target.gflops(sample, batch=4)
+    gflops_d = draft.gflops(sample, batch=4)
 
-    labels = labels_for(args.time_images, target.num_classes)
+    labels = target.labels(args.time_images)
     threads = [int(t) for t in args.thread_counts.split(",")] if args.thread_counts else [torch.get_num_threads()]
     default_threads = torch.get_num_threads()
     plain_times = {th: [] for th in threads}
@@ -208,7 +210,7 @@ def main() -> None:
             torch.set_num_threads(th)
             plain_times[th].append(timed(target, labels, sample, args.time_batch, seed=r)[0])
             for st in (st for st in settings if st["threads"] == th):
-                s, st["stats"] = timed(target, labels, st["sample"], args.time_batch, seed=r, draft=draft.model)
+                s, st["stats"] = timed(drafted, labels, st["sample"], args.time_batch, seed=r)
                 st["seconds"].append(s)
     torch.set_num_threads(default_threads)
     # each side at its own best: plain at its fastest thread count, speculative at its fastest setting
@@ -226,15 +228,13 @@ def main() -> None:
     ode = dataclasses.replace(sample, sampler="euler")
     fid_stats = []
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
-        lab = labels_for(args.fid_n, target.num_classes)
-        plain = generate_images(target.model, target.cfg, target.autoencoder, lab, sample, seed=seed, batch_size=256)
-        spec = generate_images(target.model, target.cfg, target.autoencoder, lab, sample, seed=seed, batch_size=256,
-                               draft=draft.model)
-        fids["plain"].append(fid_of_images(plain["images"], ref, net))
-        fids["speculative"].append(fid_of_images(spec["images"], ref, net))
-        ode_images = generate_images(target.model, target.cfg, target.autoencoder, lab, ode, seed=seed, batch_size=256)
-        fids["plain_euler_ode"].append(fid_of_images(ode_images["images"], ref, net))
-        fid_stats.append(spec["speculative"])
+        plain = target(args.fid_n, sample=sample, seed=seed, batch_size=256)
+        spec = drafted(args.fid_n, sample=sample, seed=seed, batch_size=256)
+        fids["plain"].append(fid_of_images(plain.tensor, ref, net))
+        fids["speculative"].append(fid_of_images(spec.tensor, ref, net))
+        ode_images = target(args.fid_n, sample=ode, seed=seed, batch_size=256)
+        fids["plain_euler_ode"].append(fid_of_images(ode_images.tensor, ref, net))
+        fid_stats.append(spec.speculative)
 
     def summary(v):
         return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "values": v}

@@ -7,7 +7,7 @@ shape, so neither a dataset nor autoencoder weights are needed):
   warm-up steps, wall-clock per step (CUDA synchronised), with the recipe's precision
   (bf16 autocast on CUDA when ``--precision bf16``);
 * **training GFLOPs per image**: one forward + backward counted by ``FlopCounterMode``
-  (attention included, :mod:`ecar.eval.flops`);
+  (attention included, :mod:`ecar.flops`);
 * **sampling images/s and GFLOPs per image** at the recipe's shipped sampler settings, by
   :func:`ecar.eval.cost.measure_cost` (the protocol of ``ecar bench``);
 * **MFU** = achieved FLOP/s ÷ the device's peak dense bf16 FLOP/s, for known GPUs only
@@ -36,12 +36,14 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import ecar.eval.flops  # noqa: F401  (attention FLOPs on every device)
+import ecar.flops  # noqa: F401  (attention FLOPs on every device)
 from ecar.autoencoders.taef2 import DOWNSAMPLE, LATENT_CHANNELS
 from ecar.build import LatentSpec, build_model
 from ecar.config import load_config
 from ecar.device import pick_device
 from ecar.eval.cost import measure_cost, median_seconds
+from ecar.autoencoders import IdentityAutoencoder
+from ecar.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,7 +137,7 @@ def measure(name: str, recipe: str, overrides: list[str], batch: int, device: to
     spec = _spec(cfg)
     train_row, model = measure_training(cfg, spec, batch, device, precision, steps, warmup)
     with autocast_for(device, precision):
-        cost = measure_cost(model, cfg)
+        cost = measure_cost(Pipeline(model, cfg, IdentityAutoencoder(spec.channels)))
     peak = _peak(device)
     sample_ips = 1.0 / cost.seconds_per_image
     return {

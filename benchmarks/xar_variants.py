@@ -12,7 +12,7 @@ with those overrides (``sample.*`` ones go to ``ecar eval`` as flags instead) fo
 optimiser steps (``ecar train``; a fixed step count, not
 a time budget, so nothing here is a timing) and scores the EMA weights with ``ecar eval
 --seeds`` (FID mean ± std over the sampling seeds, against the held-out split), plus the
-GFLOPs per image of the shipped sampler (:func:`ecar.eval.cost.count_flops`) and the
+GFLOPs per image of the shipped sampler (:meth:`ecar.Pipeline.gflops`) and the
 training step's wall time as logged (indicative only: the machine is shared). Rows go into
 ``--json`` (a list; a variant's row is replaced when it is scored again), each with the
 commands that made it. Existing run directories and scores are reused (delete one to redo it); a
@@ -31,10 +31,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 
-from ecar.build import load_for_inference
-from ecar.eval.cost import count_flops
+import ecar
 from ecar.methods import apply_sample_overrides
 
 
@@ -81,15 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         if not score.exists():  # delete it to score again
             _run(eval_cmd)
         res = json.loads(score.read_text())
-        loaded = load_for_inference(str(run), torch.device("cpu"))
-        gflops = count_flops(loaded.model, loaded.cfg, apply_sample_overrides(loaded.cfg.sample, sample))
+        loaded = ecar.load(run, "cpu")
+        gflops = loaded.gflops(apply_sample_overrides(loaded.sample, sample), batch=64)
         logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         last = [r for r in logs if "loss" in r][-1]
         row = {"variant": name, "overrides": overrides, "config": args.config, "train_steps": args.steps,
                "fid_mean": res["fid_mean"], "fid_std": res["fid_std"], "fid_per_seed": res["fid_per_seed"],
                "seeds": res["seeds"], "n": args.n, "reference_split": res.get("reference_split"),
                "steps": res["steps"], "sampler": res["sampler"], "gflops_per_image": gflops,
-               "final_loss": last["loss"], "params": sum(q.numel() for q in loaded.model.parameters()),
+               "final_loss": last["loss"], "params": loaded.params,
                "commands": [" ".join(train_cmd), " ".join(eval_cmd)]}
         rows = [r for r in rows if r["variant"] != name] + [row]
         path.parent.mkdir(parents=True, exist_ok=True)

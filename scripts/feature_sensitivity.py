@@ -12,7 +12,7 @@ For each classifier feature net: reference = features of the ``train`` split (th
 * Gaussian blur with standard deviation s ∈ ``--blur`` pixels,
 
 each clamped and quantised to uint8 levels exactly as generated images are
-(:func:`ecar.eval.evaluate.features_of_images`). Prints FID per level and two scale-free
+(:func:`ecar.eval.features.features_of_images`). Prints FID per level and two scale-free
 readings of it:
 
 * ``/clean``: FID / FID(clean held-out images), i.e. how far a degradation stands above the
@@ -37,14 +37,10 @@ from pathlib import Path
 import torch
 
 from ecar.data import build_dataset
-from ecar.eval.evaluate import features_of_images
-from ecar.eval.features import (
-    ClassifierFeatureExtractor,
-    add_pixel_noise,
-    gaussian_blur,
-    load_classifier,
-)
+from ecar.eval.feature_nets import load_classifier
+from ecar.eval.features import ClassifierFeatureExtractor, features_of_images
 from ecar.eval.metrics import feature_stats, frechet_distance
+from perturbations import add_pixel_noise, gaussian_blur  # scripts/perturbations.py, beside this script
 
 DATASETS = {"digits": "digits", "shapes": "shapes", "fashion": "fashion-mnist"}
 NOISE = (0.0, 0.02, 0.05, 0.1, 0.2)

@@ -5,7 +5,7 @@
     python scripts/train_feature_net.py --dataset shapes --out src/ecar/assets/
     python scripts/train_feature_net.py --dataset fashion --out src/ecar/assets/
 
-Trains :class:`ecar.eval.features.DigitsNet` (``--features spatial`` by default: layout
+Trains :class:`ecar.eval.feature_nets.DigitsNet` (``--features spatial`` by default: layout
 features of the 4×4 map without global pooling plus first-layer texture statistics; see its
 docstring) on the ``train`` split with light augmentation (random shifts of up to
 ``--max-shift`` pixels with edge-replicate padding; random horizontal flips for
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ecar.data import build_dataset
-from ecar.eval.features import FEATURE_MODES, DigitsNet, save_classifier
+from ecar.eval.feature_nets import FEATURE_MODES, DigitsNet, save_classifier
 
 DATASETS = {"digits": "digits", "shapes": "shapes", "fashion": "fashion-mnist"}
 """Feature-net name -> dataset name (``build_dataset``)."""

@@ -19,6 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: tiny models gain nothing from intra-op threads,
+    and on shared cores they lose a lot. (A module asks for it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``.)"""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def tiny_overrides():
     """Overrides that make any recipe train in seconds."""

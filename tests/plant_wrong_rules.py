@@ -3,8 +3,9 @@ check (tests/speculative_law.py) against each (issue 28, part 4): every planted 
 caught, the real rule must pass, and no run may hang (residual loops are capped).
 
 The copy is made from the engine's source text with one rule changed, loaded as new modules
-(``ecar.engine.speculative_rules`` and ``ecar.engine.speculative`` under other names); the real
-engine is never edited. A replacement whose text is not found exactly once stops the script:
+(``ecar.engine.speculative_rules``, ``ecar.engine.speculative_residual`` and
+``ecar.engine.speculative`` under other names, each importing the copies); the real engine is
+never edited. A replacement whose text is not found exactly once stops the script:
 a rule planted nowhere would pass for the wrong reason.
 
     python tests/plant_wrong_rules.py --out benchmarks/results/speculative_planted_rules.json
@@ -25,6 +26,7 @@ sys.path.insert(0, str(HERE))
 from speculative_law import THRESHOLD_P, draw, exact_law, law_pvalue, pair  # noqa: E402
 
 import ecar.engine.speculative as engine  # noqa: E402
+import ecar.engine.speculative_residual as residual  # noqa: E402
 import ecar.engine.speculative_rules as rules  # noqa: E402
 
 THRESHOLD = THRESHOLD_P
@@ -74,8 +76,11 @@ def planted_engine(rule: dict, tag: str):
     """``generate_speculative`` of an engine copy with ``rule``'s changes."""
     rules_src = _patched(Path(rules.__file__).read_text(), rule.get("rules", []))
     rules_copy = _load(f"planted_rules_{tag}", rules_src)
+    uses_rules = ("from ecar.engine.speculative_rules import", f"from {rules_copy.__name__} import")
+    residual_copy = _load(f"planted_residual_{tag}", Path(residual.__file__).read_text().replace(*uses_rules))
     engine_src = _patched(Path(engine.__file__).read_text(), rule.get("engine", []))
-    engine_src = engine_src.replace("from ecar.engine.speculative_rules import", f"from {rules_copy.__name__} import")
+    engine_src = engine_src.replace(*uses_rules).replace("from ecar.engine.speculative_residual import",
+                                                          f"from {residual_copy.__name__} import")
     return _load(f"planted_engine_{tag}", engine_src).generate_speculative
 
 

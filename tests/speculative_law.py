@@ -44,6 +44,22 @@ class AffineHead(nn.Module):
         shift = torch.where(t < 0.3, 1.0, -0.4) * torch.tensor([1.0, -0.5], dtype=x.dtype)
         return -self.a * x + (1 + t) * zc + self.s * shift
 
+    def chain_means(self, zc, times, a, b, weights=None):
+        """The causal loop's head protocol (:class:`ecar.engine.causal.ChainHead`): step k's mean
+        a_k·x + b_k·v(x, t_k), v guided as v_null + w·(v_cond − v_null) when ``weights`` w is given
+        (zc then holds the conditional and the null half); one velocity call per step."""
+        coef_a, coef_b = a.tolist(), b.tolist()
+
+        def m(x, k):
+            t = times[k].to(x.dtype).expand(x.shape[:2])
+            if weights is None:
+                v = self(x, t, zc)
+            else:
+                v = torch.lerp(self(x, t, zc[1]), self(x, t, zc[0]), weights.to(x.dtype))
+            return torch.add(x * coef_a[k], v, alpha=coef_b[k])
+
+        return m
+
 
 class AffineCausal(nn.Module):
     """The causal-network interface the engine reads (``step``, ``head_condition``, ``velocity``,

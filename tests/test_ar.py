@@ -15,7 +15,7 @@ import torch
 from ecar.build import LatentSpec
 from ecar.cli import main as cli_main
 from ecar.config import ConfigError, load_config
-from ecar.generate import check_draft_pair
+from ecar.pipeline import check_draft_pair
 from ecar.methods import METHODS, apply_sample_overrides, method_of, sampler_flags
 from ecar.methods.ar import AR_METHOD, ARSampleConfig
 from ecar.samplers import euler_maruyama

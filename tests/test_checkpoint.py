@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ecar.build import LatentSpec, build_model, load_for_inference
+from ecar import load
+from ecar.build import LatentSpec, build_model
 from ecar.checkpoint import (
     CHECKPOINT_FILES,
     RUN_MARKER,
@@ -62,7 +63,7 @@ def test_round_trip(tmp_path):
     for path in (tmp_path, tmp_path / "checkpoints", folder):  # run, its checkpoints/, one step
         ck = load_checkpoint(path)
         assert ck.step == 3 and ck.family == "dit" and ck.cfg == cfg and ck.directory == folder
-    loaded = load_for_inference(str(tmp_path), torch.device("cpu"), use_ema=False)
+    loaded = load(tmp_path, "cpu", ema=False)
     assert loaded.directory == folder and loaded.step == 3
     for (k, a), b in zip(model.state_dict().items(), loaded.model.state_dict().values()):
         assert torch.equal(a, b), k
@@ -75,7 +76,7 @@ def test_old_layout_still_loads(tmp_path):
     assert is_run(run) and has_checkpoint(run)
     ck = load_checkpoint(run)
     assert ck.step == 3 and ck.directory == run
-    loaded = load_for_inference(str(run), torch.device("cpu"), use_ema=False)
+    loaded = load(run, "cpu", ema=False)
     for (k, a), b in zip(model.state_dict().items(), loaded.model.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -155,7 +156,7 @@ def test_someone_elses_files_are_not_a_run(tmp_path):
 
 def test_the_crash_test_hook_is_inert_when_unset(tmp_path, monkeypatch):
     monkeypatch.delenv(SAVE_PAUSE_ENV, raising=False)
-    monkeypatch.setattr("ecar.checkpoint.time.sleep", lambda s: pytest.fail("a save slept"))
+    monkeypatch.setattr("time.sleep", lambda s: pytest.fail("a save slept"))
     _save(tmp_path)
 
 
@@ -171,7 +172,7 @@ def test_mismatched_shapes_are_explained(tmp_path):
     text = (folder / "config.yaml").read_text().replace("hidden: 64", "hidden: 96")
     (folder / "config.yaml").write_text(text)
     with pytest.raises(CheckpointError, match="shape mismatch"):
-        load_for_inference(str(tmp_path), torch.device("cpu"))
+        load(tmp_path, "cpu")
 
 
 def test_wrong_family_is_explained(tmp_path):

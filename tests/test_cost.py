@@ -1,6 +1,6 @@
 """FLOP counting and timing of whole sampling calls.
 
-The FLOP tests compare PyTorch's counter (with :mod:`ecar.eval.flops` registered through
+The FLOP tests compare PyTorch's counter (with :mod:`ecar.flops` registered through
 ``ecar.eval.cost``) against formulas written here from the architecture. Conventions: a
 linear layer of fan-in a and fan-out b costs 2·a·b per row (bias, norms, activations and
 other elementwise work are not counted); attention costs 2·N_q·N_k·D for Q·Kᵀ plus the same
@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ecar.build import LatentSpec, build_model
 from ecar.config import load_config
-from ecar.eval import flops as ecar_flops
+from ecar import flops as ecar_flops
 from ecar.eval.cost import (
     TIMING_BATCH,
     TIMING_REPEATS,
@@ -31,6 +31,13 @@ from ecar.eval.cost import (
     time_sampling,
 )
 from ecar.layers import AdaLNBlock, KVCache
+from ecar.autoencoders import IdentityAutoencoder
+from ecar.pipeline import Pipeline
+
+
+def _pipe(model, cfg):
+    """The pipeline of an in-memory network (its cost is measured in latent space)."""
+    return Pipeline(model, cfg, IdentityAutoencoder(1))
 
 ROOT = Path(__file__).resolve().parents[1]
 aten = torch.ops.aten
@@ -145,7 +152,7 @@ def test_registration_covers_the_cpu_kernel_without_double_counting():
                  "_scaled_dot_product_flash_attention_backward"):
         assert flop_counter.flop_registry[getattr(aten, name)].__module__ == "torch.utils.flop_counter"
     for name in ecar_flops.REGISTERED:
-        assert flop_counter.flop_registry[getattr(aten, name)].__module__ == "ecar.eval.flops"
+        assert flop_counter.flop_registry[getattr(aten, name)].__module__ == "ecar.flops"
 
 
 # ---------------------------------------------------------------- one block, one DiT forward
@@ -200,9 +207,7 @@ def test_ecar_sampling_counts_attention_of_every_stage(head):
     steps = [2, 3, 4]
     s = dataclasses.replace(cfg.sample, sampler="euler", stage_steps=steps, cfg=2.0, cfg_schedule="constant")
     b = 2
-    from ecar.eval.cost import _sampling_call
-
-    run, _ = _sampling_call(model, cfg, s, b)
+    run = _pipe(model, cfg).latent_call(s, b)
     total, attn = _count(lambda: run(0))
 
     grids = model.grids
@@ -217,7 +222,7 @@ def test_ecar_sampling_counts_attention_of_every_stage(head):
     assert attn == expected > 0
     pinned = {"mlp": 778_240, "transformer": 2_977_792}[head]
     assert attn == pinned
-    assert count_flops(model, cfg, s, batch=b) == pytest.approx(total / b / 1e9, rel=1e-12)
+    assert count_flops(_pipe(model, cfg), s, batch=b) == pytest.approx(total / b / 1e9, rel=1e-12)
 
 
 @pytest.mark.parametrize("name", ["dit-tiny", "ecar-tiny"])
@@ -225,7 +230,7 @@ def test_flops_per_image_do_not_depend_on_the_batch(name):
     cfg, model = _model(name, **{"model.patch": 4})
     per_stage = {"stage_steps": [2, 2, 2]} if name.startswith("ecar") else {}
     s = dataclasses.replace(cfg.sample, steps=3, cfg=2.0, **per_stage)
-    per_image = [count_flops(model, cfg, s, batch=n) for n in (1, 2, 5)]
+    per_image = [count_flops(_pipe(model, cfg), s, batch=n) for n in (1, 2, 5)]
     assert per_image[0] > 0
     assert per_image[1] == pytest.approx(per_image[0], rel=1e-12)
     assert per_image[2] == pytest.approx(per_image[0], rel=1e-12)
@@ -234,9 +239,9 @@ def test_flops_per_image_do_not_depend_on_the_batch(name):
 def test_dit_flops_scale_with_steps_and_guidance():
     cfg, model = _model("dit-tiny", **{"model.patch": 4})
     s = dataclasses.replace(cfg.sample, steps=4, cfg=1.0)
-    f4 = count_flops(model, cfg, s, batch=2)
-    f8 = count_flops(model, cfg, dataclasses.replace(s, steps=8), batch=2)
-    f8g = count_flops(model, cfg, dataclasses.replace(s, steps=8, cfg=2.0), batch=2)
+    f4 = count_flops(_pipe(model, cfg), s, batch=2)
+    f8 = count_flops(_pipe(model, cfg), dataclasses.replace(s, steps=8), batch=2)
+    f8g = count_flops(_pipe(model, cfg), dataclasses.replace(s, steps=8, cfg=2.0), batch=2)
     assert f4 > 0
     assert f8 == pytest.approx(2 * f4, rel=1e-6)
     assert f8g == pytest.approx(2 * f8, rel=1e-6)  # guidance doubles every evaluation
@@ -249,10 +254,10 @@ def test_dit_flops_scale_with_steps_and_guidance():
 def test_ecar_flops_grow_with_stage_steps_and_time_is_positive():
     cfg, model = _model("ecar-tiny", **{"model.patch": 4})
     s = dataclasses.replace(cfg.sample, stage_steps=[2, 2, 2], cfg=1.0)
-    small = count_flops(model, cfg, s, batch=2)
-    big = count_flops(model, cfg, dataclasses.replace(s, stage_steps=[2, 2, 8]), batch=2)
+    small = count_flops(_pipe(model, cfg), s, batch=2)
+    big = count_flops(_pipe(model, cfg), dataclasses.replace(s, stage_steps=[2, 2, 8]), batch=2)
     assert big > small > 0
-    cost = measure_cost(model, cfg, s, batch=4, repeats=2, warmup=1)
+    cost = measure_cost(_pipe(model, cfg), s, batch=4, repeats=2, warmup=1)
     assert cost.seconds_per_image > 0 and cost.gflops_per_image == pytest.approx(small, rel=1e-6)
     d = cost.as_dict()
     assert (d["cost_batch"], d["cost_repeats"], d["cost_warmup"]) == (4, 2, 1)
@@ -273,7 +278,7 @@ def test_one_protocol_defaults():
 
 @pytest.mark.parametrize("path", ["src/ecar/demo.py", "benchmarks/cost_digits.py"])
 def test_callers_use_the_protocol_defaults(path):
-    """The demo and the digits cost benchmark call measure_cost(model, cfg) and nothing else."""
+    """The demo and the digits cost benchmark call measure_cost(_pipe(model, cfg)) and nothing else."""
     def name(func):
         return getattr(func, "id", getattr(func, "attr", None))
 
@@ -281,4 +286,4 @@ def test_callers_use_the_protocol_defaults(path):
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and name(n.func) == "measure_cost"]
     assert calls, f"{path} no longer calls measure_cost"
     for call in calls:
-        assert len(call.args) == 2 and not call.keywords, ast.unparse(call)
+        assert len(call.args) == 1 and not call.keywords, ast.unparse(call)

@@ -17,7 +17,7 @@ from ecar.cli import main as cli_main
 from ecar.methods.ar import AR_METHOD
 from ecar.models.ar import shares_transformer
 from ecar.models.heads import MixtureHead
-from ecar.train.draft import distill_draft_head, make_draft_head
+from ecar.methods.ar.draft import distill_draft_head, make_draft_head
 
 from test_speculative import ALPHA, _net, trained_pair  # noqa: F401  (trained_pair: a fixture)
 
@@ -78,11 +78,11 @@ def test_mixture_chain_means_and_step_chain_reproduce_the_velocity_and_the_chain
 
 def test_draft_head_shares_the_targets_transformer_and_nothing_else():
     cfg, target = _net(1)
-    draft, dcfg = make_draft_head(target, cfg, components=4, width=32)
-    assert dcfg.model.head_type == "mixture" and isinstance(draft.head, MixtureHead)
+    draft, dcfg = make_draft_head(target, cfg.model, components=4, width=32)
+    assert dcfg.head_type == "mixture" and isinstance(draft.head, MixtureHead)
     assert shares_transformer(target, draft)
     assert all(p.requires_grad == n.startswith("head.") for n, p in draft.named_parameters())
-    other = make_draft_head(target, cfg, 4, 32)[0]
+    other = make_draft_head(target, cfg.model, 4, 32)[0]
     with torch.no_grad():
         other.blocks[0].attn.qkv.weight[0, 0] += 1e-3
     assert not shares_transformer(target, other)
@@ -94,8 +94,8 @@ def distilled(trained_pair):
     its chains (seconds)."""
     loaded = trained_pair[0]
     cfg, target = loaded.cfg, loaded.model
-    draft, _ = make_draft_head(target, cfg, components=4, width=64)
-    res = distill_draft_head(target, draft, cfg, cfg.sample, steps=150, batch=16, pool=256, seed=0)
+    draft, _ = make_draft_head(target, cfg.model, components=4, width=64)
+    res = distill_draft_head(target, draft, cfg.sample, steps=150, batch=16, pool=256, seed=0)
     return cfg, target, draft, res
 
 
@@ -116,7 +116,7 @@ def test_speculative_with_a_draft_head_samples_the_target(distilled, verify):
     sample = AR_METHOD.sample_config_cls(**{**vars(cfg.sample), "verify": verify})
     n = 4000
     labels = torch.arange(n) % 10
-    spec = AR_METHOD.speculative(target, draft, sample, labels, torch.Generator().manual_seed(0))
+    spec = AR_METHOD.drafting.speculative(target, draft, sample, labels, torch.Generator().manual_seed(0))
     plain = AR_METHOD.generate(target, sample, labels, torch.Generator().manual_seed(1))["latents"]
     st = spec["stats"].as_dict()
     assert st["draft_passes"] == 0 and st["draft_head_calls"] > 0
@@ -157,11 +157,12 @@ def test_ecar_draft_makes_a_draft_that_ecar_sample_uses(tmp_path, capsys):
         assert f"{flag}=0 is not valid" in capsys.readouterr().err and not (tmp_path / "d2").exists()
 
 
-def test_ecar_draft_refuses_a_target_that_is_not_ar(tmp_path, capsys):
+def test_ecar_draft_refuses_a_target_whose_method_cannot_be_drafted(tmp_path, capsys):
     run = tmp_path / "dit"
     assert cli_main(["train", "--quiet", "--config", str(ROOT / "configs" / "digits_dit.yaml"), "--out", str(run),
                      "train.max_steps=1", "train.tensorboard=false", "model.depth=1", "model.hidden=32",
                      "model.heads=2"]) == 0
     assert cli_main(["draft", "--ckpt", str(run), "--out", str(tmp_path / "d"), "--quiet"]) == 2
-    assert "needs the causal method ar" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is a dit checkpoint, a method that cannot be drafted" in err and "methods that can: ar" in err
     assert not (tmp_path / "d").exists()

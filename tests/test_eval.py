@@ -10,22 +10,21 @@ import pytest
 import torch
 from PIL import Image
 
+import ecar
+from ecar.autoencoders import IdentityAutoencoder
+from ecar.bench import run_bench, sweep_settings
 from ecar.cli import main
 from ecar.config import SampleConfig
-from ecar.bench import run_bench, sweep_settings
-from ecar.eval.evaluate import (
-    VALID_METRICS,
-    apply_sample_overrides,
-    default_feature_net,
-    evaluate_checkpoint,
-    evaluate_model,
-    fid_of_images,
-    quantize,
-    reference_stats,
-)
-from ecar.eval.features import FeatureExtractor, load_feature_net
+from ecar.eval.evaluate import VALID_METRICS, evaluate_checkpoint, evaluate_model, fid_of_images
+from ecar.eval.features import FeatureExtractor, default_feature_net, load_feature_net, quantize
+from ecar.eval.reference import reference_stats
+from ecar.methods import apply_sample_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pipe(model, cfg):
+    return ecar.Pipeline(model, cfg, IdentityAutoencoder(1))
 TINY = [
     "model.hidden=32", "model.depth=1", "model.heads=2", "train.max_steps=3",
     "train.batch_size=8", "train.warmup_steps=1", "train.log_every=1",
@@ -33,13 +32,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on shared cores they lose a lot."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +106,7 @@ def test_cli_sample_and_eval_validate_sampler_flags_alike(tiny_run, tmp_path, ca
 
 def test_unknown_metric_names_the_valid_ones():
     with pytest.raises(ValueError, match="fid, is, pr"):
-        evaluate_model(None, None, None, metrics=("fid", "kid"))
+        evaluate_model(None, metrics=("fid", "kid"))
     assert VALID_METRICS == ("fid", "is", "pr")
 
 
@@ -178,11 +171,8 @@ class _NoClassifier(FeatureExtractor):
 
 
 def test_inception_score_is_skipped_with_a_note_without_classifier(tiny_run, shared_cache):
-    from ecar.build import load_for_inference
-
-    loaded = load_for_inference(str(tiny_run), torch.device("cpu"))
-    r = evaluate_model(loaded.model, loaded.cfg, loaded.autoencoder, n=32, features=_NoClassifier(),
-                       cache_dir=shared_cache, progress=False)
+    r = evaluate_model(ecar.load(tiny_run, "cpu"), n=32, features=_NoClassifier(), cache_dir=shared_cache,
+                       progress=False)
     assert "is" not in r and any(note.startswith("is:") for note in r["notes"])
     assert r["features"] == "digits-noprobs" and np.isfinite(r["fid"]) and "precision" in r
 
@@ -200,23 +190,23 @@ def test_sweep_scales_shipped_steps():
     from ecar.config import load_config
 
     dit_cfg = load_config(ROOT / "configs" / "digits_dit.yaml")
-    got = [s["setting"] for s in sweep_settings(torch.nn.Linear(1, 1), dit_cfg, (0.1, 0.2, 0.5, 1, 2))]
+    got = [s["setting"] for s in sweep_settings(_pipe(torch.nn.Linear(1, 1), dit_cfg), (0.1, 0.2, 0.5, 1, 2))]
     assert got == ["shipped", "euler steps=5", "euler steps=10", "euler steps=25", "euler steps=100"]
-    both = sweep_settings(torch.nn.Linear(1, 1), dit_cfg, (0.08, 1), samplers=("euler", "heun"))
+    both = sweep_settings(_pipe(torch.nn.Linear(1, 1), dit_cfg), (0.08, 1), samplers=("euler", "heun"))
     assert [s["setting"] for s in both] == ["shipped", "euler steps=4", "heun steps=4", "heun steps=50"]
     assert both[2]["sample"].sampler == "heun" and both[2]["sample"].steps == 4
 
     cfg = load_config(ROOT / "configs" / "digits_ecar.yaml", ["model.hidden=32", "model.heads=2"])
     model, _ = build_model(cfg, LatentSpec(1, 16, 10))
-    settings = sweep_settings(model, cfg, (0.1, 0.2, 0.5, 1.0, 2.0))
+    settings = sweep_settings(_pipe(model, cfg), (0.1, 0.2, 0.5, 1.0, 2.0))
     assert [s["setting"] for s in settings] == [
         "shipped", "euler steps=1,1,1", "euler steps=2,2,1", "euler steps=5,4,3", "euler steps=20,16,12"]
     assert settings[3]["sample"].stage_steps == [5, 4, 3] and settings[3]["scale"] == 0.5
     assert cfg.sample.stage_steps == [10, 8, 6]  # the shipped config is not modified
     with pytest.raises(ValueError, match="> 0"):
-        sweep_settings(model, cfg, (0.0,))
+        sweep_settings(_pipe(model, cfg), (0.0,))
     with pytest.raises(ValueError, match="unknown sampler"):
-        sweep_settings(model, cfg, (1.0,), samplers=("rk4",))
+        sweep_settings(_pipe(model, cfg), (1.0,), samplers=("rk4",))
 
 
 def test_bench_writes_json_markdown_and_plot(tmp_path, shared_cache):

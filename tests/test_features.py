@@ -13,26 +13,20 @@ curves at larger sample sizes.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import require_fashion_mnist
+from conftest import ROOT, require_fashion_mnist
 from ecar.data import build_dataset
-from ecar.eval.evaluate import default_feature_net, features_of_images
-from ecar.eval.features import (
-    CLASSIFIER_NETS,
-    FEATURE_NETS,
-    DigitsNet,
-    add_pixel_noise,
-    assets_dir,
-    gaussian_blur,
-    load_classifier,
-    load_feature_net,
-    save_classifier,
-)
+from ecar.eval.feature_nets import CLASSIFIER_NETS, DigitsNet, assets_dir, load_classifier, save_classifier
+from ecar.eval.features import FEATURE_NETS, default_feature_net, features_of_images, load_feature_net
 from ecar.eval.metrics import feature_stats, frechet_distance
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from perturbations import add_pixel_noise, gaussian_blur  # noqa: E402  (scripts/perturbations.py: not in the package)
 
 NOISE = (0.0, 0.02, 0.05, 0.1, 0.2)
 BLUR = (0.0, 0.5, 1.0, 1.5, 2.0)

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from ecar.build import build_data, load_for_inference
+import ecar
+from ecar.build import build_data
 from ecar.cli import main
-from ecar.eval.evaluate import quantize
+from ecar.eval.features import quantize
 from ecar.eval.metrics import frechet_distance
-from ecar.generate import generate_images, labels_for
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 64  # generated images; the reference is the 300 held-out digits
@@ -70,10 +70,8 @@ def test_eval_inception_fid_matches_the_upstream_pipeline(tmp_path, monkeypatch)
     assert res["reference"]["n_images"] == 300 and res["n"] == N
 
     # the same generated images (evaluate_model's first and only block: seed 0, batch 256)
-    loaded = load_for_inference(str(run), torch.device("cpu"))
-    labels = labels_for(N, loaded.cfg.data.num_classes)
-    gen = generate_images(loaded.model, loaded.cfg, loaded.autoencoder, labels, loaded.cfg.sample,
-                          seed=0, batch_size=256)["images"]
+    loaded = ecar.load(run, "cpu")
+    gen = loaded(N, seed=0, batch_size=256).tensor
     ds = build_data(loaded.cfg.data, "heldout")
     real = torch.stack([ds[i][0] for i in range(len(ds))])
     assert real.shape[0] == 300

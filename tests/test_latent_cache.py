@@ -16,7 +16,8 @@ from ecar.build import build_data
 from ecar.cli import main
 from ecar.config import DataConfig, load_config
 from ecar.data import DataError, HFlipped, LatentCacheDataset, build_dataset
-from ecar.eval.evaluate import default_feature_net, default_reference_split
+from ecar.eval.features import default_feature_net
+from ecar.eval.reference import default_reference_split
 from ecar.latent_cache import cache_latents
 
 ROOT = Path(__file__).resolve().parents[1]

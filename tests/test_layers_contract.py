@@ -1,6 +1,6 @@
 """The import layering of docs/DESIGN.md ("Layout"), checked by import-linter's contracts in
-pyproject.toml; and a check that the contracts are not vacuous: a copy of the package with
-one upward import must fail them."""
+pyproject.toml; a check that the contracts are not vacuous (a copy of the package with one
+upward import must fail them); and the size of a module (one idea per file)."""
 
 from __future__ import annotations
 
@@ -57,3 +57,17 @@ def test_an_upward_import_breaks_the_contracts(tmp_path, module, line, contract)
     assert contract in report.split("Broken contracts")[-1], report[-3000:]
     importer = "ecar." + module[:-3].replace("/", ".")
     assert importer in report, report[-3000:]
+
+
+MAX_LINES = 450
+"""Lines a module of the package may have (issue 26: one idea per file; a module past it holds
+more than one and is split)."""
+
+
+def test_no_module_is_longer_than_the_limit():
+    sizes = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines())
+             for p in (ROOT / "src" / "ecar").rglob("*.py")}
+    assert len(sizes) > 100
+    over = {k: v for k, v in sizes.items() if v > MAX_LINES}
+    assert not over, f"modules over {MAX_LINES} lines (split them by idea): {over}"
+

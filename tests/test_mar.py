@@ -19,12 +19,17 @@ from ecar.config import ConfigError, load_config
 from ecar.engine.masked import MaskedSampleConfig, generate_masked
 from ecar.eval.cost import count_flops
 from ecar.flow.masking import MaskedFlowObjective, cosine_unmask_counts, mask_ratios, random_masks, random_orders
-from ecar.generate import generate_images
 from ecar.methods import METHODS, apply_sample_overrides, method_of, sampler_flags, total_steps
 from ecar.methods.mar import MAR_METHOD, MARSampleConfig, iteration_guidance
 from ecar.samplers import euler_maruyama, integrate, time_grid
 from ecar.samplers.temperature import integrate_at_temperature
 from test_methods import _tiny as _method_tiny
+from ecar.pipeline import Pipeline
+
+
+def _pipe(model, cfg):
+    """The pipeline of an in-memory network (its cost is measured in latent space)."""
+    return Pipeline(model, cfg, IdentityAutoencoder(1))
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -244,7 +249,7 @@ def test_generation_is_deterministic_for_a_seed():
     a, b = _gen(model, cfg.sample, y, 7)["latents"], _gen(model, cfg.sample, y, 7)["latents"]
     assert torch.equal(a, b)
     assert not torch.allclose(a, _gen(model, cfg.sample, y, 8)["latents"])
-    images = generate_images(model, cfg, IdentityAutoencoder(1), y, seed=7)["images"]
+    images = Pipeline(model, cfg, IdentityAutoencoder(1))(labels=y, seed=7).tensor
     assert torch.equal(images, a)
 
 
@@ -372,7 +377,7 @@ def test_step_counts_and_the_sweep_scale_iterations_and_head_steps():
 def test_the_bench_sweeps_iterations_and_head_steps_of_the_recipe():
     cfg = load_config(ROOT / "configs" / "digits_mar.yaml")
     model = MAR_METHOD.build(cfg.model, LatentSpec(1, 16, 10))
-    points = sweep_settings(model, cfg, DEFAULT_SWEEP, ["euler", "heun"])
+    points = sweep_settings(_pipe(model, cfg), DEFAULT_SWEEP, ["euler", "heun"])
     got = [(p["setting"].split()[0], p["sample"].sampler, p["sample"].iterations, p["sample"].steps) for p in points]
     assert got[0] == ("shipped", "euler", 8, 10)
     assert [g[2:] for g in got if g[1] == "heun"] == [(1, 1), (2, 2), (4, 5), (8, 10), (16, 20)]
@@ -386,7 +391,7 @@ def test_flops_count_the_sampling_call_and_grow_with_iterations_and_steps():
     cfg, model, _ = _tiny("sample.cfg=1.0")
 
     def flops(**over):
-        return count_flops(model, cfg, apply_sample_overrides(cfg.sample, over), batch=4)
+        return count_flops(_pipe(model, cfg), apply_sample_overrides(cfg.sample, over), batch=4)
 
     k4, k8, k16 = (flops(iterations=k, steps=4) for k in (4, 8, 16))
     s2, s8 = flops(iterations=4, steps=2), flops(iterations=4, steps=8)

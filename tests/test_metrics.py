@@ -189,14 +189,8 @@ import importlib.util  # noqa: E402
 import torch  # noqa: E402
 
 from ecar.eval import features as feat_mod  # noqa: E402
-from ecar.eval.features import (  # noqa: E402
-    DigitsNet,
-    FeatureExtractor,
-    load_classifier,
-    load_feature_net,
-    save_classifier,
-    tf_bilinear_resize,
-)
+from ecar.eval.feature_nets import DigitsNet, assets_dir, load_classifier, save_classifier  # noqa: E402
+from ecar.eval.features import FeatureExtractor, load_feature_net, tf_bilinear_resize  # noqa: E402
 
 
 def _split_tensors(name: str, split: str, **kwargs):
@@ -224,7 +218,7 @@ def test_digits_net_shapes_and_sidecar(digits_net) -> None:
     assert meta["arch"]["in_channels"] == 1 and meta["arch"]["resolution"] == 16
     assert meta["heldout_accuracy"] >= 0.97
     assert "command" in meta and "seed" in meta and "epochs" in meta
-    weights = feat_mod.assets_dir() / "digits_classifier.safetensors"
+    weights = assets_dir() / "digits_classifier.safetensors"
     assert weights.stat().st_size < 1_000_000
 
 
@@ -325,7 +319,7 @@ def test_shapes_net_heldout_accuracy() -> None:
 
     net = load_feature_net("shapes")
     assert net.meta["arch"]["in_channels"] == 3 and net.meta["arch"]["resolution"] == 32
-    assert (feat_mod.assets_dir() / "shapes_classifier.safetensors").stat().st_size < 1_000_000
+    assert (assets_dir() / "shapes_classifier.safetensors").stat().st_size < 1_000_000
     ds = build_dataset("shapes", split="heldout")
     xs, ys = zip(*(ds[i] for i in range(240)))
     _, probs = net(torch.stack(list(xs)))

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from ecar.bench.run import check_bench_out
+from ecar.bench.outputs import check_bench_out
 from ecar.checkpoint import find_checkpoint, mark_run
 from ecar.cli import main
 from ecar.demo import check_demo_out

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from ecar.bench.report import summarize
-from ecar.eval.pareto import Point, cost_at_fid, equal_quality_ratio, fid_at_cost, pareto_frontier
+from ecar.bench.pareto import Point, cost_at_fid, equal_quality_ratio, fid_at_cost, pareto_frontier
 
 # A baseline whose FID falls as it spends more: (cost, fid)
 BASE = [Point(1.0, 10.0, "a"), Point(2.0, 6.0, "b"), Point(4.0, 3.0, "c"), Point(8.0, 2.0, "d"),

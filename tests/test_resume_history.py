@@ -19,7 +19,7 @@ import pytest
 
 from busy import saturated
 from cli_procs import RECIPE, TINY, complete_steps, finish, forkserver, metric_rows, start, wait_for
-from ecar.train.trainer import MetricsLog
+from ecar.train.metrics_log import MetricsLog
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 CKPT_EVERY = 40

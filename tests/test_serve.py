@@ -26,13 +26,11 @@ import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
-import ecar.cli.apps
+import ecar.cli.serve
 import ecar.serve
 from conftest import NO_PROXY
 from ecar.cli import main
-from ecar.generate import generate_images, labels_for
 from ecar.imageio import auto_scale, make_grid, to_uint8
-from ecar.methods import apply_sample_overrides
 from ecar.serve import LIMITS, create_app, load_slots
 from ecar.serve.session import DISPLAY_PX, GenerationCancelled
 
@@ -88,9 +86,7 @@ def test_generate_streams_each_stage_then_the_grid_and_the_cost(client, slots):
     assert done["labels"] == [3, 3, 3, 3] and done["step_counts"] == [2, 1, 2]
     assert done["gflops_per_image"] > 0 and done["seconds"] > 0
     # the same images as `ecar sample` gives for these settings and seed
-    ld = slots[0].loaded
-    sample = apply_sample_overrides(ld.cfg.sample, {"stage_steps": [2, 1, 2], "cfg": 1.5})
-    want = generate_images(ld.model, ld.cfg, ld.autoencoder, labels_for(4, 10, [3]), sample, seed=7)["images"]
+    want = slots[0].pipe(4, classes=[3], seed=7, stage_steps=[2, 1, 2], cfg=1.5).tensor
     grid = make_grid(to_uint8(want), nrow=2, scale=auto_scale(16, DISPLAY_PX))
     assert np.array_equal(pictures[-1], grid[..., 0])
     assert np.array_equal(pictures[2], pictures[-1])  # the last stage is the result
@@ -237,7 +233,7 @@ def test_a_cancelled_generation_stops_and_frees_the_model(slots):
 
     with pytest.raises(GenerationCancelled):
         slot.run(slot.parse({"n": 2}), emit, cancel)
-    assert seen == ["start", "unit"] and not slot.lock.locked() and not slot.loaded.model.training
+    assert seen == ["start", "unit"] and not slot.lock.locked() and not slot.pipe.model.training
 
 
 def _post(url: str, body: dict) -> tuple[int, list[dict] | dict]:
@@ -311,7 +307,7 @@ def test_serve_without_ckpt_uses_the_demo_checkpoint(serve_runs, tmp_path, monke
         served.update(slots=slots, host=host, port=port)
         return "SIGTERM"
 
-    monkeypatch.setattr(ecar.cli.apps, "run_server", fake_run_server)
+    monkeypatch.setattr(ecar.cli.serve, "run_server", fake_run_server)
     assert main(["serve"]) == 0
     assert [s.ckpt for s in served["slots"]] == [str(Path("ecar-demo") / "run")]
     assert (served["host"], served["port"]) == ("127.0.0.1", 7860)  # this machine only, by default

@@ -18,10 +18,11 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from ecar.build import LatentSpec, load_for_inference
+from ecar import load
+from ecar.build import LatentSpec
 from ecar.config import load_config
 from ecar.engine.speculative import ACCEPTED, RESIDUAL, accepted_prefix, first_residual, generate_speculative
-from ecar.generate import check_draft_pair
+from ecar.pipeline import check_draft_pair
 from ecar.methods.ar import AR_METHOD
 from ecar.samplers.chain import GaussianChain, path_log_ratio, step_log_ratio
 from ecar.train.trainer import train
@@ -275,7 +276,7 @@ def test_draft_equal_to_target_accepts_every_token_one_at_a_time():
     verification head call per token, the draft head's steps on the shared passes."""
     cfg, target = _net(1, "sample.gamma=1", *FINISHING)
     labels = torch.arange(64) % 10
-    out = AR_METHOD.speculative(target, target, cfg.sample, labels, torch.Generator().manual_seed(0))
+    out = AR_METHOD.drafting.speculative(target, target, cfg.sample, labels, torch.Generator().manual_seed(0))
     st = out["stats"].as_dict()
     assert st["acceptance_rate"] == 1.0 and st["residual_tokens"] == 0 and st["tokens_per_round"] == 1.0
     assert bool((out["source"] == ACCEPTED).all())
@@ -287,7 +288,7 @@ def test_draft_equal_to_target_accepts_every_token_one_at_a_time():
 def test_draft_equal_to_target_accepts_every_proposal(chain):
     cfg, target = _net(1, "sample.gamma=3", *chain)
     labels = torch.arange(64) % 10
-    out = AR_METHOD.speculative(target, target, cfg.sample, labels, torch.Generator().manual_seed(0))
+    out = AR_METHOD.drafting.speculative(target, target, cfg.sample, labels, torch.Generator().manual_seed(0))
     st = out["stats"].as_dict()
     assert st["acceptance_rate"] == 1.0 and st["residual_tokens"] == 0
     assert bool((out["source"] == ACCEPTED).all())
@@ -318,7 +319,7 @@ def test_speculative_samples_match_plain_sampling_of_the_target(verify, chain, g
     # seeds: the finishing variants draw from 10/20 (with 0/1, step mode's smallest of 16 p-values
     # was 4.6e-4, a 0.7 % event under the null; 16,000 samples of it gave 0.04: no bias)
     s_spec, s_plain = (10, 20) if chain else (0, 1)
-    spec = AR_METHOD.speculative(target, draft, cfg.sample, labels, torch.Generator().manual_seed(s_spec))
+    spec = AR_METHOD.drafting.speculative(target, draft, cfg.sample, labels, torch.Generator().manual_seed(s_spec))
     plain = AR_METHOD.generate(target, cfg.sample, labels, torch.Generator().manual_seed(s_plain))["latents"]
     other = AR_METHOD.generate(draft, cfg.sample, labels, torch.Generator().manual_seed(2))["latents"]
     rate = spec["stats"].as_dict()["acceptance_rate"]
@@ -343,7 +344,7 @@ def test_every_token_comes_from_an_accepted_proposal_or_a_residual_sample(verify
         for p in draft.head.final.parameters():
             p.mul_(4.0)
     labels = torch.arange(32) % 10
-    out = AR_METHOD.speculative(target, draft, cfg.sample, labels, torch.Generator().manual_seed(0))
+    out = AR_METHOD.drafting.speculative(target, draft, cfg.sample, labels, torch.Generator().manual_seed(0))
     st, src = out["stats"], out["source"]
     assert bool(((src == ACCEPTED) | (src == RESIDUAL)).all())
     assert st.residual_tokens > 0 and st.residual_rounds > 1
@@ -443,7 +444,7 @@ def trained_pair(tmp_path_factory):
     loaded = []
     for name, over in runs.items():
         train(load_config(recipe, [*TRAINED_TINY, *over]), root / name, progress=False)
-        loaded.append(load_for_inference(str(root / name), torch.device("cpu")))
+        loaded.append(load(root / name, "cpu"))
     target, draft = loaded
     check_draft_pair(target.cfg, draft.cfg)
     assert target.step == draft.step == 300 and target.model.num_tokens == 16
@@ -477,7 +478,7 @@ def test_trained_draft_equal_to_target_accepts_every_proposal(trained_pair, veri
     sample = dataclasses.replace(target.cfg.sample, verify=verify)
     labels = torch.arange(200) % 10
     with torch.no_grad():
-        out = AR_METHOD.speculative(target.model, target.model, sample, labels, torch.Generator().manual_seed(0))
+        out = AR_METHOD.drafting.speculative(target.model, target.model, sample, labels, torch.Generator().manual_seed(0))
     st = out["stats"].as_dict()
     assert st["acceptance_rate"] == 1.0 and st["residual_tokens"] == 0 and st["tokens"] == 200 * 16
     assert bool((out["source"] == ACCEPTED).all())
@@ -495,7 +496,7 @@ def test_trained_speculative_samples_match_plain_sampling_of_the_target(trained_
     n = 4000
     labels = torch.arange(n) % 10
     with torch.no_grad():
-        spec = AR_METHOD.speculative(target.model, draft.model, sample, labels, torch.Generator().manual_seed(0))
+        spec = AR_METHOD.drafting.speculative(target.model, draft.model, sample, labels, torch.Generator().manual_seed(0))
         plain = AR_METHOD.generate(target.model, sample, labels, torch.Generator().manual_seed(1))["latents"]
         other = AR_METHOD.generate(draft.model, sample, labels, torch.Generator().manual_seed(2))["latents"]
     st = spec["stats"].as_dict()

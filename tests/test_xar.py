@@ -25,6 +25,13 @@ from ecar.models.dit import DiT, DiTConfig
 from ecar.models.xar import XAR, XARConfig, unit_layout
 from ecar.train.trainer import lr_factor
 from test_methods import _tiny as _method_tiny
+from ecar.autoencoders import IdentityAutoencoder
+from ecar.pipeline import Pipeline
+
+
+def _pipe(model, cfg):
+    """The pipeline of an in-memory network (its cost is measured in latent space)."""
+    return Pipeline(model, cfg, IdentityAutoencoder(1))
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = [("token", 16), ("cell", 4), ("scale", 3), ("image", 1)]
@@ -274,7 +281,7 @@ def test_step_counts_and_the_bench_sweep_scale_the_steps_of_every_unit():
     assert XAR_METHOD.step_counts(model, cfg.sample) == [10] * 4
     half = XAR_METHOD.scale_steps(model, cfg.sample, 0.5)
     assert half.steps == 5 and cfg.sample.steps == 10 and total_steps(XAR_METHOD.step_counts(model, half)) == 20
-    points = sweep_settings(model, cfg, DEFAULT_SWEEP, ["euler", "heun"])
+    points = sweep_settings(_pipe(model, cfg), DEFAULT_SWEEP, ["euler", "heun"])
     assert [(p["sample"].sampler, p["sample"].steps) for p in points] == [
         ("euler", 10), ("euler", 1), ("euler", 2), ("euler", 5), ("euler", 20),
         ("heun", 1), ("heun", 2), ("heun", 5), ("heun", 10), ("heun", 20)]
@@ -285,7 +292,7 @@ def test_flops_are_affine_in_the_steps_and_guidance_doubles_the_integration(unit
     cfg, model, _ = _tiny(f"model.unit={unit}", "sample.cfg=1.0")
 
     def flops(**over):
-        return count_flops(model, cfg, apply_sample_overrides(cfg.sample, over), batch=4)
+        return count_flops(_pipe(model, cfg), apply_sample_overrides(cfg.sample, over), batch=4)
 
     f2, f4, f8 = flops(steps=2), flops(steps=4), flops(steps=8)
     assert 0 < f2 < f4 < f8

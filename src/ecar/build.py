@@ -1,23 +1,20 @@
-"""Assemble the parts a config describes: dataset, autoencoder, model; load a trained model."""
+"""Assemble the parts a config describes: dataset, autoencoder, model. (A trained model is
+loaded by :func:`ecar.load`, :mod:`ecar.pipeline`.)"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-import torch
 from torch import nn
 
-from ecar.autoencoders import build_autoencoder
-from ecar.checkpoint import CheckpointError, load_checkpoint, load_state_into
+from ecar.autoencoders import Autoencoder, build_autoencoder
 from ecar.config import Config, ConfigError, DataConfig
 from ecar.data import HFlipped, ImageDataset, build_dataset, source_data_args
 from ecar.methods import Method, method_of
 from ecar.models.base import LatentSpec
 
-__all__ = ["LatentSpec", "LoadedModel", "build_data", "build_model", "latent_spec", "load_for_inference",
-           "resolved_data"]
+__all__ = ["LatentSpec", "build_data", "build_model", "latent_spec", "resolved_data"]
 
 
 def build_data(data: DataConfig, split: str = "train", images: bool = False) -> ImageDataset:
@@ -31,7 +28,7 @@ def build_data(data: DataConfig, split: str = "train", images: bool = False) -> 
     """
     source = source_data_args(data.name)
     cached = source is not None and not images and split == "train"
-    args = source if source is not None and not cached else {
+    args: dict[str, Any] = source if source is not None and not cached else {
         "name": data.name, "resolution": data.resolution, "channels": data.channels,
         "seed": data.seed, "shapes_size": data.shapes_size}
     ds = build_dataset(args["name"], split=split, resolution=args["resolution"], channels=args["channels"],
@@ -54,7 +51,7 @@ def resolved_data(data: DataConfig, dataset: ImageDataset) -> DataConfig:
                                num_classes=dataset.num_classes)
 
 
-def latent_spec(cfg: Config, autoencoder: nn.Module | None = None) -> LatentSpec:
+def latent_spec(cfg: Config, autoencoder: Autoencoder | None = None) -> LatentSpec:
     """Latent shape from a config whose data section is resolved (see :func:`resolved_data`)."""
     d = cfg.data
     if d.resolution is None or d.channels is None or d.num_classes is None:
@@ -73,40 +70,3 @@ def build_model(cfg: Config, spec: LatentSpec) -> tuple[nn.Module, Method]:
     method = method_of(cfg.model)
     cfg.model.validate_latent(spec.size)
     return method.build(cfg.model, spec), method
-
-
-@dataclass
-class LoadedModel:
-    cfg: Config
-    model: nn.Module
-    method: Method
-    autoencoder: nn.Module
-    step: int
-    directory: Path | None = None
-    """The checkpoint folder that was loaded (the newest complete one of a run directory)."""
-
-    @property
-    def num_classes(self) -> int:
-        return self.cfg.data.num_classes
-
-
-def load_for_inference(ckpt_dir: str, device: torch.device, use_ema: bool = True) -> LoadedModel:
-    """Build the model a checkpoint's config describes and load its (EMA) weights.
-
-    ``ckpt_dir`` is a run directory (its newest complete checkpoint is loaded, and any it
-    skips is logged) or one checkpoint's folder (:func:`ecar.checkpoint.load_checkpoint`).
-    Only the weights used are read: ``use_ema=False`` (``--no-ema``) never opens the EMA
-    file, so a damaged or stale EMA does not refuse the intact raw weights.
-    """
-    ck = load_checkpoint(ckpt_dir, with_ema=use_ema, with_model=not use_ema)
-    cfg = ck.cfg
-    try:
-        ae = build_autoencoder(cfg.autoencoder, cfg.data.channels or 3)
-        model, method = build_model(cfg, latent_spec(cfg, ae))
-    except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{ckpt_dir}: its config does not build a model: {e}") from None
-    state = ck.ema_state if (use_ema and ck.ema_state is not None) else ck.model_state
-    load_state_into(model, state, f"checkpoint '{ckpt_dir}'")
-    model.to(device).eval()
-    ae.to(device).eval()
-    return LoadedModel(cfg, model, method, ae, ck.step, ck.directory)

@@ -189,7 +189,7 @@ SECTIONS = {
 """Sections with a fixed dataclass; ``model`` and ``sample`` are the method's."""
 
 
-def config_from_dict(raw: dict) -> Config:
+def config_from_dict(raw: dict | None) -> Config:
     """Resolve a raw mapping (recipe + overrides merged) into a validated :class:`Config`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a YAML mapping of sections, got {shown(raw)}")

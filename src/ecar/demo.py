@@ -16,16 +16,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from ecar.build import load_for_inference
 from ecar.checkpoint import is_run
 from ecar.config import Config, config_from_dict, merge_overrides
-from ecar.engine.visualize import stages_strip
 from ecar.errors import OutputExistsError
 from ecar.eval.cost import measure_cost
 from ecar.eval.evaluate import evaluate_model
-from ecar.generate import generate_images
 from ecar.imageio import save_grid, save_png, to_uint8
 from ecar.lock import writer_lock
+from ecar.pipeline import Pipeline, load
+from ecar.pipeline.output import stages_strip
 from ecar.serialization import entries, is_empty_dir
 from ecar.train.trainer import train
 
@@ -110,29 +109,27 @@ def run_demo(
 def _run_demo(out: Path, run: Path, cfg: Config, progress: bool, fid_samples: int) -> dict:
     t0 = time.perf_counter()
     summary = train(cfg, run, progress=progress, overwrite=is_run(run))
-    device = torch.device("cpu")
-    loaded = load_for_inference(str(run), device)
-    k = loaded.num_classes
+    pipe = load(run, "cpu")
+    k = pipe.num_classes
     labels = torch.arange(k).repeat_interleave(10)  # row i: ten samples of class i
-    result = generate_images(loaded.model, loaded.cfg, loaded.autoencoder, labels, seed=0,
-                             batch_size=len(labels), return_stages=True)
-    save_grid(to_uint8(result["images"]), out / "samples.png", nrow=10)
+    result = pipe.stages(labels=labels, seed=0, batch_size=len(labels))
+    assert result.stages is not None
+    save_grid(to_uint8(result.tensor), out / "samples.png", nrow=10)
     pick = torch.arange(k) * 10  # one sample of each class
-    save_png(stages_strip([s[pick] for s in result["stages"]], max_rows=k), out / "stages.png")
-    cost = measure_cost(loaded.model, loaded.cfg)  # the one timing protocol (ecar.eval.cost)
-    method = loaded.method
+    save_png(stages_strip([s[pick] for s in result.stages], max_rows=k), out / "stages.png")
+    cost = measure_cost(pipe)  # the one timing protocol (ecar.eval.cost)
     metrics = {
-        "model": loaded.cfg.model.name,
-        "mode": method.name,
-        "params": sum(p.numel() for p in loaded.model.parameters()),
+        "model": pipe.name,
+        "mode": pipe.method.name,
+        "params": pipe.params,
         "train_steps": summary["step"],
         "train_seconds": round(summary["train_seconds"], 1),
         "gflops_per_image": cost.gflops_per_image,
         "seconds_per_image": cost.seconds_per_image,
-        "stage_steps": method.step_counts(loaded.model, loaded.cfg.sample),
-        "cfg": loaded.cfg.sample.cfg,
+        "stage_steps": pipe.step_counts(),
+        "cfg": pipe.sample.cfg,
     }
-    metrics.update(_fid(loaded, fid_samples))
+    metrics.update(_fid(pipe, fid_samples))
     metrics["total_seconds"] = round(time.perf_counter() - t0, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -164,11 +161,10 @@ def check_demo_out(out: Path) -> bool:
     )
 
 
-def _fid(loaded, n: int) -> dict:
+def _fid(pipe: Pipeline, n: int) -> dict:
     """FID against the digits held-out split (default reference) with the shipped digits net."""
     if n <= 0:
         return {}
-    res = evaluate_model(loaded.model, loaded.cfg, loaded.autoencoder, n=n, metrics=("fid",),
-                         seed=0, progress=False)
+    res = evaluate_model(pipe, n=n, metrics=("fid",), seed=0, progress=False)
     return {"fid": res["fid"], "fid_samples": n, "fid_features": res["features"],
             "fid_reference_split": res["reference_split"]}

@@ -31,10 +31,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from ecar.autoencoders import AutoencoderConfig, build_autoencoder
+from ecar.autoencoders import Autoencoder, AutoencoderConfig, build_autoencoder
 from ecar.build import build_data, latent_spec, resolved_data
 from ecar.config import Config
 from ecar.data import DataError, ImageDataset
@@ -55,7 +54,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def autoencoder_identity(ae: nn.Module, cfg: AutoencoderConfig) -> dict[str, Any]:
+def autoencoder_identity(ae: Autoencoder, cfg: AutoencoderConfig) -> dict[str, Any]:
     """Name, scale and a SHA-256 over the autoencoder's weights (names, shapes, dtypes, bytes)."""
     h = hashlib.sha256()
     for name, t in sorted(ae.state_dict().items()):
@@ -83,7 +82,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return out
 
 
-def _expected_manifest(cfg: Config, ds: ImageDataset, ae: nn.Module, latent_shape: list[int],
+def _expected_manifest(cfg: Config, ds: ImageDataset, ae: Autoencoder, latent_shape: list[int],
                        dtype: str, shard_size: int) -> dict[str, Any]:
     d = cfg.data
     args = {"name": d.name, "resolution": ds.resolution, "channels": ds.channels, "seed": d.seed,
@@ -138,6 +137,7 @@ def cache_latents(cfg: Config, out: str | Path, *, batch_size: int = 64, shard_s
     device = torch.device(device)
     ds = build_data(cfg.data, "train")
     cfg_data = resolved_data(cfg.data, ds)
+    assert cfg_data.channels is not None  # resolved from the dataset
     ae = build_autoencoder(cfg.autoencoder, cfg_data.channels).to(device).eval()
     spec = latent_spec(replace(cfg, data=cfg_data), ae)
     expected = _expected_manifest(cfg, ds, ae, [spec.channels, spec.size, spec.size], dtype, shard_size)
@@ -164,7 +164,7 @@ def _earlier_cache(out: Path, expected: dict[str, Any]) -> dict[str, Any] | None
     return None
 
 
-def _encode(out: Path, ds: ImageDataset, ae: nn.Module, expected: dict[str, Any], old: dict[str, Any] | None,
+def _encode(out: Path, ds: ImageDataset, ae: Autoencoder, expected: dict[str, Any], old: dict[str, Any] | None,
             num_shards: int, shard_size: int, batch_size: int, dtype: str, device: torch.device,
             progress: bool) -> dict[str, Any]:
     """Encode the shards that ``out`` lacks (the lock held: :func:`cache_latents`)."""
@@ -207,7 +207,7 @@ def _encode(out: Path, ds: ImageDataset, ae: nn.Module, expected: dict[str, Any]
     return manifest
 
 
-def check_cache_autoencoder(dataset: ImageDataset, ae: nn.Module, cfg: AutoencoderConfig) -> None:
+def check_cache_autoencoder(dataset: ImageDataset, ae: Autoencoder, cfg: AutoencoderConfig) -> None:
     """For a latent-cache dataset: the recipe's autoencoder must be the one that encoded it."""
     manifest = getattr(dataset, "manifest", None)
     if not getattr(dataset, "yields_latents", False) or manifest is None:

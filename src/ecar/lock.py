@@ -244,10 +244,11 @@ class WriterLock:
         tries, deadline = 0, None
         while True:
             tries += 1
-            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            opened = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            fd: int | None = opened  # None once kept as the lock (not closed below)
             try:
                 try:
-                    locked = _try_lock(fd)
+                    locked = _try_lock(opened)
                 except _NoLocks as e:
                     log.warning("cannot lock %s (%s on this file system): writing it without the "
                                 "one-writer check", self.path, e)
@@ -255,17 +256,17 @@ class WriterLock:
                     return None
                 if locked:
                     try:
-                        st, own = os.stat(lock_file), os.fstat(fd)
+                        st, own = os.stat(lock_file), os.fstat(opened)
                         same = (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
                     except FileNotFoundError:
                         same = False
                     if same:
-                        os.ftruncate(fd, 0)
-                        os.pwrite(fd, _holder_record(), 0)
+                        os.ftruncate(opened, 0)
+                        os.pwrite(opened, _holder_record(), 0)
                         self._fd, fd = fd, None
                         return None
                     continue  # the previous holder deleted the file on release: lock the new one
-                holder = _read_holder(fd)
+                holder = _read_holder(opened)
                 if _alive_here(holder):
                     return holder
                 if holder is not None and deadline is None:

@@ -76,6 +76,7 @@ def check_range(where: str, value: Any, low: float | None = None, high: float | 
     elif low is not None:
         want = f"{'>' if low_open else '>='} {_num(low)}"
     else:
+        assert high is not None  # a value out of range has a bound it failed
         want = f"{'<' if high_open else '<='} {_num(high)}"
     if isinstance(value, float) and not math.isfinite(value):
         want = f"a finite number {want}"
@@ -166,17 +167,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {shown(number)} is out of range (integers are 64-bit)")
         return number
     if tp is float:
-        number = None
+        real: float | None = None
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
-                number = float(value)
+                real = float(value)
             except (ValueError, OverflowError):
                 pass
-        if number is None:
+        if real is None:
             raise ConfigError(f"{where}: expected a number, got {shown(value)}")
-        if not math.isfinite(number):
+        if not math.isfinite(real):
             raise ConfigError(f"{where}: expected a finite number, got {shown(value)}")
-        return number
+        return real
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

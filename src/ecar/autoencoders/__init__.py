@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from torch import nn
-
-from ecar.autoencoders.base import AutoencoderConfig, IdentityAutoencoder
+from ecar.autoencoders.base import Autoencoder, AutoencoderConfig, IdentityAutoencoder
 from ecar.autoencoders.taef2 import TAEF2Autoencoder
 from ecar.errors import ConfigError
 
-__all__ = ["AutoencoderConfig", "IdentityAutoencoder", "TAEF2Autoencoder", "build_autoencoder"]
+__all__ = ["Autoencoder", "AutoencoderConfig", "IdentityAutoencoder", "TAEF2Autoencoder", "build_autoencoder"]
 
 
-def build_autoencoder(cfg: AutoencoderConfig, image_channels: int) -> nn.Module:
+def build_autoencoder(cfg: AutoencoderConfig, image_channels: int) -> Autoencoder:
     if cfg.name == "identity":
         return IdentityAutoencoder(image_channels, cfg.scale)
     if cfg.name == "taef2":

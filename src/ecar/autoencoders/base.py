@@ -1,4 +1,4 @@
-"""The autoencoder config and the identity map (pixel space)."""
+"""The autoencoder config, what every autoencoder provides, and the identity map (pixel space)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,28 @@ class AutoencoderConfig:
         check_range("autoencoder.scale", self.scale, 0, low_open=True)
 
 
-class IdentityAutoencoder(nn.Module):
+class Autoencoder(nn.Module):
+    """Image <-> latent map: what the trainer, the latent cache and the pipeline use of one.
+    ``downsample``: image pixels per latent pixel along a side."""
+
+    downsample: int
+
+    def latent_channels(self) -> int:
+        raise NotImplementedError
+
+    def latent_size(self, resolution: int) -> int:
+        raise NotImplementedError
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images in [-1, 1] -> latents."""
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents -> (B, C, H, W) images in [-1, 1] (not clamped)."""
+        raise NotImplementedError
+
+
+class IdentityAutoencoder(Autoencoder):
     """Pixels are the latent: encode/decode are the identity (times ``scale``)."""
 
     downsample = 1

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ecar.autoencoders.base import AutoencoderConfig
+from ecar.autoencoders.base import Autoencoder, AutoencoderConfig
 from ecar.errors import ConfigError
 from ecar.paths import weights_dir
 from ecar.serialization import state_mismatch
@@ -186,7 +186,7 @@ def _load_into(module: nn.Module, file: Path) -> None:
 # --------------------------------------------------------------------------- wrapper
 
 
-class TAEF2Autoencoder(nn.Module):
+class TAEF2Autoencoder(Autoencoder):
     """Frozen pretrained TAEF2 in the ecar autoencoder interface.
 
     - ``encode``: (B, 3, H, W) images in [-1, 1] -> (B, 32, H/8, W/8) latents × ``scale``.

@@ -1,7 +1,7 @@
 """What ``ecar bench`` reports: equal-quality summary, Markdown table and frontier plot.
 
 :func:`summarize` turns the bench rows into the headline numbers (see
-:mod:`ecar.eval.pareto` for the frontier arithmetic):
+:mod:`ecar.bench.pareto` for the frontier arithmetic):
 
 * per model, its Pareto frontier in GFLOPs and in seconds (lists of row settings);
 * per pair (method, other model), ``equal_quality_vs_<other>``: at the method's *shipped*
@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from ecar.eval.pareto import Point, equal_quality_ratio, fid_at_cost, pareto_frontier
+from ecar.bench.pareto import Point, equal_quality_ratio, fid_at_cost, pareto_frontier
 
 __all__ = ["bench_table_markdown", "headline_markdown", "plot_bench", "summarize"]
 
@@ -87,12 +87,13 @@ def summarize(rows: Sequence[dict]) -> dict:
 
             g = shipped.get("gflops_per_image")
             pts = _points(theirs, "gflops_per_image")
-            other_fid = fid_at_cost(pts, g) if pts and _finite(g) else None
+            other_fid = fid_at_cost(pts, g) if pts and g is not None and _finite(g) else None
             cmp: dict[str, Any] = {"gflops": g, "method_fid_mean": shipped["fid_mean"],
                                    "method_fid_std": shipped.get("fid_std"), "other_fid": other_fid}
             if other_fid is None:
                 cmp["verdict"] = "other cannot sample this cheaply"
             else:
+                assert g is not None
                 so = _std_at(theirs, g, "gflops_per_image")
                 sd = math.hypot(shipped.get("fid_std") or 0.0, so)
                 cmp["other_fid_std"], cmp["diff_std"] = so, sd
@@ -225,7 +226,7 @@ def plot_bench(rows: Sequence[dict], path: str | Path, title: str | None = None)
             if not mine:
                 continue
             for r in mine:
-                ax.scatter([r[cost_key]], [r["fid_mean"]], marker=markers.get(r.get("sampler"), "^"),
+                ax.scatter([r[cost_key]], [r["fid_mean"]], marker=markers.get(str(r.get("sampler")), "^"),
                            s=18, color=color, alpha=0.35, zorder=2)
             by = {r["setting"]: r for r in mine}
             front = [by[p.label] for p in pareto_frontier(_points(mine, cost_key))]

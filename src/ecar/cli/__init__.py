@@ -1,9 +1,10 @@
-"""The ``ecar`` command line: one subcommand per job (``ecar COMMAND --help``).
-
-:mod:`ecar.cli.commands` holds the model commands (train, sample, info, eval,
-cache-latents), :mod:`ecar.cli.apps` the applications (bench, demo, serve) and
-:mod:`ecar.cli.common` the exit codes, the parser and the one error path that
-:func:`main` applies to all of them (docs/errors.md).
+"""The ``ecar`` command line: one subcommand per job (``ecar COMMAND --help``), one module
+per subcommand — :mod:`~ecar.cli.train`, :mod:`~ecar.cli.sample`, :mod:`~ecar.cli.info`,
+:mod:`~ecar.cli.eval`, :mod:`~ecar.cli.bench`, :mod:`~ecar.cli.demo`,
+:mod:`~ecar.cli.cache_latents`, :mod:`~ecar.cli.draft`, :mod:`~ecar.cli.serve` — each with its
+``add_<command>`` (the parser) and ``cmd_<command>`` (the work); :mod:`ecar.cli.common` holds
+the exit codes, the parser and the one error path that :func:`main` applies to all of them
+(docs/errors.md).
 """
 
 from __future__ import annotations
@@ -17,21 +18,8 @@ import traceback
 from ecar.lock import set_command
 from ecar.train.trainer import TrainingInterrupted
 
-from ecar.cli.apps import add_bench, add_demo, add_serve, cmd_bench, cmd_demo, cmd_serve
-from ecar.cli.commands import (
-    add_cache_latents,
-    add_draft,
-    add_eval,
-    add_info,
-    add_sample,
-    add_train,
-    cmd_cache_latents,
-    cmd_draft,
-    cmd_eval,
-    cmd_info,
-    cmd_sample,
-    cmd_train,
-)
+from ecar.cli.bench import add_bench, cmd_bench
+from ecar.cli.cache_latents import add_cache_latents, cmd_cache_latents
 from ecar.cli.common import (
     BUG_REPORT,
     EXIT_BUG,
@@ -46,6 +34,13 @@ from ecar.cli.common import (
     error_text,
     formatter,
 )
+from ecar.cli.demo import add_demo, cmd_demo
+from ecar.cli.draft import add_draft, cmd_draft
+from ecar.cli.eval import add_eval, cmd_eval
+from ecar.cli.info import add_info, cmd_info
+from ecar.cli.sample import add_sample, cmd_sample
+from ecar.cli.serve import add_serve, cmd_serve
+from ecar.cli.train import add_train, cmd_train
 
 __all__ = ["EXIT_BUG", "EXIT_CODES", "EXIT_FAIL", "EXIT_INTERRUPTED", "EXIT_USAGE", "UsageError", "build_parser", "main"]
 

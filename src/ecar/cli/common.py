@@ -20,6 +20,7 @@ from ecar.checkpoint import CheckpointError
 from ecar.data import DataError
 from ecar.device import check_device_name
 from ecar.errors import ConfigError, OutputInUseError, shown
+from ecar.methods import sampler_flags
 from ecar.samplers import SAMPLER_NAMES
 from ecar.schema import check_choice, check_each, check_range, comma_list, parser_kind
 from ecar.train.trainer import TrainingDiverged
@@ -161,7 +162,7 @@ def error_text(e: BaseException) -> str:
         where = "" if e.filename is None else f": '{e.filename}'"
         if getattr(e, "filename2", None) is not None:
             where += f" -> '{e.filename2}'"
-        hint = _OS_HINTS.get(e.errno)
+        hint = _OS_HINTS.get(e.errno) if e.errno is not None else None
         text = f"{e.strerror}{where}" + (f" ({hint})" if hint else "")
     else:
         text = str(e) or type(e).__name__
@@ -189,3 +190,11 @@ INTS, NUMBERS, NAMES = (flag_type(comma_list(t)) for t in (int, float, str))
 """argparse ``type=`` of the list flags (``--seeds 0,1,2``): the parser of the derived list
 sampler flags (``--stage-steps``, :func:`ecar.schema.comma_list`), so a list is read the
 same way everywhere."""
+
+
+def add_sampler_args(p) -> None:
+    """Flags that override the recipe's shipped sampler settings (sample, eval): one per
+    sampling setting of the registered methods (:func:`ecar.methods.sampler_flags`)."""
+    for f in sampler_flags():
+        p.add_argument(f.flag, dest=f.dest, type=flag_type(f.type), choices=f.choices, metavar=f.metavar,
+                       help=f.help)

@@ -173,6 +173,7 @@ def _load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray, st
     lab_path = _file_for(directory, _FILES[split][1])
     if img_path is None or lab_path is None:  # removed since find_fashion_mnist looked
         find_fashion_mnist(directory)
+    assert img_path is not None and lab_path is not None, f"{directory}: the Fashion-MNIST files changed while read"
     key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in (img_path, lab_path))
     if key not in _CACHE:
         images = read_idx(img_path, _MAGIC_IMAGES)

@@ -141,7 +141,7 @@ def load_image(path: str | os.PathLike, resolution: int, channels: int) -> np.nd
         img = _to_mode(img, channels)
     # ADM-style: halve with a box filter while still >= 2x too big, then one bicubic step.
     while min(img.size) >= 2 * resolution:
-        img = img.resize(tuple(s // 2 for s in img.size), Image.Resampling.BOX)
+        img = img.resize((img.size[0] // 2, img.size[1] // 2), Image.Resampling.BOX)
     scale = resolution / min(img.size)
     w, h = (max(resolution, round(s * scale)) for s in img.size)
     img = img.resize((w, h), Image.Resampling.BICUBIC)
@@ -217,7 +217,9 @@ class ImageFolderDataset(ImageDataset):
     def _decode(self, files: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray, list[Path]]:
         r, c = self.resolution, self.channels
         images = np.empty((len(files), r, r, c), np.uint8)
-        labels, kept, skipped = [], [], []
+        labels: list[int] = []
+        kept: list[Path] = []
+        skipped: list[tuple[Path, Exception]] = []
         bar = tqdm(
             files,
             desc=f"imagefolder: decoding {self.root.name}",

@@ -19,17 +19,52 @@ mixes the velocities v_u + w_i·(v_c − v_u), with a scale w_i per token positi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
-from torch import nn
 
 from ecar.engine.units import UnitReport
 from ecar.samplers import SAMPLER_NAMES
 from ecar.samplers.chain import GaussianChain, StepMean, power_grid
 from ecar.samplers.temperature import integrate_at_temperature
 
-__all__ = ["CausalSampleConfig", "GuidedCausal", "chain_token", "generate_causal"]
+__all__ = ["CausalNet", "CausalSampleConfig", "ChainHead", "GuidedCausal", "chain_token", "generate_causal"]
+
+
+class ChainHead(Protocol):
+    """What the causal loop needs of a per-token head: the transition means of a Gaussian chain
+    on its velocity with its x-free terms computed once for every step
+    (:meth:`~ecar.models.heads.TokenHead.chain_means`, :meth:`~ecar.models.heads.MixtureHead.chain_means`)."""
+
+    def chain_means(self, zc: torch.Tensor, times: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                    weights: torch.Tensor | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]: ...
+
+
+class CausalNet(Protocol):
+    """What the causal loop (and speculative decoding) needs of a network
+    (:class:`~ecar.models.ar.AR` satisfies it): N token positions of D values, a null class,
+    ragged KV caches, one transformer step, and a per-token head."""
+
+    num_tokens: int
+    token_dim: int
+
+    @property
+    def null_class(self) -> int: ...
+
+    @property
+    def head(self) -> ChainHead: ...
+
+    def new_caches(self, capacity: int) -> Sequence[Any]: ...
+
+    def step(self, prev: torch.Tensor, pos: torch.Tensor, y: torch.Tensor, caches: Any) -> torch.Tensor: ...
+
+    def head_condition(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def velocity(self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor) -> torch.Tensor: ...
+
+    def latent(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def state_dict(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -65,7 +100,7 @@ class GuidedCausal:
     """A causal network bound to labels and guidance: conditions with its own cache, and
     guided head velocities (rows of the conditional and the null half mixed per position)."""
 
-    def __init__(self, model: nn.Module, labels: torch.Tensor, guidance: tuple[float, ...], capacity: int):
+    def __init__(self, model: CausalNet, labels: torch.Tensor, guidance: tuple[float, ...], capacity: int):
         n = model.num_tokens
         if len(guidance) != n:
             raise ValueError(f"one guidance scale per token position: {n}, got {len(guidance)}")
@@ -108,14 +143,10 @@ class GuidedCausal:
 
     def step_means(self, zc: torch.Tensor, pos: torch.Tensor, chain: GaussianChain) -> StepMean:
         """The guided step means of ``chain`` for rows with conditions zc (B or 2B, M, head_width)
-        at token positions pos (B, M): a head with ``chain_means``
-        (:meth:`~ecar.models.heads.MixtureHead.chain_means`) prepares its x-free parts once for
-        every step, both halves at once; any other head is called at t_k (:meth:`velocity`)."""
-        chain_means = getattr(self.model.head, "chain_means", None)
-        if chain_means is None:
-            return chain.step_means(self.velocity(zc, pos), zc.device)
+        at token positions pos (B, M): the head (:class:`ChainHead`) prepares its x-free parts
+        once for every step, both halves at once."""
         a, b = chain.coefficients(zc.device)
-        m = chain_means(zc.unflatten(0, (2, -1)) if self.doubled else zc, chain.grid(zc.device)[:-1], a, b,
+        m = self.model.head.chain_means(zc.unflatten(0, (2, -1)) if self.doubled else zc, chain.grid(zc.device)[:-1], a, b,
                         self._weights(pos) if self.doubled else None)
 
         def counted(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -145,7 +176,7 @@ def chain_token(net: GuidedCausal, chain: GaussianChain, zc: torch.Tensor, pos: 
 
 
 @torch.no_grad()
-def generate_causal(model: nn.Module, labels: torch.Tensor, settings: CausalSampleConfig,
+def generate_causal(model: CausalNet, labels: torch.Tensor, settings: CausalSampleConfig,
                     generator: torch.Generator | None = None, return_stages: bool = False,
                     on_unit: Callable[[int, torch.Tensor], None] | None = None) -> dict:
     """labels (B,) -> {"latents": (B, C, H, W)} (and ``"context"``, the chain's states the

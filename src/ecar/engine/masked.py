@@ -12,17 +12,36 @@ No KV cache: every token may attend to every other, so each pass sees the whole 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
-from torch import nn
 
-from ecar.engine.units import UnitReport
+from ecar.engine.units import UnitReport, constant_scale
 from ecar.flow.masking import random_orders
 from ecar.samplers import SAMPLER_NAMES, guided, time_grid
 from ecar.samplers.temperature import integrate_at_temperature
 
-__all__ = ["MaskedSampleConfig", "generate_masked"]
+__all__ = ["MaskedNet", "MaskedSampleConfig", "generate_masked"]
+
+
+class MaskedNet(Protocol):
+    """What the masked loop needs of a network (:class:`~ecar.models.mar.MAR` satisfies it):
+    N tokens of D values, a null class, the bidirectional transformer over a partly masked
+    grid, and the per-token head."""
+
+    num_tokens: int
+    token_dim: int
+
+    @property
+    def null_class(self) -> int: ...
+
+    def condition(self, tokens: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+    def head_condition(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def velocity(self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor) -> torch.Tensor: ...
+
+    def latent(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -54,7 +73,7 @@ def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def generate_masked(
-    model: nn.Module,
+    model: MaskedNet,
     labels: torch.Tensor,
     settings: MaskedSampleConfig,
     generator: torch.Generator | None = None,
@@ -89,7 +108,7 @@ def generate_masked(
         def head_fn(x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor) -> torch.Tensor:
             return model.velocity(x, u.expand(x.shape[0]), zc)
 
-        v = guided(head_fn, z_c, z_u, lambda t, s=scale: s)
+        v = guided(head_fn, z_c, z_u, constant_scale(scale))
         noise = torch.randn((B, n, D), generator=generator, device=dev)
         new = integrate_at_temperature(settings.sampler, v, noise, grid, generator,
                                        settings.noise_scale, settings.temperature)

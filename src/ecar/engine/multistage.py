@@ -10,14 +10,46 @@ label) through the transformer and mixes the two head velocities with a per-stag
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
-from torch import nn
 
-from ecar.engine.units import UnitReport
-from ecar.flow.pyramid import jump
+from ecar.engine.units import GuidedLabels, UnitReport, constant_scale
+from ecar.flow.pyramid import StageSchedule, jump
 from ecar.samplers import guided, integrate, time_grid
+
+__all__ = ["MultistageNet", "StageSampleConfig", "generate_multistage"]
+
+
+class MultistageNet(Protocol):
+    """What the multistage loop needs of a network (:class:`~ecar.models.ecar.ECAR` satisfies
+    it): its stage pyramid, C-channel latents, a null class, the AR transformer (a full pass or
+    one stage with a KV cache) and the per-stage head."""
+
+    schedule: StageSchedule
+    channels: int
+
+    @property
+    def num_stages(self) -> int: ...
+
+    @property
+    def null_class(self) -> int: ...
+
+    def new_cache(self) -> Sequence[Any]: ...
+
+    def ar_input(self, prev_end: torch.Tensor | None, s: int, like: torch.Tensor) -> torch.Tensor | None: ...
+
+    def condition(self, inputs: list[torch.Tensor | None], y: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def condition_step(self, inp: torch.Tensor | None, s: int, y: torch.Tensor, cache: Any) -> torch.Tensor: ...
+
+    def head_condition(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def velocity(self, x_tokens: torch.Tensor, u: torch.Tensor, zc: torch.Tensor, s: int) -> torch.Tensor: ...
+
+    def stage_tokens(self, latent: torch.Tensor) -> torch.Tensor: ...
+
+    def stage_latent(self, tokens: torch.Tensor, s: int) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -39,7 +71,7 @@ class StageSampleConfig:
 
 @torch.no_grad()
 def generate_multistage(
-    model: nn.Module,
+    model: MultistageNet,
     labels: torch.Tensor,
     stages: StageSampleConfig,
     generator: torch.Generator | None = None,
@@ -63,23 +95,18 @@ def generate_multistage(
     steps, scales = stages.steps, stages.guidance
     # the AR pass carries the null-label half while any later stage still guides; after the
     # last guided stage it (and its KV cache) drops to the conditional half
-    guide = any(sc != 1.0 for sc in scales)
-    y = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guide else labels
+    batch = GuidedLabels(labels, model.null_class, scales)
     cache = model.new_cache() if use_cache else None
-    prefix: list[torch.Tensor] = []
+    prefix: list[torch.Tensor | None] = []
 
     n0 = sched.sizes[0]
     start = torch.randn((B, C, n0, n0), generator=generator, device=dev)
     cond = model.ar_input(None, 0, start)  # the AR input of stage 1: nothing decided yet
     report = UnitReport(return_stages, on_unit)
     for s in range(S):
-        if guide and all(sc == 1.0 for sc in scales[s:]):
-            guide, y = False, labels
-            if use_cache:
-                for kv in cache:
-                    kv.keep(B)
-            else:
-                prefix = [None if p is None else p[:B] for p in prefix]
+        if batch.at(s, cache) and not use_cache:
+            prefix = [None if p is None else p[:B] for p in prefix]
+        guide, y = batch.guide, batch.y
         ar_in = torch.cat([cond, cond]) if guide and cond is not None else cond
         if use_cache:
             z = model.condition_step(ar_in, s, y, cache)
@@ -92,7 +119,7 @@ def generate_multistage(
         def head_fn(x: torch.Tensor, u: torch.Tensor, zz: torch.Tensor, s: int = s) -> torch.Tensor:
             return model.velocity(x, u.expand(x.shape[0]), zz, s)
 
-        v = guided(head_fn, z_c, z_u, lambda t, sc=scales[s]: sc)
+        v = guided(head_fn, z_c, z_u, constant_scale(scales[s]))
         tokens = integrate(
             stages.sampler, v, model.stage_tokens(start), time_grid(steps[s], device=dev),
             generator, stages.noise_scale,

@@ -18,16 +18,40 @@ dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
-from torch import nn
 
-from ecar.engine.units import UnitReport
+from ecar.engine.units import GuidedLabels, UnitReport, constant_scale
 from ecar.flow.paths import interpolate
 from ecar.samplers import SAMPLER_NAMES, guided, integrate, time_grid
 
-__all__ = ["NextXSampleConfig", "generate_next_x"]
+__all__ = ["NextXNet", "NextXSampleConfig", "generate_next_x"]
+
+
+class NextXNet(Protocol):
+    """What the next-X loop needs of a network (:class:`~ecar.models.xar.XAR` satisfies it):
+    U units of ``counts[u]`` tokens of D values, a null class, the velocity of one unit with
+    a KV cache of the earlier ones (or of a whole sequence), and the latent of the units so far."""
+
+    token_dim: int
+    counts: list[int]
+
+    @property
+    def num_units(self) -> int: ...
+
+    @property
+    def null_class(self) -> int: ...
+
+    def new_cache(self) -> Sequence[Any]: ...
+
+    def unit_velocity(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, u: int, cache: Any) -> torch.Tensor: ...
+
+    def append_unit(self, x: torch.Tensor, y: torch.Tensor, u: int, cache: Any, t: float = 1.0) -> None: ...
+
+    def velocity_seq(self, seq: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+    def latent(self, seq: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +75,7 @@ class NextXSampleConfig:
 
 @torch.no_grad()
 def generate_next_x(
-    model: nn.Module,
+    model: NextXNet,
     labels: torch.Tensor,
     settings: NextXSampleConfig,
     generator: torch.Generator | None = None,
@@ -70,20 +94,16 @@ def generate_next_x(
     if len(settings.steps) != U:
         raise ValueError(f"the model has {U} units but the settings give {len(settings.steps)}")
     scales = settings.guidance
-    guide = any(s != 1.0 for s in scales)
     null = torch.full_like(labels, model.null_class)
-    y = torch.cat([labels, null]) if guide else labels
+    batch = GuidedLabels(labels, model.null_class, scales)
     cache = model.new_cache() if use_cache else None
     tc = float(settings.context_time)
     done: list[torch.Tensor] = []
     context: list[torch.Tensor] = []
     report = UnitReport(return_stages, on_unit)
     for u in range(U):
-        if guide and all(s == 1.0 for s in scales[u:]):
-            guide, y = False, labels
-            if use_cache:
-                for kv in cache:
-                    kv.keep(B)
+        batch.at(u, cache)
+        guide, y = batch.guide, batch.y
 
         def model_fn(x: torch.Tensor, t: torch.Tensor, yy: torch.Tensor, u: int = u) -> torch.Tensor:
             if use_cache:
@@ -95,7 +115,7 @@ def generate_next_x(
             times[:, u] = t
             return model.velocity_seq(seq, times, yy)[:, -x.shape[1]:]
 
-        v = guided(model_fn, labels, null, lambda t, s=scales[u]: s)
+        v = guided(model_fn, labels, null, constant_scale(scales[u]))
         noise = torch.randn((B, model.counts[u], D), generator=generator, device=dev)
         tokens = integrate(settings.sampler, v, noise, time_grid(settings.steps[u], device=dev), generator,
                            settings.noise_scale)

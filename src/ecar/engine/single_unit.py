@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
-from torch import nn
 
 from ecar.engine.units import UnitReport
 from ecar.samplers import SampleConfig, guidance_scale, guided, integrate, time_grid
 
+__all__ = ["VelocityNet", "generate_single_unit"]
+
+
+class VelocityNet(Protocol):
+    """What the one-unit loop needs of a network (:class:`~ecar.models.dit.DiT` satisfies it):
+    C×size×size latents, a null class, and the velocity of the whole latent."""
+
+    channels: int
+    size: int
+
+    @property
+    def null_class(self) -> int: ...
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
 
 @torch.no_grad()
 def generate_single_unit(
-    model: nn.Module,
+    model: VelocityNet,
     labels: torch.Tensor,
     sample: SampleConfig,
     generator: torch.Generator | None = None,

@@ -21,7 +21,7 @@ With ``verify="step"`` the γ·K Gaussian transitions are tested instead, jointl
 (:func:`block_accepted`, block verification: exact, and never keeps fewer transitions than
 testing each alone); the transition after the kept ones is drawn from the weighted residual
 of two equal-covariance Gaussians (:func:`gaussian_residual`, no network call), and the rest
-of that token's chain is speculated again (:func:`_continue_chains`: the draft proposes the
+of that token's chain is speculated again (:func:`~ecar.engine.speculative_residual.continue_chains`: the draft proposes the
 remaining transitions from the new state, the target tests them in one head call) until it
 reaches its end.
 
@@ -37,16 +37,16 @@ Exactness for tokens follows from exactness for paths: the token is the path's l
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
-from torch import nn
 
-from ecar.engine.causal import CausalSampleConfig, GuidedCausal, chain_token
+from ecar.engine.causal import CausalNet, CausalSampleConfig, GuidedCausal, chain_token
 from ecar.engine.speculative_cost import MAX_GAMMA, CallCosts, choose_gamma
-from ecar.engine.speculative_rules import (SpeculativeStats, accepted_prefix, block_accepted, check_rounds,
-                                           first_residual, gaussian_residual, step_test)
+from ecar.engine.speculative_residual import chain_means, expand_rows, redraw, repeat_rows
+from ecar.engine.speculative_rules import (SpeculativeStats, accepted_prefix, block_accepted, first_residual,
+                                           gaussian_residual, step_test)
 from ecar.models.ar import shares_transformer
 from ecar.samplers.chain import GaussianChain, path_log_ratio
 
@@ -73,130 +73,12 @@ def _pick(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, doubled: bool
     return torch.cat([c[rows, cols], u[rows, cols]])
 
 
-def _expand(z: torch.Tensor, m: int) -> torch.Tensor:
-    """(R, F) -> (R, m, F)."""
-    return z[:, None].expand(-1, m, -1)
-
-
-def _rows(zq: torch.Tensor, pos: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Conditions zq (B or 2B, M, F) and positions pos (B, M), each repeated for j rows per token."""
-    return (zq[:, :, None].expand(-1, -1, j, -1).reshape(zq.shape[0], -1, zq.shape[-1]),
-            pos[:, :, None].expand(-1, -1, j).reshape(pos.shape[0], -1))
-
-
-def chain_means(net: GuidedCausal, zq: torch.Tensor, pos: torch.Tensor, chain: GaussianChain,
-                 states: torch.Tensor) -> torch.Tensor:
-    """Means of ``net``'s chain at states (B, M, K, D) for conditions zq (B or 2B, M, F) at
-    positions pos (B, M): one head call of M·K rows per image."""
-    return chain.means(net.velocity(*_rows(zq, pos, chain.steps)), states)
-
-
 def _verify(net: GuidedCausal, zp: torch.Tensor, pos: torch.Tensor, chain: GaussianChain,
             paths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The target's transition means (B, M, K, D) along recorded paths (B, M, K + 1, D) and the
     tokens it finishes them to (B, M, D): one head call of M·K rows per image (M·(K + 1) when
     the chain stops before t = 1)."""
-    return chain.means_and_finish(net.velocity(*_rows(zp, pos, paths.shape[2] - (not chain.finishes))), paths)
-
-
-def _finish(net: GuidedCausal, chain: GaussianChain, x: torch.Tensor, z: torch.Tensor, pos: torch.Tensor
-            ) -> torch.Tensor:
-    """Chain states x (R, D) at t = ``end`` of rows with conditions z (R or 2R, F) at positions pos
-    (R,) -> the tokens ``net`` finishes them to (one head call; x itself when the chain ends at 1)."""
-    if not chain.finishes:
-        return x
-    return chain.finish(net.velocity(z[:, None], pos[:, None]), x[:, None])[:, 0]
-
-
-def _residual_paths(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain, zp: torch.Tensor,
-                    zq: torch.Tensor, pos: torch.Tensor, m: int, generator, max_rounds: int,
-                    stats: SpeculativeStats) -> torch.Tensor:
-    """Path residual for R rejected tokens: conditions zp, zq (R or 2R, F), positions (R,) ->
-    tokens (R, D): rejection from the target's chain with acceptance 1 − q(path)/p(path),
-    ``m`` candidate chains per row and round (K target head calls a round)."""
-    stds, dbl = chain.stds(pos.device), tnet.doubled
-    out = torch.empty(pos.shape[0], tnet.model.token_dim, device=pos.device)
-    rows = torch.arange(pos.shape[0], device=pos.device)
-    rounds = 0
-    while rows.numel():
-        check_rounds(rounds, max_rounds, rows.numel(), m)
-        rounds += 1
-        prow = pos[rows, None].expand(-1, m)
-        noise = torch.randn((rows.numel(), m, out.shape[-1]), generator=generator, device=pos.device)
-        y, ypath, ym = chain.sample(tnet.velocity(_expand(zp, m), prow), noise, generator, record=True)
-        qm = chain_means(dnet, _expand(zq, m), prow, chain, ypath[:, :, :-1])
-        first = first_residual(path_log_ratio(ypath, ym, qm, stds), generator)
-        ok = first >= 0
-        stats.residual_candidates += int(ok.numel()) * m
-        out[rows[ok]] = y[ok.nonzero()[:, 0], first[ok]].to(out.dtype)
-        rows, zp, zq = rows[~ok], GuidedCausal.rows(zp, ~ok, dbl), GuidedCausal.rows(zq, ~ok, dbl)
-    stats.residual_rounds += rounds
-    return out
-
-
-def _continue_chains(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain, x: torch.Tensor,
-                     done: torch.Tensor, zp: torch.Tensor, zq: torch.Tensor, pos: torch.Tensor, candidates: int,
-                     generator, max_rounds: int, stats: SpeculativeStats) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chains known up to state x_done (x (R, D), done (R,) in 1 … K) after a residual draw, run
-    on to x_K by speculation again: the draft proposes each row's remaining transitions from
-    its own state, the target tests them in order in one head call (which also finishes the
-    token), and a rejected transition is drawn from the Gaussian residual, after which the
-    rest is proposed anew. Rows advance together from the earliest one; a row's transitions
-    before its own ``done`` are held (its state copied) and count as accepted. Conditions
-    zp, zq (R or 2R, F), positions (R,). Returns (x_K (R, D), finished tokens (R, D))."""
-    K, dev, dbl = chain.steps, x.device, tnet.doubled
-    stds = chain.stds(dev)
-    state, token, done = x.clone(), torch.empty_like(x), done.clone()
-    rows = torch.arange(x.shape[0], device=dev)
-    while rows.numel():
-        s0, d = int(done[rows].min()), done[rows]
-        rp, rq = (GuidedCausal.rows(z, rows, dbl)[:, None] for z in (zp, zq))
-        p = pos[rows, None]
-        cur, states, q_means = state[rows, None], [state[rows, None]], []
-        m = dnet.step_means(rq, p, chain)
-        for k in range(s0, K):
-            mean = m(cur, k)
-            eps = torch.randn(cur.shape, generator=generator, device=dev, dtype=cur.dtype)
-            cur = torch.where((d <= k)[:, None, None], mean + stds[k] * eps, cur)
-            states.append(cur), q_means.append(mean)
-        path = torch.stack(states, dim=2)  # (r, 1, K + 1 − s0, D)
-        q_means = torch.stack(q_means, dim=2) if q_means else path[:, :, :0]
-        p_means, finished = chain.means_and_finish(tnet.velocity(rp, p), path, s0)
-        held = torch.arange(s0, K, device=dev)[None] < d[:, None]  # a copied state: ratio 1, kept
-        lr, dist = step_test(path, p_means, q_means, stds[s0:])
-        c, logw = block_accepted(lr[:, 0].masked_fill(held, 0.0), dist[:, 0], torch.full_like(d, K - s0), generator)
-        complete = c == K - s0
-        state[rows[complete]] = path[complete, 0, -1]
-        token[rows[complete]] = finished[complete, 0]
-        rej = (~complete).nonzero()[:, 0]
-        if rej.numel():
-            j = c[rej]
-            state[rows[rej]] = gaussian_residual(p_means[rej, 0, j], q_means[rej, 0, j], stds[s0 + j], candidates,
-                                                 generator, max_rounds, stats, logw[rej])
-            done[rows[rej]] = s0 + j + 1
-        rows = rows[rej]
-    return state, token
-
-
-def _replace(tnet: GuidedCausal, dnet: GuidedCausal, chain: GaussianChain, verify: str, zp: torch.Tensor,
-             zq: torch.Tensor, pos: torch.Tensor, p_means: torch.Tensor, q_means: torch.Tensor,
-             step: tuple[torch.Tensor, torch.Tensor] | None, residual_batch: int, generator, max_rounds: int,
-             stats: SpeculativeStats) -> tuple[torch.Tensor, torch.Tensor]:
-    """New draws for R rejected proposals with target and draft conditions zp, zq (R or 2R, F) at
-    positions pos (R,): the chain state (R, D) at its end and the token (R, D) the target
-    finishes it to. ``step`` (verify ``step``): the transition k (R,) to redraw and the log
-    weight (R,) of its residual (:func:`block_accepted`); it is drawn from the weighted Gaussian
-    residual of the two means (R, K, D) there, then the rest of the chain is speculated again
-    (:func:`_continue_chains`). ``path``: the path residual."""
-    stats.residual_tokens += pos.shape[0]
-    if verify == "step":
-        k, log_weight = step
-        r, m = torch.arange(k.shape[0], device=k.device), max(residual_batch, 64)
-        x = gaussian_residual(p_means[r, k], q_means[r, k], chain.stds(k.device)[k], m, generator, max_rounds, stats,
-                              log_weight)
-        return _continue_chains(tnet, dnet, chain, x, k + 1, zp, zq, pos, m, generator, max_rounds, stats)
-    new = _residual_paths(tnet, dnet, chain, zp, zq, pos, residual_batch, generator, max_rounds, stats)
-    return new, _finish(tnet, chain, new, zp, pos)
+    return chain.means_and_finish(net.velocity(*repeat_rows(zp, pos, paths.shape[2] - (not chain.finishes))), paths)
 
 
 @dataclass
@@ -207,8 +89,8 @@ class _Run:
     sized N + γ_max so a round may run past the grid. ``clock`` (when set) collects the seconds
     of each kind of call for :class:`CallCosts`."""
 
-    target: nn.Module
-    draft: nn.Module
+    target: CausalNet
+    draft: CausalNet
     tnet: GuidedCausal
     dnet: GuidedCausal
     shared: bool
@@ -274,10 +156,11 @@ def _token_by_token(run: _Run, start: int, stop: int) -> None:
     B, D, dev = tnet.batch, run.target.token_dim, run.tokens.device
     K, stds, dbl = chain.steps, chain.stds(dev), tnet.doubled
     all_steps, one, zero = (torch.full((B,), v, dtype=torch.long, device=dev) for v in (K, 1, 0))
-    steps_accepted = 0  # a tensor after the first token: summed without a sync per token
+    steps_accepted: int | torch.Tensor = 0  # a tensor after the first token: summed without a sync per token
     for i in range(start, stop):
         pos = torch.full((B, 1), i, dtype=torch.long, device=dev)
         zq, zp = run.conditions(run.context[:, max(i - 1, 0)][:, None], pos)
+        assert zq is not None  # the draft's conditions were asked for
         t0 = time.perf_counter()
         noise = torch.randn((B, 1, D), generator=g, device=dev)
         x, path, q_means = chain.sample_steps(dnet.step_means(zq, pos, chain), noise, g, record=True)
@@ -297,7 +180,7 @@ def _token_by_token(run: _Run, start: int, stop: int) -> None:
         t0 = run.tick("decide", t0)
         if rows.numel():
             cols = zero[:rows.numel()]
-            new, tok = _replace(tnet, dnet, chain, run.verify, _pick(zp, rows, cols, dbl), _pick(zq, rows, cols, dbl),
+            new, tok = redraw(tnet, dnet, chain, run.verify, _pick(zp, rows, cols, dbl), _pick(zq, rows, cols, dbl),
                                 pos[rows, 0], p_means[rows, 0], q_means[rows, 0],
                                 None if step is None else (step[0][rows], step[1][rows]), run.residual_batch, g,
                                 run.max_rounds, stats)
@@ -331,21 +214,31 @@ def _rounds(run: _Run, start: int, gamma: int) -> None:
         pos = n[:, None] + steps
         prev0 = run.context[batch, (n - 1).clamp_min(0)][:, None]
         # the draft proposes gamma tokens, recording each path and its transition means
-        prev, props, paths, q_means, zq, zp = prev0, [], [], [], [], []
+        prev = prev0
+        xs: list[torch.Tensor] = []  # per proposal: its token, path, draft means, conditions
+        ps: list[torch.Tensor] = []
+        qs: list[torch.Tensor] = []
+        zqs: list[torch.Tensor] = []
+        zps: list[torch.Tensor] = []
         for j in range(gamma):
             if run.shared:  # the target's pass gives both heads their conditions
-                z, zpj = run.conditions(prev, pos[:, j:j + 1])
-                zp.append(zpj)
+                zj, zpj = run.conditions(prev, pos[:, j:j + 1])
+                assert zj is not None
+                z = zj
+                zps.append(zpj)
             else:
                 z = dnet.condition(prev, pos[:, j:j + 1])
             noise = torch.randn((B, 1, D), generator=g, device=dev)
             x, path, mq = chain.sample_steps(dnet.step_means(z, pos[:, j:j + 1], chain), noise, g, record=True)
-            props.append(x), paths.append(path), q_means.append(mq), zq.append(z)
+            xs.append(x)
+            ps.append(path)
+            qs.append(mq)
+            zqs.append(z)
             prev = x
-        props, paths, q_means, zq = (torch.cat(v, dim=1) for v in (props, paths, q_means, zq))
+        props, paths, q_means, zq = (torch.cat(v, dim=1) for v in (xs, ps, qs, zqs))
         # the target verifies all of them: one causal pass, one head call of gamma*K rows per image
         # (gamma*(K + 1) with the target's finishing step)
-        zp = torch.cat(zp, dim=1) if run.shared else tnet.condition(torch.cat([prev0, props[:, :-1]], dim=1), pos)
+        zp = torch.cat(zps, dim=1) if run.shared else tnet.condition(torch.cat([prev0, props[:, :-1]], dim=1), pos)
         stats.rounds += 1
         stats.image_rounds += int((limit > 0).sum())
         p_means, finished = _verify(tnet, zp, pos, chain, paths)
@@ -368,7 +261,7 @@ def _rounds(run: _Run, start: int, gamma: int) -> None:
         rows = rejected.nonzero()[:, 0]
         if rows.numel():
             cols, res_pos = a[rows], (n + a)[rows]
-            new, tok = _replace(tnet, dnet, chain, run.verify, _pick(zp, rows, cols, dbl), _pick(zq, rows, cols, dbl),
+            new, tok = redraw(tnet, dnet, chain, run.verify, _pick(zp, rows, cols, dbl), _pick(zq, rows, cols, dbl),
                                 res_pos, p_means[rows, cols], q_means[rows, cols],
                                 (k_rej[rows], logw[rows]) if run.verify == "step" else None, run.residual_batch, g,
                                 run.max_rounds, stats)
@@ -389,7 +282,7 @@ def _fixed_costs(run: _Run, labels: torch.Tensor, settings: CausalSampleConfig) 
     zp = run.target.head_condition(net.hidden(run.context[:1, :1], pos))
     out = []
     for m in (1, 4):
-        z, p = _expand(zp[:, 0], m), pos.expand(1, m)
+        z, p = expand_rows(zp[:, 0], m), pos.expand(1, m)
         paths = torch.zeros((1, m, run.chain.steps + 1, run.target.token_dim), device=labels.device)
         best = float("inf")
         for _ in range(3):
@@ -403,6 +296,7 @@ def _fixed_costs(run: _Run, labels: torch.Tensor, settings: CausalSampleConfig) 
 def _measured_costs(run: _Run, fixed: tuple[float, float], batch: int) -> CallCosts:
     """:class:`CallCosts` from a pilot's clock (the fastest of each kind: the first calls warm up)."""
     c = run.clock
+    assert c is not None, "the pilot runs with a clock"
 
     def best(key: str) -> float:
         return min(c[key]) if c.get(key) else 0.0
@@ -438,7 +332,7 @@ def _auto(run: _Run, labels: torch.Tensor, settings: CausalSampleConfig) -> dict
 
 
 @torch.no_grad()
-def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tensor, settings: CausalSampleConfig,
+def generate_speculative(target: CausalNet, draft: CausalNet, labels: torch.Tensor, settings: CausalSampleConfig,
                          gamma: int | str = AUTO, residual_batch: int = 8, generator: torch.Generator | None = None,
                          max_residual_rounds: int = 1000, verify: str = "step",
                          on_round: Callable[[torch.Tensor], None] | None = None, share_passes: bool = True) -> dict:
@@ -468,16 +362,16 @@ def generate_speculative(target: nn.Module, draft: nn.Module, labels: torch.Tens
                          f"{target.num_tokens}×{target.token_dim}")
     chain = settings.chain()
     B, N, D, dev = labels.shape[0], target.num_tokens, target.token_dim, labels.device
-    room = N + (MAX_GAMMA if gamma == AUTO else gamma)
+    room = N + (gamma if isinstance(gamma, int) else MAX_GAMMA)
     tokens = torch.zeros(B, room, D, device=dev)
     run = _Run(target, draft, GuidedCausal(target, labels, settings.guidance, room),
                GuidedCausal(draft, labels, settings.guidance, room), share_passes and shares_transformer(target, draft),
                chain, verify, residual_batch, generator, max_residual_rounds, on_round, SpeculativeStats(), tokens,
                torch.zeros(B, room, D, device=dev) if chain.finishes else tokens,
                torch.zeros(B, room, dtype=torch.int8, device=dev))
-    choice = {"gamma": gamma, "start": 0} if gamma != AUTO else _auto(run, labels, settings)
+    choice: dict[str, Any] = {"gamma": gamma, "start": 0} if gamma != AUTO else _auto(run, labels, settings)
     choice["batch"] = B
-    start, chosen = choice["start"], choice["gamma"]
+    start, chosen = int(choice["start"]), int(choice["gamma"])
     if chosen == 0:
         _plain_tokens(run, start)
     elif chosen == 1:

@@ -1,7 +1,9 @@
 """Cost of generation: FLOPs of a whole sampling call and its wall-clock time.
 
 One protocol for every caller (``ecar bench``, ``ecar demo``, ``benchmarks/cost_digits.py``)
-and every model: :func:`measure_cost` with its defaults.
+and every model: :func:`measure_cost` with its defaults. Every function takes the model's
+:class:`~ecar.pipeline.Pipeline` and times or counts its latent-space call
+(:meth:`~ecar.pipeline.Pipeline.latent_call`).
 
 * **Batch.** Every model is measured on :data:`TIMING_BATCH` images per sampling call
   (labels cycling over the classes), the same batch for the FLOP count and for timing.
@@ -10,10 +12,10 @@ and every model: :func:`measure_cost` with its defaults.
 * **FLOPs** are counted with PyTorch's ``FlopCounterMode`` over one full call of the
   method's generation loop, guidance included, in latent space (decoding excluded):
   matmuls, convolutions and attention; elementwise work is not counted, as in the papers we
-  compare with. Attention is counted on every device: importing this module imports
-  :mod:`ecar.eval.flops`, which gives the CPU SDPA kernels (which torch leaves at 0) the
-  formula torch uses for the CUDA ones — 2·B·H·N_q·N_k·d for Q·Kᵀ plus the same for the
-  weights·V, a mask does not reduce it.
+  compare with (:meth:`ecar.pipeline.Pipeline.gflops`). Attention is counted on every device:
+  :mod:`ecar.flops` gives the CPU SDPA kernels (which torch leaves at 0) the formula torch
+  uses for the CUDA ones — 2·B·H·N_q·N_k·d for Q·Kᵀ plus the same for the weights·V, a mask
+  does not reduce it.
 * **Time** is the median wall-clock time of :data:`TIMING_REPEATS` calls after
   :data:`TIMING_WARMUP` untimed warm-up calls, divided by the batch, with torch's thread
   count as it is (recorded in :class:`Cost`; set it, e.g. ``OMP_NUM_THREADS``, before the
@@ -30,16 +32,17 @@ import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import ecar.eval.flops  # noqa: F401  (registers the attention FLOP formulas torch lacks)
-from ecar.config import Config
-from ecar.generate import labels_for
-from ecar.methods import method_of
+from ecar.pipeline import Pipeline
 from ecar.samplers import SampleConfig
+
+__all__ = ["Anatomy", "Cost", "PARTS", "TIMING_BATCH", "TIMING_REPEATS", "TIMING_WARMUP", "cost_anatomy",
+           "count_flops", "measure_cost", "median_seconds", "time_sampling"]
 
 TIMING_BATCH = 64
 """Images per sampling call for FLOP counting and timing, the same for every model."""
@@ -76,35 +79,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _sampling_call(model: nn.Module, cfg: Config, sample: SampleConfig | None, batch: int,
-                   on_unit=None):
-    """``run(seed)``: one generation call of ``batch`` images (labels cycling over classes)."""
-    if batch < 1:
-        raise ValueError(f"cost batch must be >= 1, got {batch}")
-    sample = sample or cfg.sample
-    method = method_of(cfg.model)
-    device = next(model.parameters()).device
-    labels = labels_for(batch, cfg.data.num_classes).to(device)
-
-    def run(seed: int) -> None:
-        kw = {} if on_unit is None else {"on_unit": on_unit}
-        method.generate(model, sample, labels, torch.Generator(device=device).manual_seed(seed), **kw)
-
-    return run, device
+def count_flops(pipe: Pipeline, sample: SampleConfig | None = None, batch: int = TIMING_BATCH) -> float:
+    """GFLOPs per generated image of one sampling call of ``batch`` images (latent space;
+    :meth:`ecar.pipeline.Pipeline.gflops`)."""
+    return pipe.gflops(sample, batch)
 
 
-@torch.no_grad()
-def count_flops(
-    model: nn.Module, cfg: Config, sample: SampleConfig | None = None, batch: int = TIMING_BATCH,
-) -> float:
-    """GFLOPs per generated image of one sampling call of ``batch`` images (latent space)."""
-    run, _ = _sampling_call(model, cfg, sample, batch)
-    with FlopCounterMode(display=False) as counter:
-        run(0)
-    return counter.get_total_flops() / batch / 1e9
-
-
-def median_seconds(fn, device: torch.device, repeats: int, warmup: int) -> float:
+def median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
     """Median wall-clock seconds of ``repeats`` calls of ``fn()`` after ``warmup`` untimed
     ones, the device synchronised before and after each (the protocol of every timing here)."""
     if repeats < 1 or warmup < 0:
@@ -122,8 +103,7 @@ def median_seconds(fn, device: torch.device, repeats: int, warmup: int) -> float
 
 @torch.no_grad()
 def time_sampling(
-    model: nn.Module,
-    cfg: Config,
+    pipe: Pipeline,
     sample: SampleConfig | None = None,
     batch: int = TIMING_BATCH,
     repeats: int = TIMING_REPEATS,
@@ -132,14 +112,13 @@ def time_sampling(
     """Median seconds per image of a sampling call of ``batch`` images (latent space)."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"timing needs repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    run, device = _sampling_call(model, cfg, sample, batch)
+    run = pipe.latent_call(sample, batch)
     calls = iter(range(warmup + repeats))
-    return median_seconds(lambda: run(next(calls)), device, repeats, warmup) / batch
+    return median_seconds(lambda: run(next(calls)), pipe.device, repeats, warmup) / batch
 
 
 def measure_cost(
-    model: nn.Module,
-    cfg: Config,
+    pipe: Pipeline,
     sample: SampleConfig | None = None,
     batch: int = TIMING_BATCH,
     repeats: int = TIMING_REPEATS,
@@ -152,16 +131,17 @@ def measure_cost(
     ``repeats`` and ``warmup`` are there for tests and explicit experiments. ``anatomy``:
     also split the FLOPs (:func:`cost_anatomy`, whose total is the count reported).
     """
+    model = pipe.model
     was_training = model.training
     model.eval()
     split = None
     try:
         if anatomy:
-            split = cost_anatomy(model, cfg, sample, batch=batch)
+            split = cost_anatomy(pipe, sample, batch=batch)
             gflops = split.total
         else:
-            gflops = count_flops(model, cfg, sample, batch=batch)
-        seconds = time_sampling(model, cfg, sample, batch=batch, repeats=repeats, warmup=warmup)
+            gflops = count_flops(pipe, sample, batch=batch)
+        seconds = time_sampling(pipe, sample, batch=batch, repeats=repeats, warmup=warmup)
     finally:
         model.train(was_training)
     return Cost(gflops, seconds, batch, repeats, warmup, anatomy=split)
@@ -233,20 +213,18 @@ class Anatomy:
 
 
 @torch.no_grad()
-def cost_anatomy(model: nn.Module, cfg: Config, sample: SampleConfig | None = None,
-                 batch: int = TIMING_BATCH) -> Anatomy:
+def cost_anatomy(pipe: Pipeline, sample: SampleConfig | None = None, batch: int = TIMING_BATCH) -> Anatomy:
     """Where one sampling call's FLOPs go, per image: each unit's backbone, head and guidance
     branch. The guidance branch is measured, not assumed: the call is counted again with
     guidance off (``cfg = 1``, which drops the null half wherever a method doubles its rows),
     and each unit's difference is its guidance share; the backbone/head split is that of the
     unguided call."""
-    sample = sample or cfg.sample
-    head = getattr(model, "head", None)
-    head = head if isinstance(head, nn.Module) else None
+    sample = sample or pipe.sample
+    head = pipe.head()
     counts = []
     for s in (sample, dataclasses.replace(sample, cfg=1.0)):
         counter = _PartCounter(head)
-        run, _ = _sampling_call(model, cfg, s, batch, on_unit=counter.on_unit)
+        run = pipe.latent_call(s, batch, on_unit=counter.on_unit)
         with counter:
             run(0)
         rest = counter.get_total_flops() - sum(u["backbone"] + u["head"] for u in counter.units)

@@ -3,7 +3,7 @@
 Three extractors share one interface, :class:`FeatureExtractor`:
 
 * ``"digits"``, ``"shapes"`` and ``"fashion"`` (Fashion-MNIST at 32×32): a small CNN
-  classifier (:class:`DigitsNet`) trained on the ``train`` split of our small datasets by
+  classifier (:class:`~ecar.eval.feature_nets.DigitsNet`, :mod:`ecar.eval.feature_nets`) trained on the ``train`` split of our small datasets by
   ``scripts/train_feature_net.py`` and shipped as ``ecar/assets/<name>_classifier.safetensors``
   with a JSON sidecar that records the architecture, the training command and the held-out
   accuracy. Inception features are meaningless on 16×16 digits, so FID on the small
@@ -25,8 +25,6 @@ in eval mode, without gradients, on the device of the input tensor.
 from __future__ import annotations
 
 import importlib.util
-import json
-import math
 import os
 import warnings
 from pathlib import Path
@@ -34,267 +32,26 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+from ecar.data import source_data_args
+from ecar.eval.feature_nets import CLASSIFIER_NETS, DigitsNet, load_classifier
 
 __all__ = [
-    "DigitsNet",
-    "FEATURE_MODES",
-    "FeatureExtractor",
     "CLASSIFIER_NETS",
     "ClassifierFeatureExtractor",
-    "InceptionFeatureExtractor",
-    "add_pixel_noise",
-    "assets_dir",
-    "gaussian_blur",
-    "load_classifier",
-    "load_feature_net",
-    "save_classifier",
-    "tf_bilinear_resize",
     "FEATURE_NETS",
+    "FeatureExtractor",
+    "InceptionFeatureExtractor",
+    "check_compatible",
+    "default_feature_net",
+    "features_of_images",
+    "load_feature_net",
+    "quantize",
+    "tf_bilinear_resize",
 ]
 
-CLASSIFIER_NETS = ("digits", "shapes", "fashion")
-"""Shipped classifier feature nets (``ecar/assets/<name>_classifier.*``)."""
 FEATURE_NETS = (*CLASSIFIER_NETS, "inception")
 INCEPTION_ENV_VAR = "ECAR_INCEPTION_PATH"
-
-
-def assets_dir() -> Path:
-    """Directory of the packaged data files (``src/ecar/assets``)."""
-    return Path(__file__).resolve().parent.parent / "assets"
-
-
-# ---------------------------------------------------------------------------------------
-# Small classifier
-
-
-FEATURE_MODES = ("spatial", "pooled")
-
-
-class DigitsNet(nn.Module):
-    """Small CNN classifier whose activations serve as FID features.
-
-    Trunk: ``n_stages = log2(resolution / 4)`` stages of two 3×3 conv–BN–SiLU layers
-    followed by 2×2 average pooling (channels ``width·min(2^i, 2)``), so the last map is
-    4×4. SiLU (not ReLU) keeps the feature covariance full rank. Two feature modes
-    (``features``, recorded in the JSON sidecar):
-
-    * ``"spatial"`` (the shipped nets): the feature vector is the concatenation of
-
-      - **layout**: ``SiLU(Conv1×1(last 4×4 map))`` with ``spatial_channels`` = k output
-        channels, flattened *without pooling* (16·k values: what is where), which is also
-        the classifier's penultimate layer (``head`` is a ``Linear`` on it); and
-      - **texture**: three spatial statistics of each of the ``width`` channels ``a`` of
-        the first conv–BN–SiLU layer, at full resolution (3·width values): mean, standard
-        deviation, and the median over pixels of ``|a − mean₃ₓ₃(a)|`` (local contrast; the
-        median is set by the flat regions that cover most of an image, where a person sees
-        grain, and is not moved by the object's edges). These first-layer filters respond
-        to edges and grain; pixel noise raises the spread and the local contrast and blur
-        lowers them, which the pooled classifier features of the deep layers barely
-        register (they were trained to ignore it).
-
-      Each of the ``16·k + 3·width`` values is standardised with a fixed affine map
-      (``feat_shift``, ``feat_scale``: mean and 1/std over the training split, computed
-      by ``scripts/train_feature_net.py`` after training and stored with the weights), so
-      FID counts a change of one real-data standard deviation the same in every feature;
-      without it the texture statistics (averages over the whole image, hence of small
-      spread) would be invisible next to the layout features.
-    * ``"pooled"`` (nets trained before the spatial mode; kept loadable): global average
-      pooling of the last map, ``Linear → SiLU`` to ``feature_dim`` values. Pixel noise
-      and mild blur hardly move these features (``scripts/feature_sensitivity.py``).
-
-    Args:
-        in_channels: image channels (1 for ``digits``/``fashion``, 3 for ``shapes``).
-        resolution: input height = width, a power of two ≥ 8.
-        num_classes: number of classes K.
-        width: channels of the first stage.
-        feature_dim: D. ``pooled``: the embedding width (default 128). ``spatial``:
-            derived as ``16·spatial_channels + 3·width``; a given value must match.
-        features: ``"spatial"`` or ``"pooled"``.
-        spatial_channels: k of the ``spatial`` mode's 1×1 conv (default 8).
-
-    Shapes: ``x`` is ``N×in_channels×resolution×resolution`` in [-1, 1];
-    ``features(x)`` is ``N×feature_dim``; ``logits(x)`` and ``forward(x)`` are ``N×K``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        resolution: int = 16,
-        num_classes: int = 10,
-        width: int = 32,
-        feature_dim: int | None = None,
-        features: str = "pooled",
-        spatial_channels: int | None = None,
-    ) -> None:
-        super().__init__()
-        if resolution < 8 or resolution & (resolution - 1):
-            raise ValueError(f"resolution must be a power of two ≥ 8, got {resolution}")
-        if features not in FEATURE_MODES:
-            raise ValueError(f"features must be one of {FEATURE_MODES}, got {features!r}")
-        self.in_channels = in_channels
-        self.resolution = resolution
-        self.num_classes = num_classes
-        self.width = width
-        self.mode = features
-        n_stages = int(math.log2(resolution // 4))
-        layers: list[nn.Module] = []
-        c_in = in_channels
-        for i in range(n_stages):
-            c_out = width * min(2**i, 2)
-            for _ in range(2):
-                layers += [
-                    nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(c_out),
-                    nn.SiLU(),
-                ]
-                c_in = c_out
-            layers.append(nn.AvgPool2d(2))
-        self.trunk = nn.Sequential(*layers)
-        if features == "pooled":
-            if spatial_channels is not None:
-                raise ValueError("spatial_channels applies to features='spatial' only")
-            self.spatial_channels = None
-            self.feature_dim = 128 if feature_dim is None else int(feature_dim)
-            self.embed: nn.Module = nn.Linear(c_in, self.feature_dim)
-            self.head = nn.Linear(self.feature_dim, num_classes)
-        else:
-            k = 8 if spatial_channels is None else int(spatial_channels)
-            self.spatial_channels = k
-            dim = 16 * k + 3 * width
-            if feature_dim is not None and int(feature_dim) != dim:
-                raise ValueError(
-                    f"features='spatial' has feature_dim 16·spatial_channels + 3·width = {dim}, "
-                    f"got feature_dim={feature_dim}"
-                )
-            self.feature_dim = dim
-            self.embed = nn.Conv2d(c_in, k, 1)
-            self.head = nn.Linear(16 * k, num_classes)
-            self.register_buffer("feat_shift", torch.zeros(dim))
-            self.register_buffer("feat_scale", torch.ones(dim))
-
-    def arch_args(self) -> dict[str, Any]:
-        """Constructor arguments, as stored in the JSON sidecar."""
-        args: dict[str, Any] = {
-            "in_channels": self.in_channels,
-            "resolution": self.resolution,
-            "num_classes": self.num_classes,
-            "width": self.width,
-            "feature_dim": self.feature_dim,
-        }
-        if self.mode != "pooled":  # old sidecars (pooled) have no such keys
-            args["features"] = self.mode
-            args["spatial_channels"] = self.spatial_channels
-        return args
-
-    def _check(self, x: torch.Tensor) -> None:
-        want = (self.in_channels, self.resolution, self.resolution)
-        if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(
-                f"expected images N×{want[0]}×{want[1]}×{want[2]}, got {tuple(x.shape)}"
-            )
-
-    def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(penultimate N×P, texture statistics N×3·width or None)`` before standardising."""
-        self._check(x)
-        if self.mode == "pooled":
-            h = self.trunk(x).mean(dim=(2, 3))
-            return F.silu(self.embed(h)), None
-        first = self.trunk[:3](x)  # the first conv–BN–SiLU, full resolution
-        h = self.trunk[3:](first)
-        layout = F.silu(self.embed(h)).flatten(1)
-        std, mean = torch.std_mean(first, dim=(2, 3))
-        local_mean = F.avg_pool2d(F.pad(first, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-        contrast = (first - local_mean).abs().flatten(2).median(dim=2).values
-        return layout, torch.cat([mean, std, contrast], dim=1)
-
-    def _standardise(self, layout: torch.Tensor, texture: torch.Tensor | None) -> torch.Tensor:
-        if texture is None:
-            return layout
-        f = torch.cat([layout, texture], dim=1)
-        return (f - self.feat_shift) * self.feat_scale
-
-    def raw_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Features before the fixed standardisation (``N×feature_dim``); used to fit it."""
-        layout, texture = self._raw(x)
-        return layout if texture is None else torch.cat([layout, texture], dim=1)
-
-    def set_standardisation(self, raw: torch.Tensor) -> None:
-        """Set ``feat_shift``/``feat_scale`` to the mean and 1/std of raw features ``N×D``
-        (``spatial`` mode; a feature that never varies keeps scale 1)."""
-        if self.mode == "pooled":
-            raise ValueError("the pooled feature mode has no standardisation")
-        raw = raw.detach().double()
-        std = raw.std(dim=0)
-        scale = torch.where(std > 1e-6, 1.0 / std.clamp_min(1e-6), torch.ones_like(std))
-        self.feat_shift.copy_(raw.mean(dim=0).to(self.feat_shift))
-        self.feat_scale.copy_(scale.to(self.feat_scale))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """FID features, ``N×feature_dim`` (see the class docstring for the two modes)."""
-        return self._standardise(*self._raw(x))
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits, ``N×num_classes``."""
-        return self.head(self._raw(x)[0])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x)
-
-    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        layout, texture = self._raw(x)
-        return self._standardise(layout, texture), self.head(layout)
-
-
-def save_classifier(net: DigitsNet, path_stem: str | Path, meta: dict[str, Any]) -> tuple[Path, Path]:
-    """Write ``<stem>.safetensors`` (weights, float32) and ``<stem>.json`` (arch + ``meta``)."""
-    from safetensors.torch import save_file
-
-    stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    weights = stem.with_suffix(".safetensors")
-    sidecar = stem.with_suffix(".json")
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()
-             if v.is_floating_point()}
-    # Integer buffers (BatchNorm's num_batches_tracked) are not needed for inference.
-    tmp = weights.with_suffix(".safetensors.tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "arch": json.dumps(net.arch_args())})
-    os.chmod(tmp, 0o644)  # safetensors creates the file owner-only; this is packaged data
-    os.replace(tmp, weights)
-    doc = {"arch": net.arch_args(), **meta}
-    tmp_json = sidecar.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp_json, sidecar)
-    return weights, sidecar
-
-
-def load_classifier(name: str, directory: str | Path | None = None) -> tuple[DigitsNet, dict]:
-    """Load ``<directory>/<name>_classifier.{safetensors,json}`` (default: packaged assets).
-
-    Returns the network (eval mode, CPU) and the sidecar dict.
-    """
-    from safetensors.torch import load_file
-
-    d = Path(directory) if directory is not None else assets_dir()
-    weights = d / f"{name}_classifier.safetensors"
-    sidecar = d / f"{name}_classifier.json"
-    if not weights.is_file() or not sidecar.is_file():
-        raise FileNotFoundError(
-            f"feature net '{name}' not found: expected {weights} and {sidecar}. Train it with "
-            f"`python scripts/train_feature_net.py --dataset {name} --out {d}`."
-        )
-    meta = json.loads(sidecar.read_text())
-    net = DigitsNet(**meta["arch"])
-    state = load_file(str(weights))
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise RuntimeError(
-            f"{weights} does not match the architecture in {sidecar}: "
-            f"missing {missing}, unexpected {list(unexpected)}"
-        )
-    return net.eval(), meta
 
 
 # ---------------------------------------------------------------------------------------
@@ -479,39 +236,6 @@ class InceptionFeatureExtractor(FeatureExtractor):
 # Perturbations for sensitivity checks (scripts/feature_sensitivity.py, tests/test_features.py)
 
 
-def add_pixel_noise(images: torch.Tensor, sigma: float, generator: torch.Generator | None = None,
-                    noise: torch.Tensor | None = None) -> torch.Tensor:
-    """``images + sigma·z`` with ``z ~ N(0, 1)`` per pixel, in [-1, 1] units (not clamped:
-    :func:`ecar.eval.evaluate.features_of_images` clamps and quantises to uint8 levels).
-
-    Pass the same ``noise`` tensor (or a freshly seeded ``generator``) for every ``sigma``
-    so that a curve over ``sigma`` differs only in the noise level.
-    """
-    if noise is None:
-        noise = torch.randn(images.shape, generator=generator, dtype=images.dtype)
-    return images + float(sigma) * noise.to(images.device, images.dtype)
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with standard deviation ``sigma`` pixels (``N×C×H×W``).
-
-    The kernel has radius ``ceil(3·sigma)`` and sums to 1; borders are replicated (the
-    dark backgrounds of our datasets are not darkened further). ``sigma ≤ 0`` returns the
-    input unchanged.
-    """
-    if sigma <= 0:
-        return images
-    r = max(1, int(math.ceil(3.0 * sigma)))
-    t = torch.arange(-r, r + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).to(images.device, images.dtype)
-    c = images.shape[1]
-    x = F.pad(images, (r, r, 0, 0), mode="replicate")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    x = F.pad(x, (0, 0, r, r), mode="replicate")
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
 def load_feature_net(name: str, batch_size: int | None = None) -> FeatureExtractor:
     """Build the feature extractor called ``name``.
 
@@ -526,3 +250,72 @@ def load_feature_net(name: str, batch_size: int | None = None) -> FeatureExtract
     if name == "inception":
         return InceptionFeatureExtractor(batch_size=batch_size or 50)
     raise ValueError(f"unknown feature net {name!r}; choose one of {', '.join(FEATURE_NETS)}")
+
+
+# ---------------------------------------------------------------------------------------
+# One path for real and generated images: quantise, check, extract
+
+
+def image_dataset_name(dataset_name: str) -> str:
+    """The name of the image dataset behind ``dataset_name`` (a latent cache's source)."""
+    source = source_data_args(str(dataset_name))
+    return str(source["name"] if source is not None else dataset_name).strip()
+
+
+def default_feature_net(dataset_name: str) -> str:
+    """Feature network used by default for a dataset: ``digits`` → ``"digits"``,
+    ``shapes`` → ``"shapes"``, ``fashion-mnist`` (also ``fashion-mnist:DIR``) →
+    ``"fashion"``, anything else (``imagefolder:…``) → ``"inception"``; ``latents:DIR`` →
+    that of the images the cache was encoded from."""
+    kind = image_dataset_name(dataset_name).lower()
+    if kind.partition(":")[0] == "fashion-mnist":
+        return "fashion"
+    return kind if kind in ("digits", "shapes") else "inception"
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Clamp float images in [-1, 1] and round them to the 256 levels of a uint8 file.
+
+    ``N×C×H×W`` float in, same shape float32 out (values ``k/127.5 − 1``, k = 0..255).
+    """
+    x = ((images.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round()
+    return x / 127.5 - 1.0
+
+
+def _as_float_images(images: Any) -> torch.Tensor:
+    """Float ``N×C×H×W`` in [-1, 1] from a float tensor or a uint8 ``N×H×W×C`` array/tensor."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ValueError("images must be a float tensor N×C×H×W in [-1, 1] or uint8 N×H×W×C")
+    if images.dtype == torch.uint8:
+        return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if not images.is_floating_point():
+        raise ValueError(f"images must be float in [-1, 1] or uint8, got dtype {images.dtype}")
+    return images
+
+
+def check_compatible(extractor: FeatureExtractor, channels: int, size: int) -> None:
+    """Clear error when a classifier feature net cannot read these images."""
+    if isinstance(extractor, ClassifierFeatureExtractor):
+        net = extractor.net
+        if (net.in_channels, net.resolution) != (channels, size):
+            raise ValueError(
+                f"feature net '{extractor.name}' reads {net.in_channels}×{net.resolution}×"
+                f"{net.resolution} images but these are {channels}×{size}×{size}; choose a "
+                "matching feature net (features='inception' works for any size) or train one "
+                "with scripts/train_feature_net.py"
+            )
+
+
+def features_of_images(
+    images: Any, feature_net: str | FeatureExtractor, device: str | torch.device | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Quantised images → ``(features N×D, probs N×K or None)`` (float64 numpy)."""
+    extractor = feature_net if isinstance(feature_net, FeatureExtractor) else load_feature_net(feature_net)
+    x = _as_float_images(images)
+    check_compatible(extractor, x.shape[1], x.shape[2])
+    x = quantize(x)
+    if device is not None:
+        x = x.to(device)
+    return extractor(x)

@@ -21,6 +21,8 @@ from torch import nn
 from ecar.flow.objectives import FlowConfig, drop_labels
 from ecar.flow.paths import interpolate, target_velocity
 from ecar.flow.time import sample_time
+from ecar.models.ar import AR
+from ecar.models.mar import MAR
 
 __all__ = ["MASKINGS", "MASK_RATIO_MEAN", "MASK_RATIO_STD", "MaskedFlowObjective", "cosine_unmask_counts",
            "mask_ratios", "random_masks", "random_orders"]
@@ -113,7 +115,9 @@ class MaskedFlowObjective(nn.Module):
     token is drawn m times with independent (t, ε) for one transformer pass (MAR §5.1).
     """
 
-    def __init__(self, model: nn.Module, flow: FlowConfig):
+    model: MAR | AR
+
+    def __init__(self, model: MAR | AR, flow: FlowConfig):
         super().__init__()
         self.model, self.flow = model, flow
         self.head_batch_mul = int(model.cfg.head_batch_mul)

@@ -30,11 +30,12 @@ from ecar.flow.objectives import FlowConfig, drop_labels
 from ecar.flow.paths import interpolate, target_velocity
 from ecar.flow.pyramid import downsample
 from ecar.flow.time import sample_time
+from ecar.models.xar import XAR
 
 __all__ = ["NextXObjective", "unit_latents"]
 
 
-def unit_latents(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+def unit_latents(model: XAR, x: torch.Tensor) -> list[torch.Tensor]:
     """The latents the units of ``model`` cut into tokens: [x], or x area-downsampled to each
     scale (coarse to fine, the pyramid of :mod:`ecar.flow.pyramid`)."""
     return [downsample(x, side) for side in model.unit_sizes]
@@ -43,7 +44,9 @@ def unit_latents(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 class NextXObjective(nn.Module):
     """forward(x (B, C, H, W), y (B,), generator) -> {"loss": scalar} (module docstring)."""
 
-    def __init__(self, model: nn.Module, flow: FlowConfig):
+    model: XAR
+
+    def __init__(self, model: XAR, flow: FlowConfig):
         super().__init__()
         self.model, self.flow = model, flow
 

@@ -11,6 +11,8 @@ from ecar.errors import ConfigError
 from ecar.flow.paths import interpolate, target_velocity
 from ecar.flow.pyramid import stage_pair, stage_targets
 from ecar.flow.time import TIME_SAMPLINGS, sample_time
+from ecar.models.base import ClassConditional
+from ecar.models.ecar import ECAR
 from ecar.schema import check_choice, check_range
 
 
@@ -48,7 +50,9 @@ class FlowMatchingObjective(nn.Module):
     forward(x (B, C, H, W) clean latents, y (B,) labels, generator) -> {"loss": scalar}
     """
 
-    def __init__(self, model: nn.Module, flow: FlowConfig):
+    model: ClassConditional
+
+    def __init__(self, model: ClassConditional, flow: FlowConfig):
         super().__init__()
         self.model, self.flow = model, flow
 
@@ -84,7 +88,11 @@ class MultistageObjective(nn.Module):
     into z) m× the samples for little time.
     """
 
-    def __init__(self, model: nn.Module, flow: FlowConfig):
+    model: ECAR
+    weights: torch.Tensor
+    """(S,) the stages' loss weights, summing to 1 (buffer)."""
+
+    def __init__(self, model: ECAR, flow: FlowConfig):
         super().__init__()
         self.model, self.flow = model, flow
         S = model.num_stages
@@ -92,7 +100,7 @@ class MultistageObjective(nn.Module):
         if len(w) != S:
             raise ValueError(f"model.stage_weights has {len(w)} entries for {S} stages")
         self.register_buffer("weights", torch.tensor(w) / sum(w), persistent=False)
-        self.head_batch_mul = int(getattr(model.cfg, "head_batch_mul", 1) or 1)
+        self.head_batch_mul = int(model.cfg.head_batch_mul)
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None

@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 
 
-def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _bcast(t: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
     return t.reshape(t.shape + (1,) * (like.dim() - t.dim())) if t.dim() else t
 
 
-def interpolate(noise: torch.Tensor, data: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def interpolate(noise: torch.Tensor, data: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
     """x_t = (1 − t)·noise + t·data; ``t`` scalar or (B,)."""
     t = _bcast(t, data)
     return (1 - t) * noise + t * data
@@ -25,9 +25,9 @@ def target_velocity(noise: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
     return data - noise
 
 
-def data_estimate(x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def data_estimate(x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
     return x_t + (1 - _bcast(t, x_t)) * v
 
 
-def noise_estimate(x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def noise_estimate(x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
     return x_t - _bcast(t, x_t) * v

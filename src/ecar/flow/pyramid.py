@@ -148,7 +148,7 @@ def stage_targets(
     out: list[dict[str, torch.Tensor]] = []
     for s, n in enumerate(sched.sizes):
         prev_end = out[-1]["end"] if s else None
-        cond = torch.zeros_like(xs[0]) if s == 0 else upsample(prev_end, n)
+        cond = torch.zeros_like(xs[0]) if prev_end is None else upsample(prev_end, n)
         start, end = stage_pair(xs, s, sched, prev_end, generator)
         out.append({"start": start, "end": end, "cond": cond, "clean": xs[s]})
     return out
@@ -174,6 +174,7 @@ def stage_pair(
         eps = torch.randn(xs[s].shape, generator=generator, device=xs[s].device, dtype=xs[s].dtype)
         start = eps
     else:
+        assert prev_end is not None, "stage s > 0 of E-CAR mode needs the previous stage's end state"
         start = jump(prev_end, sched.tau[s - 1], sched.sigma[s], n, generator)
         eps = (start - sched.sigma[s] * upsample(xs[s - 1], n)) / (1 - sched.sigma[s])
     return start, interpolate(eps, xs[s], sched.tau[s])

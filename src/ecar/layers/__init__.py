@@ -1,7 +1,7 @@
 """Reusable layers: attention with KV cache, adaLN blocks, embeddings, patchify."""
 
 from ecar.layers.attention import Attention, KVCache
-from ecar.layers.blocks import AdaLNBlock, AdaLNResBlock, FinalLayer, Mlp, modulate
+from ecar.layers.blocks import AdaLNBlock, AdaLNResBlock, FinalLayer, Mlp, modulate, zero_init
 from ecar.layers.embeddings import (
     LabelEmbedder,
     TimestepEmbedder,
@@ -27,4 +27,5 @@ __all__ = [
     "sinusoidal_features",
     "unpatchify",
     "upsample",
+    "zero_init",
 ]

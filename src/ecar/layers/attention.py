@@ -16,7 +16,7 @@ class KVCache:
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append new keys/values and return the full sequences."""
-        if self.k is None:
+        if self.k is None or self.v is None:
             self.k, self.v = k, v
         else:
             self.k = torch.cat([self.k, k], dim=2)
@@ -25,7 +25,7 @@ class KVCache:
 
     def keep(self, batch: int) -> None:
         """Keep only the first ``batch`` rows (e.g. drop the unconditional half after guidance ends)."""
-        if self.k is not None:
+        if self.k is not None and self.v is not None:
             self.k, self.v = self.k[:batch], self.v[:batch]
 
     def __len__(self) -> int:

@@ -8,6 +8,13 @@ from torch import nn
 from ecar.layers.attention import Attention, KVCache
 
 
+def zero_init(linear: nn.Module) -> None:
+    """Zero the weight and bias of a linear layer (adaLN-Zero: a block starts as the identity)."""
+    assert isinstance(linear, nn.Linear)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x: (B, N, D); shift/scale: (B, D) or (B, N, D)."""
     if shift.dim() == 2:
@@ -40,8 +47,7 @@ class AdaLNBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)
+        zero_init(self.ada[1])
 
     def modulation(self, c: torch.Tensor | None, raw: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """The adaLN terms of condition c: shift, 1 + scale and gate of both sublayers, with a
@@ -75,8 +81,7 @@ class AdaLNResBlock(nn.Module):
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)
+        zero_init(self.ada[1])
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None, mod: torch.Tensor | None = None) -> torch.Tensor:
         """``mod``: the raw modulation ``ada(c)`` (…, 3·D), when the caller has it already."""
@@ -93,8 +98,7 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(dim, out)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         for lin in (self.linear, self.ada[1]):
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
+            zero_init(lin)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None, mod: torch.Tensor | None = None) -> torch.Tensor:
         """``mod``: the raw modulation ``ada(c)`` (…, 2·D), when the caller has it already."""

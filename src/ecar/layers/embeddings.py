@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_features(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+        return self.mlp(sinusoidal_features(t, self.freq_dim).to(cast(nn.Linear, self.mlp[0]).weight.dtype))
 
 
 class LabelEmbedder(nn.Module):

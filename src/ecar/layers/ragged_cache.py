@@ -38,7 +38,7 @@ class RaggedKVCache:
         if self.pos is None:
             raise RuntimeError("set_positions(caches, positions) must be called before each forward pass")
         b, h, _, d = k.shape
-        if self.k is None:
+        if self.k is None or self.v is None:
             self.k = k.new_zeros(b, h, self.capacity, d)
             self.v = v.new_zeros(b, h, self.capacity, d)
         idx = self.pos[:, None, :, None].expand(b, h, -1, d)

@@ -7,23 +7,33 @@ training objective, its generation loop, its own sampling settings (a
 are derived from its fields) and how its step counts scale in a sweep. Training,
 evaluation, the benchmark, the demo and the CLI talk to this interface only, through the
 registry (:mod:`ecar.methods.registry`), and never ask which method they hold.
+
+What a method can do beyond generating is declared, not looked up by name: a method whose
+samples a smaller draft can propose (exact speculative decoding, docs/speculative.md) sets
+:attr:`Method.drafting` to its :class:`Drafting`; the pipeline (``Pipeline.with_draft``),
+``ecar sample --draft``, ``ecar bench --draft`` and ``ecar draft`` ask for it.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
 import torch
 from torch import nn
 
-from ecar.errors import ConfigError
 from ecar.flow import FlowConfig
 from ecar.models.base import LatentSpec
 from ecar.samplers import SampleConfig
 
-__all__ = ["Method", "scale_count", "total_steps"]
+__all__ = ["Drafting", "Method", "NetT", "SampleT", "scale_count", "total_steps"]
+
+NetT = TypeVar("NetT", bound=nn.Module)
+"""The network a method builds and its loops read (each loop names what it needs of it in a
+:class:`typing.Protocol` beside the loop, :mod:`ecar.engine`)."""
+SampleT = TypeVar("SampleT", bound=SampleConfig)
+"""The method's sampling settings."""
 
 
 def scale_count(steps: int, factor: float) -> int:
@@ -38,7 +48,47 @@ def total_steps(counts: int | list[int]) -> int:
     return int(sum(counts)) if isinstance(counts, (list, tuple)) else int(counts)
 
 
-class Method(ABC):
+class Drafting(ABC, Generic[NetT, SampleT]):
+    """How a method's samples are drawn faster with a draft: exact speculative decoding
+    (docs/speculative.md). A method that can be drafted sets :attr:`Method.drafting` to one.
+
+    ``description`` says what a draft of the method is (for ``ecar draft`` and messages).
+    """
+
+    description: str
+
+    @abstractmethod
+    def check_pair(self, target: Any, draft: Any) -> None:
+        """Raise :class:`~ecar.errors.ConfigError` unless a network of model config ``draft`` can propose
+        tokens for one of model config ``target`` (the pipeline has checked that both are of
+        this method, on the same data and autoencoder)."""
+
+    @abstractmethod
+    def speculative(self, target: NetT, draft: NetT, sample: SampleT, labels: torch.Tensor,
+                    generator: torch.Generator | None = None) -> dict:
+        """Samples of ``target`` at ``sample``'s settings for labels (B,), proposed by ``draft``:
+        ``{"latents", "stats", "source"}``; settings without a path density to compare raise
+        :class:`~ecar.errors.ConfigError`."""
+
+    @abstractmethod
+    def check_settings(self, sample: SampleT) -> None:
+        """Raise :class:`~ecar.errors.ConfigError` unless drafts made for ``sample``'s settings would be used
+        (``ecar draft`` distils for the settings it will sample with)."""
+
+    @abstractmethod
+    def make_draft(self, target: NetT, model_cfg: Any, components: int, width: int,
+                   seed: int = 0) -> tuple[NetT, Any]:
+        """A fresh draft network for ``target`` (whose model config is ``model_cfg``) and its
+        model config: what ``ecar draft`` trains with :meth:`distill`."""
+
+    @abstractmethod
+    def distill(self, target: NetT, draft: NetT, sample: SampleT, steps: int, batch: int, lr: float,
+                pool: int, seed: int = 0, on_step: Callable[[int, float], None] | None = None) -> dict:
+        """Train ``draft`` (in place) to propose what ``target`` samples at ``sample``'s settings;
+        returns its losses and held-out measures (written to ``draft.json`` by ``ecar draft``)."""
+
+
+class Method(ABC, Generic[NetT, SampleT]):
     """One generation method. Subclasses set the attributes and implement the abstract methods.
 
     Attributes:
@@ -48,6 +98,8 @@ class Method(ABC):
         config_cls: the model config dataclass (the ``model`` section of a recipe).
         sample_config_cls: the method's sampling settings (the ``sample`` section).
         entries: named model sizes it owns: ``{model name: field values of config_cls}``.
+        drafting: how a draft speeds up its sampling (:class:`Drafting`), or None when it
+            cannot be drafted.
     """
 
     name: str
@@ -55,6 +107,7 @@ class Method(ABC):
     config_cls: type
     sample_config_cls: type[SampleConfig]
     entries: Mapping[str, Mapping[str, Any]]
+    drafting: Drafting[NetT, SampleT] | None = None
 
     def __repr__(self) -> str:
         return f"<method {self.name}>"
@@ -72,16 +125,16 @@ class Method(ABC):
         return self.config_cls(**{**self.entries[model_name], "name": model_name})
 
     @abstractmethod
-    def build(self, model_cfg: Any, spec: LatentSpec) -> nn.Module:
+    def build(self, model_cfg: Any, spec: LatentSpec) -> NetT:
         """The network for ``spec``'s latents (freshly initialised, on the CPU)."""
 
     @abstractmethod
-    def objective(self, model: nn.Module, flow: FlowConfig) -> nn.Module:
+    def objective(self, model: NetT, flow: FlowConfig) -> nn.Module:
         """The training objective wrapping ``model``: ``forward(x (B, C, H, W) clean latents,
         y (B,) labels, generator) -> {"loss": scalar, ...}``. DDP and EMA wrap it from outside."""
 
     @abstractmethod
-    def generate(self, model: nn.Module, sample: SampleConfig, labels: torch.Tensor,
+    def generate(self, model: NetT, sample: SampleT, labels: torch.Tensor,
                  generator: torch.Generator | None = None, return_stages: bool = False,
                  on_unit: Callable[[int, torch.Tensor], None] | None = None) -> dict:
         """labels (B,) on the model's device -> ``{"latents": (B, C, H, W)}``, plus
@@ -89,19 +142,16 @@ class Method(ABC):
         ``on_unit(i, latents)`` receives unit i's result as soon as it exists (the engine's
         hook; ``ecar serve`` streams it), one call per entry of :meth:`step_counts`."""
 
-    def speculative(self, target: nn.Module, draft: nn.Module, sample: SampleConfig, labels: torch.Tensor,
-                    generator: torch.Generator | None = None) -> dict:
-        """Exact speculative decoding of ``target`` with proposals of ``draft`` (a checkpoint of
-        the same method, data and token layout): ``{"latents", "stats", "source"}``
-        (docs/speculative.md). Methods without it raise :class:`ConfigError`."""
-        raise ConfigError(f"method {self.name} has no speculative decoding (a draft model); it is "
-                          "implemented for the causal per-token method ar (docs/speculative.md)")
+    def head(self, model: NetT) -> nn.Module | None:
+        """The per-token head of ``model`` whose FLOPs a cost anatomy reports apart
+        (:func:`ecar.eval.cost.cost_anatomy`), or None for a network without one (default)."""
+        return None
 
     @abstractmethod
-    def step_counts(self, model: nn.Module, sample: SampleConfig) -> int | list[int]:
+    def step_counts(self, model: NetT, sample: SampleT) -> int | list[int]:
         """Integration steps ``sample`` asks of ``model``: an int for one unit, a list per unit."""
 
     @abstractmethod
-    def scale_steps(self, model: nn.Module, sample: SampleConfig, factor: float) -> SampleConfig:
+    def scale_steps(self, model: NetT, sample: SampleT, factor: float) -> SampleT:
         """A copy of ``sample`` with every step count multiplied by ``factor``
         (:func:`scale_count`), keeping the recipe's allocation across units."""

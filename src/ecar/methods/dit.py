@@ -33,29 +33,29 @@ class DiTSampleConfig(SampleConfig):
     guidance progress is the time t."""
 
 
-class DiTMethod(Method):
+class DiTMethod(Method[DiT, SampleConfig]):
     name = "dit"
     family = "dit"
     config_cls = DiTConfig
     sample_config_cls = DiTSampleConfig
     entries = ENTRIES
 
-    def build(self, model_cfg: DiTConfig, spec: LatentSpec) -> nn.Module:
+    def build(self, model_cfg: DiTConfig, spec: LatentSpec) -> DiT:
         return DiT(model_cfg, spec.channels, spec.size, spec.num_classes)
 
-    def objective(self, model: nn.Module, flow: FlowConfig) -> nn.Module:
+    def objective(self, model: DiT, flow: FlowConfig) -> nn.Module:
         return FlowMatchingObjective(model, flow)
 
-    def generate(self, model: nn.Module, sample: SampleConfig, labels: torch.Tensor,
+    def generate(self, model: DiT, sample: SampleConfig, labels: torch.Tensor,
                  generator: torch.Generator | None = None, return_stages: bool = False,
                  on_unit: Callable[[int, torch.Tensor], None] | None = None) -> dict:
         return generate_single_unit(model, labels, sample, generator, return_stages=return_stages,
                                     on_unit=on_unit)
 
-    def step_counts(self, model: nn.Module, sample: SampleConfig) -> int:
+    def step_counts(self, model: DiT, sample: SampleConfig) -> int:
         return int(sample.steps)
 
-    def scale_steps(self, model: nn.Module, sample: SampleConfig, factor: float) -> SampleConfig:
+    def scale_steps(self, model: DiT, sample: SampleConfig, factor: float) -> SampleConfig:
         return dataclasses.replace(sample, steps=scale_count(sample.steps, factor))
 
 

@@ -92,7 +92,7 @@ def stage_schedule(model_cfg: ECARConfig, latent_size: int) -> StageSchedule:
     return StageSchedule.build(sizes, model_cfg.windows, flowar=model_cfg.mode == "flowar")
 
 
-class ECARMethod(Method):
+class ECARMethod(Method[ECAR, ECARSampleConfig]):
     """E-CAR (``mode="ecar"``) or FlowAR mode (``mode="flowar"``) of the ``ecar`` family."""
 
     family = "ecar"
@@ -105,29 +105,32 @@ class ECARMethod(Method):
     def accepts(self, model_cfg) -> bool:
         return isinstance(model_cfg, ECARConfig) and model_cfg.mode == self.mode
 
-    def build(self, model_cfg: ECARConfig, spec: LatentSpec) -> nn.Module:
+    def build(self, model_cfg: ECARConfig, spec: LatentSpec) -> ECAR:
         schedule = stage_schedule(model_cfg, spec.size)
         return ECAR(model_cfg, spec.channels, spec.size, spec.num_classes, schedule)
 
-    def objective(self, model: nn.Module, flow: FlowConfig) -> nn.Module:
+    def objective(self, model: ECAR, flow: FlowConfig) -> nn.Module:
         return MultistageObjective(model, flow)
 
-    def stage_settings(self, model: nn.Module, sample: ECARSampleConfig) -> StageSampleConfig:
+    def stage_settings(self, model: ECAR, sample: ECARSampleConfig) -> StageSampleConfig:
         """The per-stage settings the multistage loop runs with."""
         S = model.num_stages
         return StageSampleConfig(tuple(stage_step_counts(sample, S)), tuple(stage_guidance(sample, S)),
                                  sample.sampler, sample.noise_scale)
 
-    def generate(self, model: nn.Module, sample: ECARSampleConfig, labels: torch.Tensor,
+    def generate(self, model: ECAR, sample: ECARSampleConfig, labels: torch.Tensor,
                  generator: torch.Generator | None = None, return_stages: bool = False,
                  on_unit: Callable[[int, torch.Tensor], None] | None = None) -> dict:
         return generate_multistage(model, labels, self.stage_settings(model, sample), generator,
                                    return_stages=return_stages, on_unit=on_unit)
 
-    def step_counts(self, model: nn.Module, sample: ECARSampleConfig) -> list[int]:
+    def head(self, model: ECAR) -> nn.Module:
+        return model.head
+
+    def step_counts(self, model: ECAR, sample: ECARSampleConfig) -> list[int]:
         return stage_step_counts(sample, model.num_stages)
 
-    def scale_steps(self, model: nn.Module, sample: ECARSampleConfig, factor: float) -> ECARSampleConfig:
+    def scale_steps(self, model: ECAR, sample: ECARSampleConfig, factor: float) -> ECARSampleConfig:
         steps = [scale_count(k, factor) for k in self.step_counts(model, sample)]
         return dataclasses.replace(sample, stage_steps=steps)
 

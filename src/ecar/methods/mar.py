@@ -82,36 +82,39 @@ def iteration_guidance(sample: SampleConfig, counts: list[int]) -> list[float]:
     return out
 
 
-class MARMethod(Method):
+class MARMethod(Method[MAR, MARSampleConfig]):
     name = "mar"
     family = "mar"
     config_cls = MARConfig
     sample_config_cls = MARSampleConfig
     entries = ENTRIES
 
-    def build(self, model_cfg: MARConfig, spec: LatentSpec) -> nn.Module:
+    def build(self, model_cfg: MARConfig, spec: LatentSpec) -> MAR:
         return MAR(model_cfg, spec.channels, spec.size, spec.num_classes)
 
-    def objective(self, model: nn.Module, flow: FlowConfig) -> nn.Module:
+    def objective(self, model: MAR, flow: FlowConfig) -> nn.Module:
         return MaskedFlowObjective(model, flow)
 
-    def loop_settings(self, model: nn.Module, sample: MARSampleConfig) -> MaskedSampleConfig:
+    def loop_settings(self, model: MAR, sample: MARSampleConfig) -> MaskedSampleConfig:
         """The per-iteration settings the masked loop runs with."""
         counts = cosine_unmask_counts(model.num_tokens, sample.iterations)
         return MaskedSampleConfig(tuple(counts), tuple(iteration_guidance(sample, counts)), sample.steps,
                                   sample.sampler, sample.noise_scale, sample.temperature)
 
-    def generate(self, model: nn.Module, sample: MARSampleConfig, labels: torch.Tensor,
+    def generate(self, model: MAR, sample: MARSampleConfig, labels: torch.Tensor,
                  generator: torch.Generator | None = None, return_stages: bool = False,
                  on_unit: Callable[[int, torch.Tensor], None] | None = None) -> dict:
         return generate_masked(model, labels, self.loop_settings(model, sample), generator,
                                return_stages=return_stages, on_unit=on_unit)
 
-    def step_counts(self, model: nn.Module, sample: MARSampleConfig) -> list[int]:
+    def head(self, model: MAR) -> nn.Module:
+        return model.head
+
+    def step_counts(self, model: MAR, sample: MARSampleConfig) -> list[int]:
         """The head's steps per iteration: ``[steps] * K'`` with K' = min(iterations, tokens)."""
         return [int(sample.steps)] * min(sample.iterations, model.num_tokens)
 
-    def scale_steps(self, model: nn.Module, sample: MARSampleConfig, factor: float) -> MARSampleConfig:
+    def scale_steps(self, model: MAR, sample: MARSampleConfig, factor: float) -> MARSampleConfig:
         """Iterations and head steps both × ``factor`` (iterations at most the token count).
 
         The transformer runs once per iteration and the head integrates every token once over

@@ -23,11 +23,11 @@ from ecar.methods.xar import XAR_METHOD
 from ecar.samplers import SampleConfig
 from ecar.schema import comma_list, dataclass_from_dict, field_names, parse_override
 
-__all__ = ["DEFAULT_MODEL", "METHODS", "SamplerFlag", "apply_sample_overrides", "flag_overrides",
+__all__ = ["DEFAULT_MODEL", "METHODS", "SamplerFlag", "apply_sample_overrides", "drafted_methods", "flag_overrides",
            "method_named", "method_of", "model_names", "resolve_model_config",
            "resolve_sample_config", "sampler_flags"]
 
-METHODS: dict[str, Method] = {m.name: m for m in (DIT, ECAR_METHOD, FLOWAR_METHOD, MAR_METHOD, AR_METHOD, XAR_METHOD)}
+METHODS: dict[str, Method[Any, Any]] = {m.name: m for m in (DIT, ECAR_METHOD, FLOWAR_METHOD, MAR_METHOD, AR_METHOD, XAR_METHOD)}
 """Every registered method by name (the order of CLI choices and parametrised tests)."""
 
 DEFAULT_MODEL = "dit-tiny"
@@ -51,13 +51,18 @@ def model_names(method: str | None = None) -> list[str]:
     return [n for m in METHODS.values() if method in (None, m.name) for n in m.entries]
 
 
-def method_named(name: str) -> Method:
+def drafted_methods() -> list[str]:
+    """Names of the methods that declare a :class:`~ecar.methods.base.Drafting` (can be drafted)."""
+    return [m.name for m in METHODS.values() if m.drafting is not None]
+
+
+def method_named(name: str) -> Method[Any, Any]:
     if name not in METHODS:
         raise ConfigError(f"unknown method '{name}'. Registered methods: {', '.join(METHODS)}")
     return METHODS[name]
 
 
-def method_of(model: Any) -> Method:
+def method_of(model: Any) -> Method[Any, Any]:
     """The method of a resolved model config, or of a registry entry's name."""
     if isinstance(model, str):
         for m in METHODS.values():

@@ -69,36 +69,36 @@ def unit_guidance(sample: SampleConfig, units: int) -> list[float]:
             for u in range(units)]
 
 
-class XARMethod(Method):
+class XARMethod(Method[XAR, XARSampleConfig]):
     name = "xar"
     family = "xar"
     config_cls = XARConfig
     sample_config_cls = XARSampleConfig
     entries = ENTRIES
 
-    def build(self, model_cfg: XARConfig, spec: LatentSpec) -> nn.Module:
+    def build(self, model_cfg: XARConfig, spec: LatentSpec) -> XAR:
         return XAR(model_cfg, spec.channels, spec.size, spec.num_classes)
 
-    def objective(self, model: nn.Module, flow: FlowConfig) -> nn.Module:
+    def objective(self, model: XAR, flow: FlowConfig) -> nn.Module:
         return NextXObjective(model, flow)
 
-    def loop_settings(self, model: nn.Module, sample: XARSampleConfig) -> NextXSampleConfig:
+    def loop_settings(self, model: XAR, sample: XARSampleConfig) -> NextXSampleConfig:
         """The per-unit settings the next-X loop runs with."""
         U = model.num_units
         return NextXSampleConfig(tuple(self.step_counts(model, sample)), tuple(unit_guidance(sample, U)),
                                  sample.sampler, sample.noise_scale, sample.context_time)
 
-    def generate(self, model: nn.Module, sample: XARSampleConfig, labels: torch.Tensor,
+    def generate(self, model: XAR, sample: XARSampleConfig, labels: torch.Tensor,
                  generator: torch.Generator | None = None, return_stages: bool = False,
                  on_unit: Callable[[int, torch.Tensor], None] | None = None) -> dict:
         return generate_next_x(model, labels, self.loop_settings(model, sample), generator,
                                return_stages=return_stages, on_unit=on_unit)
 
-    def step_counts(self, model: nn.Module, sample: XARSampleConfig) -> list[int]:
+    def step_counts(self, model: XAR, sample: XARSampleConfig) -> list[int]:
         """``[steps] * U``: every unit is integrated over the whole path."""
         return [int(sample.steps)] * model.num_units
 
-    def scale_steps(self, model: nn.Module, sample: XARSampleConfig, factor: float) -> XARSampleConfig:
+    def scale_steps(self, model: XAR, sample: XARSampleConfig, factor: float) -> XARSampleConfig:
         return dataclasses.replace(sample, steps=scale_count(sample.steps, factor))
 
 

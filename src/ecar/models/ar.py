@@ -18,6 +18,7 @@ own position (speculative decoding accepts a different number of tokens per imag
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping, Protocol, cast
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from torch import nn
 from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions
 from ecar.layers.ragged_cache import RaggedKVCache, ragged_mask, set_positions
+from ecar.models.base import init_input_layers
 from ecar.models.heads import MixtureHead, TokenGridNetwork, TokenHead, TokenHeadConfig
 from ecar.schema import check_choice
 
@@ -76,8 +78,7 @@ class AR(TokenGridNetwork):
             self.head = MixtureHead(self.token_dim, h, cfg.head_width, cfg.mixture_components)
         else:
             self.head = TokenHead(self.token_dim, h, cfg.head_width, cfg.head_depth, kind="mlp")
-        nn.init.xavier_uniform_(self.embed.weight)
-        nn.init.zeros_(self.embed.bias)
+        init_input_layers(self.embed)
         nn.init.normal_(self.head_pos, std=0.02)
         nn.init.normal_(self.y_embed.table.weight, std=0.02)
 
@@ -133,12 +134,16 @@ class AR(TokenGridNetwork):
         memo = caches[0].label_terms
         if memo is None or memo[0] is not y:
             c = self.y_embed(y)
-            memo = (y, c, [blk.modulation(c) for blk in self.blocks])
+            memo = (y, c, [cast(AdaLNBlock, blk).modulation(c) for blk in self.blocks])
             caches[0].label_terms = memo
         return memo[1], memo[2]
 
 
-def shares_transformer(a: nn.Module, b: nn.Module) -> bool:
+class _WithState(Protocol):
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+
+def shares_transformer(a: _WithState, b: _WithState) -> bool:
     """Whether two AR networks have the same transformer (every parameter and buffer outside
     ``head.`` equal): then one's conditions are the other's, and a draft head on the target's
     transformer can reuse the target's passes."""

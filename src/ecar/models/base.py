@@ -1,10 +1,36 @@
-"""What every network shares: the latent it models and the transformer fields of its config."""
+"""What every network shares: the latent it models, the transformer fields of its config, the
+null label of classifier-free guidance and the initialisation of its input layers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from ecar.errors import ConfigError, shown
+from ecar.layers import LabelEmbedder
+
+__all__ = ["ClassConditional", "LatentSpec", "TransformerConfig", "init_input_layers"]
+
+
+class ClassConditional(nn.Module):
+    """Base of every network: conditioned on ``num_classes`` labels, and on the null label
+    ``num_classes`` (:attr:`null_class`) that classifier-free guidance and label dropout use."""
+
+    num_classes: int
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+
+def init_input_layers(embed: nn.Linear, labels: LabelEmbedder | None = None) -> None:
+    """The initialisation every network gives its token embedding (Xavier-uniform weights, zero
+    bias) and, given, its label table (normal, std 0.02), in that order of random draws."""
+    nn.init.xavier_uniform_(embed.weight)
+    nn.init.zeros_(embed.bias)
+    if labels is not None:
+        nn.init.normal_(labels.table.weight, std=0.02)
 
 
 @dataclass

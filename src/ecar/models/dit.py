@@ -13,7 +13,7 @@ from torch import nn
 
 from ecar.layers import AdaLNBlock, FinalLayer, LabelEmbedder, TimestepEmbedder, grid_positions
 from ecar.layers import patchify, unpatchify
-from ecar.models.base import TransformerConfig
+from ecar.models.base import ClassConditional, TransformerConfig, init_input_layers
 
 
 @dataclass
@@ -23,7 +23,7 @@ class DiTConfig(TransformerConfig):
     name: str = "dit-tiny"
 
 
-class DiT(nn.Module):
+class DiT(ClassConditional):
     """Velocity network over a C×H×W latent.
 
     forward(x (B, C, H, W), t (B,) in [0, 1], y (B,) long, null = num_classes) -> (B, C, H, W).
@@ -44,13 +44,7 @@ class DiT(nn.Module):
             AdaLNBlock(cfg.hidden, cfg.heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.depth)
         )
         self.final = FinalLayer(cfg.hidden, token_dim)
-        nn.init.xavier_uniform_(self.embed.weight)
-        nn.init.zeros_(self.embed.bias)
-        nn.init.normal_(self.y_embed.table.weight, std=0.02)
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
+        init_input_layers(self.embed, self.y_embed)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         p = self.cfg.patch

@@ -21,7 +21,7 @@ from torch import nn
 
 from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, KVCache, LabelEmbedder, grid_positions, patchify, unpatchify, upsample
-from ecar.models.base import TransformerConfig
+from ecar.models.base import ClassConditional, TransformerConfig, init_input_layers
 from ecar.models.heads import HEAD_CONDS, HEAD_KINDS, TokenHead, x_to_velocity
 from ecar.schema import check_each
 
@@ -161,7 +161,7 @@ class ECARConfig(TransformerConfig):
                               f"{num_stages} stages")
 
 
-class ECAR(nn.Module):
+class ECAR(ClassConditional):
     """Stage-causal AR transformer with a flow-matching head over C×size×size latents.
 
     ``schedule`` is the stage pyramid (:class:`ecar.flow.pyramid.StageSchedule`): the
@@ -205,9 +205,7 @@ class ECAR(nn.Module):
             ratios = [self.grids[0]] + [b // a for a, b in zip(self.grids, self.grids[1:])]
             self.ratios = ratios
             self.expand = nn.ModuleList(nn.Linear(cfg.hidden, r * r * cfg.hidden) for r in ratios)
-        nn.init.xavier_uniform_(self.embed.weight)
-        nn.init.zeros_(self.embed.bias)
-        nn.init.normal_(self.y_embed.table.weight, std=0.02)
+        init_input_layers(self.embed, self.y_embed)
         nn.init.normal_(self.stage_embed.weight, std=0.02)
 
     # ------------------------------------------------------------------ helpers
@@ -219,10 +217,6 @@ class ECAR(nn.Module):
                 f"the last stage grid ({sizes[-1] // patch}) must equal the full token grid "
                 f"{size // patch} (latent {size} / patch {patch})"
             )
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
 
     @property
     def num_stages(self) -> int:
@@ -253,8 +247,8 @@ class ECAR(nn.Module):
         """Bool (L, L) over the AR sequence of the first ``stages`` stages: position i may attend
         to j iff stage(j) <= stage(i) (the class token is stage −1, or stage 1's parent)."""
         lengths = self._ar_lengths(self.num_stages if stages is None else stages)
-        ids = [torch.full((n,), s) for s, n in enumerate(lengths)]
-        ids = torch.cat(ids if self.parent else [torch.full((1,), -1), *ids]).to(device)
+        parts = [torch.full((n,), s) for s, n in enumerate(lengths)]
+        ids = torch.cat(parts if self.parent else [torch.full((1,), -1), *parts]).to(device)
         return ids[None, :] <= ids[:, None]
 
     def _embed_stage(self, inp: torch.Tensor, s: int) -> torch.Tensor:
@@ -268,7 +262,10 @@ class ECAR(nn.Module):
         ``like``, stage s's start state, for s = 0); ``parent``: prev_end itself (None for s = 0)."""
         if self.parent:
             return None if s == 0 else prev_end
-        return torch.zeros_like(like) if s == 0 else upsample(prev_end, self.schedule.sizes[s])
+        if s == 0:
+            return torch.zeros_like(like)
+        assert prev_end is not None, "stage s > 0 needs the previous stage's end state"
+        return upsample(prev_end, self.schedule.sizes[s])
 
     def _children(self, h: torch.Tensor, s: int) -> torch.Tensor:
         """``parent``: outputs at stage s's parent tokens (B, g², hidden) -> the conditions of
@@ -312,6 +309,7 @@ class ECAR(nn.Module):
         if self.parent and s == 0:
             h = c[:, None]
         else:
+            assert inp is not None, "only stage 1 of model.ar_input=parent has no AR input"
             h = self._embed_stage(inp, s)
             if s == 0:
                 h = torch.cat([c[:, None], h], dim=1)

@@ -7,13 +7,14 @@ the flow time and the condition vectors the AR transformer produced for them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, cast
 
 import torch
 from torch import nn
 
 from ecar.errors import ConfigError, shown
-from ecar.layers import AdaLNBlock, AdaLNResBlock, FinalLayer, TimestepEmbedder, patchify, unpatchify
-from ecar.models.base import TransformerConfig
+from ecar.layers import AdaLNBlock, AdaLNResBlock, FinalLayer, TimestepEmbedder, patchify, unpatchify, zero_init
+from ecar.models.base import ClassConditional, TransformerConfig
 
 X_PRED_MIN_GAP = 0.05
 """x-prediction divides by 1 − u; clamped here so the loss weight stays bounded near u = 1."""
@@ -53,6 +54,11 @@ def _per_token(terms: torch.Tensor, b: int, repeats: torch.Tensor | None) -> tor
     return terms if repeats is None else terms.repeat_interleave(repeats, dim=1)
 
 
+def _out_features(ada: nn.Sequential) -> int:
+    """Width of an adaLN modulation (SiLU, Linear): its linear layer's outputs."""
+    return cast(nn.Linear, ada[1]).out_features
+
+
 class TokenHead(nn.Module):
     """Velocity of a unit's tokens. x: (B, N, D_tok), u: (B,) or (B, N), z: (B, N, cond_dim).
 
@@ -85,17 +91,16 @@ class TokenHead(nn.Module):
         self.grid_out = nn.Conv2d(grid_out[0], grid_out[1], 3, padding=1) if grid_out else None
         if self.grid_out is not None:  # default init: the last layer starts at zero, so must this not
             nn.init.zeros_(self.grid_out.bias)
-        self.t_ada = None
+        self.t_ada: nn.ModuleList | None = None
         if cond == "stage":  # the time part of each modulation (the z part is each block's own ada)
             self.t_ada = nn.ModuleList(
-                nn.Sequential(nn.SiLU(), nn.Linear(width, m.ada[1].out_features))
-                for m in [*self.blocks, self.final])
-            for m in self.t_ada:
-                nn.init.zeros_(m[1].weight)
-                nn.init.zeros_(m[1].bias)
+                nn.Sequential(nn.SiLU(), nn.Linear(width, _out_features(ada))) for ada in self._adas())
+            for t_ada in self.t_ada:
+                zero_init(cast(nn.Sequential, t_ada)[1])
 
-    def _adas(self) -> list[nn.Module]:
-        return [m.ada for m in [*self.blocks, self.final]]
+    def _adas(self) -> list[nn.Sequential]:
+        """The adaLN modulation (SiLU, Linear) of every block and of the final layer."""
+        return [cast(nn.Sequential, m.ada) for m in [*self.blocks, self.final]]
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """AR output (B, N, cond_dim) -> head condition, constant over a unit's steps: proj(z)
@@ -126,7 +131,8 @@ class TokenHead(nn.Module):
             c = zc + expand(t)
             return None, [ada(c) for ada in self._adas()]
         if self.cond == "stage":
-            parts = zc[..., self.width:].split([a[1].out_features for a in self._adas()], dim=-1)
+            assert self.t_ada is not None
+            parts = zc[..., self.width:].split([_out_features(a) for a in self._adas()], dim=-1)
             return None, [p + expand(ta(t)) for p, ta in zip(parts, self.t_ada)]
         return zc, [expand(ada(t)) for ada in self._adas()]
 
@@ -145,7 +151,7 @@ class TokenHead(nn.Module):
             if pos is not None:
                 h = h + pos
             for blk, mod in zip(self.blocks, mods):
-                h = blk(h, c, mask=mask, mod=None if mod is None else blk.modulation(None, mod))
+                h = blk(h, c, mask=mask, mod=None if mod is None else cast(AdaLNBlock, blk).modulation(None, mod))
         return self.final(h, c, mod=mods[-1])
 
     def across_borders(self, out: torch.Tensor, grids: list[int]) -> torch.Tensor:
@@ -153,7 +159,7 @@ class TokenHead(nn.Module):
         grids of sides ``grids`` (the stages, coarse to fine) -> outputs (B, Σ g², C·p²), each
         grid through the 3×3 convolution over its own latent pixels, so a token's border pixels
         read the neighbouring tokens' features. Identity without ``grid_out``."""
-        if self.grid_out is None:
+        if self.grid_out is None or self.grid is None:
             return out
         f, _, p = self.grid
         parts = out.split([g * g for g in grids], dim=1)
@@ -178,7 +184,7 @@ class TokenHead(nn.Module):
         return self.body(x, offset, mods, mask, pos)
 
     def chain_means(self, zc: torch.Tensor, times: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                    weights: torch.Tensor | None = None):
+                    weights: torch.Tensor | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """The transition means of a Gaussian chain on this head's velocity with its x-free
         terms (:meth:`terms`: time embedding and modulations) computed once for every step:
         zc (B, N, P) from :meth:`project`, the chain's times t_k and step coefficients a_k, b_k
@@ -227,12 +233,12 @@ class TokenHeadConfig(TransformerConfig):
             raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {shown(self.head_batch_mul)}")
 
 
-class TokenGridNetwork(nn.Module):
+class TokenGridNetwork(ClassConditional):
     """Base of the per-token networks (MAR, AR): a C×size×size latent as a raster-order grid
     of N = (size / patch)² tokens of D = C·patch² values, labels with a null class, and a
     per-token head ``self.head`` (a :class:`TokenHead`) the subclass builds."""
 
-    head: TokenHead
+    head: TokenHead | MixtureHead
 
     def _set_grid(self, cfg, channels: int, size: int, num_classes: int) -> None:
         if size % cfg.patch:
@@ -241,10 +247,6 @@ class TokenGridNetwork(nn.Module):
         self.grid = size // cfg.patch
         self.num_tokens = self.grid**2
         self.token_dim = channels * cfg.patch**2
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
 
     def tokens(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, C, size, size) -> (B, N, D), raster order."""
@@ -320,7 +322,7 @@ class MixtureHead(nn.Module):
         return self._velocity(x, *self._terms(*self._unpack(zc), t))
 
     def chain_means(self, zc: torch.Tensor, times: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                    weights: torch.Tensor | None = None):
+                    weights: torch.Tensor | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """The transition means of a Gaussian chain on this head's velocity, its x-free parts
         computed once for every step: zc (B, N, P) from :meth:`project`, the chain's times t_k
         and step coefficients a_k, b_k (K,) -> ``m(x (B, N, D), k) -> (B, N, D)``, the mean

@@ -25,6 +25,7 @@ from torch import nn
 
 from ecar.errors import ConfigError, shown
 from ecar.layers import AdaLNBlock, LabelEmbedder, grid_positions
+from ecar.models.base import init_input_layers
 from ecar.models.heads import TokenGridNetwork, TokenHead, TokenHeadConfig
 
 __all__ = ["MAR", "MARConfig"]
@@ -70,8 +71,7 @@ class MAR(TokenGridNetwork):
         self.norm = nn.LayerNorm(h, eps=1e-6)
         self.head_pos = nn.Parameter(torch.zeros(1, self.num_tokens, h))
         self.head = TokenHead(self.token_dim, h, cfg.head_width, cfg.head_depth, kind="mlp")
-        nn.init.xavier_uniform_(self.embed.weight)
-        nn.init.zeros_(self.embed.bias)
+        init_input_layers(self.embed)
         nn.init.normal_(self.mask_token, std=0.02)
         nn.init.normal_(self.head_pos, std=0.02)
         nn.init.normal_(self.y_embed.table.weight, std=0.02)

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any, Sequence, cast
+
 import torch
 from torch import nn
 
 from ecar.errors import ConfigError, shown
 from ecar.layers import (AdaLNBlock, FinalLayer, KVCache, LabelEmbedder, TimestepEmbedder, grid_positions,
                          modulate, patchify, unpatchify)
-from ecar.models.base import TransformerConfig
+from ecar.models.base import ClassConditional, TransformerConfig, init_input_layers
 from ecar.schema import check_each
 
 __all__ = ["UNITS", "UNIT_ORDERS", "XAR", "XARConfig"]
@@ -117,16 +119,23 @@ class _Peek:
         self.cache, self.rows = cache, rows
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cache.k is None:
+        if self.cache.k is None or self.cache.v is None:
             return k, v
         return (torch.cat([self.cache.k[: self.rows], k], dim=2), torch.cat([self.cache.v[: self.rows], v], dim=2))
 
 
-class XAR(nn.Module):
+class XAR(ClassConditional):
     """Block-causal velocity transformer over the units of a C×size×size latent.
 
     Sequence tensors are (B, L, D) with L = Σ_u n_u tokens in unit order (scales: Σ g_s²).
     """
+
+    perm: torch.Tensor
+    """(G²,) the grid position of every sequence position (buffer)."""
+    unit_of: torch.Tensor
+    """(L,) the unit of every sequence position (buffer)."""
+    pos: torch.Tensor
+    """(1, L, hidden) position embeddings in sequence order (buffer)."""
 
     def __init__(self, cfg: XARConfig, channels: int, size: int, num_classes: int):
         super().__init__()
@@ -161,13 +170,7 @@ class XAR(nn.Module):
         self.y_embed = LabelEmbedder(num_classes, h)
         self.blocks = nn.ModuleList(AdaLNBlock(h, cfg.heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.depth))
         self.final = FinalLayer(h, token_dim)
-        nn.init.xavier_uniform_(self.embed.weight)
-        nn.init.zeros_(self.embed.bias)
-        nn.init.normal_(self.y_embed.table.weight, std=0.02)
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
+        init_input_layers(self.embed, self.y_embed)
 
     @property
     def num_units(self) -> int:
@@ -212,18 +215,23 @@ class XAR(nn.Module):
         b, v = t.shape
         return self.t_embed(t.reshape(-1)).reshape(b, v, -1) + self.y_embed(y)[:, None]
 
-    def _trunk(self, h: torch.Tensor, c: torch.Tensor, which: torch.Tensor, mask: torch.Tensor | None = None,
-               caches: list | None = None, final: bool = True) -> torch.Tensor | None:
+    def _blocks(self, h: torch.Tensor, c: torch.Tensor, which: torch.Tensor, mask: torch.Tensor | None = None,
+                caches: Sequence[Any] | None = None) -> torch.Tensor:
         """h (B, n, hidden) embedded tokens; c (B, V, hidden) one condition per unit; ``which``
-        (n,) the unit (index into V) of every token. The adaLN modulation is computed once
-        per unit and gathered to its tokens (the arithmetic of :class:`AdaLNBlock`, whose
-        modules it runs), so per-unit conditions cost no more than one per image."""
-        for i, blk in enumerate(self.blocks):
+        (n,) the unit (index into V) of every token -> the blocks' output (B, n, hidden). The
+        adaLN modulation is computed once per unit and gathered to its tokens (the arithmetic
+        of :class:`AdaLNBlock`, whose modules it runs), so per-unit conditions cost no more than
+        one per image."""
+        for i, blk in enumerate(cast("list[AdaLNBlock]", self.blocks)):
             s1, g1, a1, s2, g2, a2 = blk.ada(c)[:, which].chunk(6, dim=-1)
             h = h + a1 * blk.attn(modulate(blk.norm1(h), s1, g1), mask=mask, cache=caches[i] if caches else None)
             h = h + a2 * blk.mlp(modulate(blk.norm2(h), s2, g2))
-        if not final:
-            return None
+        return h
+
+    def _trunk(self, h: torch.Tensor, c: torch.Tensor, which: torch.Tensor, mask: torch.Tensor | None = None,
+               caches: Sequence[Any] | None = None) -> torch.Tensor:
+        """:meth:`_blocks`, then the final layer (modulated per unit as well) -> (B, n, D)."""
+        h = self._blocks(h, c, which, mask, caches)
         shift, scale = self.final.ada(c)[:, which].chunk(2, dim=-1)
         return self.final.linear(modulate(self.final.norm(h), shift, scale))
 
@@ -287,6 +295,6 @@ class XAR(nn.Module):
 
     def append_unit(self, x: torch.Tensor, y: torch.Tensor, u: int, cache: list[KVCache], t: float = 1.0) -> None:
         """Add unit u's tokens x (B, n_u, D) at time ``t`` (1 = clean) to the cache (units in order)."""
-        t = torch.full((x.shape[0], 1), float(t), device=x.device)
+        times = torch.full((x.shape[0], 1), float(t), device=x.device)
         which = torch.zeros(x.shape[1], dtype=torch.long, device=x.device)
-        self._trunk(self._embed(x, self.starts()[u]), self._conditions(t, y), which, caches=cache, final=False)
+        self._blocks(self._embed(x, self.starts()[u]), self._conditions(times, y), which, caches=cache)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal, overload
 
 import torch
 
@@ -130,6 +130,14 @@ class GaussianChain:
         a, b = (c.tolist() for c in self.coefficients(device))
         return lambda x, k: torch.add(x * a[k], velocity(x, times[k].to(x.dtype).expand(x.shape[:2])), alpha=b[k])
 
+    @overload
+    def sample(self, velocity: RowVelocity, noise: torch.Tensor, generator: torch.Generator | None = None,
+               record: Literal[False] = False) -> tuple[torch.Tensor, None, None]: ...
+
+    @overload
+    def sample(self, velocity: RowVelocity, noise: torch.Tensor, generator: torch.Generator | None = None, *,
+               record: Literal[True]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
     def sample(self, velocity: RowVelocity, noise: torch.Tensor, generator: torch.Generator | None = None,
                record: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Run the chain from x_0 = τ·noise (B, M, D), K sequential velocity calls.
@@ -138,12 +146,24 @@ class GaussianChain:
         with ``record`` the visited states and the mean of every transition, as needed for
         the path density. Draws: K normals of the shape of ``noise``, in step order.
         """
-        return self.sample_steps(self.step_means(velocity, noise.device), noise, generator, record)
+        return self._run(self.step_means(velocity, noise.device), noise, generator, record)
+
+    @overload
+    def sample_steps(self, step_mean: StepMean, noise: torch.Tensor, generator: torch.Generator | None = None,
+                     record: Literal[False] = False) -> tuple[torch.Tensor, None, None]: ...
+
+    @overload
+    def sample_steps(self, step_mean: StepMean, noise: torch.Tensor, generator: torch.Generator | None = None, *,
+                     record: Literal[True]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
     def sample_steps(self, step_mean: StepMean, noise: torch.Tensor, generator: torch.Generator | None = None,
                      record: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """:meth:`sample` with the step means given (a head that precomputes its x-free parts per
         grid time, :meth:`~ecar.models.heads.MixtureHead.chain_means`)."""
+        return self._run(step_mean, noise, generator, record)
+
+    def _run(self, step_mean: StepMean, noise: torch.Tensor, generator: torch.Generator | None,
+             record: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         stds = self.stds(noise.device).tolist()
         x = self.temperature * noise
         path, means = [x], []

@@ -7,8 +7,8 @@ Inside one, it calls the block's ``check``, which raises whatever exception the 
 to see (the samplers never name it). The check lives in a context variable, so it belongs
 to the thread (or task) that opened the block: two generations side by side, each in its own
 thread, never stop each other. A stop at a step leaves no state behind: the loops hold
-nothing outside their own frame, and :func:`ecar.generate.generate_images` restores the
-model's mode on the way out.
+nothing outside their own frame, and :class:`ecar.Pipeline` restores the model's
+mode on the way out.
 """
 
 from __future__ import annotations

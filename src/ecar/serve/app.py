@@ -29,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import threading
 from importlib import resources
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -43,6 +45,11 @@ from ecar.serve.session import LIMITS, GenerationCancelled, ModelSlot, RequestEr
 __all__ = ["create_app"]
 
 log = logging.getLogger("ecar.serve")
+
+if sys.version_info >= (3, 11):
+    _ExceptionGroup = BaseExceptionGroup
+else:  # Python 3.10: the backport anyio (under Starlette) depends on there
+    from exceptiongroup import BaseExceptionGroup as _ExceptionGroup
 
 _END = object()
 
@@ -169,15 +176,15 @@ class _QuietWhenStopping:
             if not self.stopping.is_set():
                 raise
             log.warning("a request was cut off by the stop")
-        except BaseExceptionGroup as group:
+        except _ExceptionGroup as group:
             if not self.stopping.is_set() or not _only_cancellations(group):
                 raise
             log.warning("a request was cut off by the stop")
 
 
-def _only_cancellations(group: BaseExceptionGroup) -> bool:
+def _only_cancellations(group: Any) -> bool:
     """Whether every leaf of ``group`` (an anyio task group's) is a cancellation."""
-    return all(_only_cancellations(e) if isinstance(e, BaseExceptionGroup) else isinstance(e, asyncio.CancelledError)
+    return all(_only_cancellations(e) if isinstance(e, _ExceptionGroup) else isinstance(e, asyncio.CancelledError)
                for e in group.exceptions)
 
 

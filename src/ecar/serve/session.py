@@ -23,26 +23,24 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ecar.build import LoadedModel, load_for_inference
 from ecar.errors import ConfigError, shown
-from ecar.eval.cost import count_flops
-from ecar.flow.pyramid import upsample
-from ecar.generate import generate_images, labels_for
 from ecar.imageio import auto_scale, make_grid, to_uint8
+from ecar.layers import upsample
 from ecar.methods import apply_sample_overrides, sampler_flags, total_steps
+from ecar.pipeline import Pipeline, load
 from ecar.samplers import SampleConfig, stop_when
 from ecar.schema import parser_kind
 
 __all__ = ["DISPLAY_PX", "GenerationCancelled", "GenerationRequest", "LIMITS", "ModelSlot", "RequestError",
            "ServeError", "load_slots", "png_data_url", "read_json"]
 
-LIMITS = {"max_images": 64, "max_steps": 1000, "max_guidance": 20.0, "max_seed": 2**31 - 1,
+LIMITS: dict[str, Any] = {"max_images": 64, "max_steps": 1000, "max_guidance": 20.0, "max_seed": 2**31 - 1,
           "max_body_bytes": 64 * 1024, "max_json_depth": 16, "max_number_chars": 40}
 """Request limits: images per request, integration steps per image (summed over units),
 guidance scale (0 .. max) and seed (0 .. max) — a CPU takes seconds per image at the top —
@@ -58,6 +56,12 @@ REQUEST_KEYS = ("model", "class", "n", "seed", "settings")
 
 class ServeError(ValueError):
     """``ecar serve`` cannot start (web extra missing, no checkpoint, port taken): what to do."""
+
+
+class Flag(Protocol):
+    """What a generation checks to stop: a :class:`threading.Event`, or any object with ``is_set``."""
+
+    def is_set(self) -> bool: ...
 
 
 class RequestError(ValueError):
@@ -251,23 +255,23 @@ def _check_finite(sample: SampleConfig) -> None:
 
 
 class ModelSlot:
-    """One loaded checkpoint behind a lock: validation, generation, and the FLOP count per
-    settings (counted once, by :func:`ecar.eval.cost.count_flops`, then remembered)."""
+    """One loaded checkpoint's pipeline behind a lock: validation, generation, and the FLOP
+    count per settings (counted once by the pipeline, :meth:`ecar.pipeline.Pipeline.gflops`,
+    then remembered)."""
 
-    def __init__(self, key: str, ckpt: str, loaded: LoadedModel):
-        self.key, self.ckpt, self.loaded = key, ckpt, loaded
+    def __init__(self, key: str, ckpt: str, pipe: Pipeline):
+        self.key, self.ckpt, self.pipe = key, ckpt, pipe
         self.lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._queued = 0
-        self._gflops: dict[str, float] = {}
 
     # ------------------------------------------------------------------ description
 
     def describe(self) -> dict:
         """What the page needs to draw this model's column: names, classes and its sampling
         settings (fields of its method's settings dataclass, as the CLI flags are derived)."""
-        ld = self.loaded
-        sample = ld.cfg.sample
+        pipe = self.pipe
+        sample = pipe.sample
         flags = {f.dest: f for f in sampler_flags()}
         settings = []
         for f in dataclasses.fields(sample):
@@ -277,12 +281,10 @@ class ModelSlot:
             flag = flags.get(f.name)
             settings.append({"name": f.name, "value": text, "help": f.metadata.get("help", ""),
                              "choices": list(flag.choices) if flag and flag.choices else None})
-        counts = ld.method.step_counts(ld.model, sample)
         return {
-            "id": self.key, "name": ld.cfg.model.name, "method": ld.method.name, "ckpt": self.ckpt,
-            "step": ld.step, "num_classes": ld.num_classes, "resolution": ld.cfg.data.resolution,
-            "channels": ld.cfg.data.channels, "units": len(counts) if isinstance(counts, list) else 1,
-            "settings": settings,
+            "id": self.key, "name": pipe.name, "method": pipe.method.name, "ckpt": self.ckpt,
+            "step": pipe.step, "num_classes": pipe.num_classes, "resolution": pipe.cfg.data.resolution,
+            "channels": pipe.cfg.data.channels, "units": pipe.units, "settings": settings,
         }
 
     # ------------------------------------------------------------------ validation
@@ -298,7 +300,7 @@ class ModelSlot:
         if unknown:
             raise RequestError(f"unknown field(s) {', '.join(map(_name, unknown[:5]))}"
                                f"{' …' if len(unknown) > 5 else ''}; valid: {', '.join(REQUEST_KEYS)}")
-        k = self.loaded.num_classes
+        k = self.pipe.num_classes
         klass = body.get("class")
         if klass == "" or klass == "all":
             klass = None
@@ -309,16 +311,16 @@ class ModelSlot:
             klass = number
         n = _int(body, "n", 8, 1, LIMITS["max_images"], "n (the number of images)")
         seed = _int(body, "seed", 0, 0, LIMITS["max_seed"], "seed")
+        assert n is not None and seed is not None  # both have a default
         try:
-            sample = apply_sample_overrides(self.loaded.cfg.sample, _setting_values(body.get("settings")))
+            sample = apply_sample_overrides(self.pipe.sample, _setting_values(body.get("settings")))
         except ConfigError as e:
             raise RequestError(str(e)) from None
         _check_finite(sample)
         if not 0 <= sample.cfg <= LIMITS["max_guidance"]:
             raise RequestError(f"guidance (cfg) must be from 0 to {LIMITS['max_guidance']:g}, got {sample.cfg:g}")
-        ld = self.loaded
         try:
-            counts = ld.method.step_counts(ld.model, sample)
+            counts = self.pipe.step_counts(sample)
         except ValueError as e:
             raise RequestError(str(e)) from None
         if min(counts if isinstance(counts, list) else [counts]) < 1:
@@ -326,7 +328,7 @@ class ModelSlot:
         if total_steps(counts) > LIMITS["max_steps"]:
             raise RequestError(f"these settings ask for {total_steps(counts)} integration steps per image "
                                f"({counts}); this server allows at most {LIMITS['max_steps']}")
-        labels = labels_for(n, k, None if klass is None else [klass])
+        labels = self.pipe.labels(n, None if klass is None else [klass])
         return GenerationRequest(labels, sample, seed, klass, counts)
 
     # ------------------------------------------------------------------ generation
@@ -334,13 +336,10 @@ class ModelSlot:
     def gflops_per_image(self, sample: SampleConfig) -> float:
         """GFLOPs per image at ``sample`` (latent space, decoding excluded: the protocol of
         :mod:`ecar.eval.cost`), counted on one image the first time and remembered."""
-        key = repr(sample)
-        if key not in self._gflops:
-            self._gflops[key] = count_flops(self.loaded.model, self.loaded.cfg, sample, batch=1)
-        return self._gflops[key]
+        return self.pipe.gflops(sample)
 
     def run(self, req: GenerationRequest, emit: Callable[[dict], None],
-            cancelled: threading.Event | None = None) -> None:
+            cancelled: Flag | None = None) -> None:
         """Generate ``req`` and ``emit`` its events, in order:
 
         ``queued`` (only when other requests are ahead: how many), ``start`` (units, n),
@@ -364,9 +363,8 @@ class ModelSlot:
                 self._queued -= 1
 
     def _run_locked(self, req: GenerationRequest, emit: Callable[[dict], None],
-                    cancelled: threading.Event | None, waited: float) -> None:
-        ld = self.loaded
-        size = int(ld.cfg.data.resolution)
+                    cancelled: Flag | None, waited: float) -> None:
+        size = int(self.pipe.cfg.data.resolution or 0)
         scale = auto_scale(size, DISPLAY_PX)
         nrow = math.ceil(math.sqrt(req.n))
         emit({"event": "start", "units": req.units, "n": req.n, "waited_seconds": round(waited, 3)})
@@ -394,11 +392,10 @@ class ModelSlot:
 
         t0 = time.perf_counter()
         with stop_when(step):
-            out = generate_images(ld.model, ld.cfg, ld.autoencoder, req.labels, req.sample, seed=req.seed,
-                                  batch_size=req.n, on_unit=on_unit)
+            out = self.pipe(labels=req.labels, sample=req.sample, seed=req.seed, batch_size=req.n, on_unit=on_unit)
         seconds = time.perf_counter() - t0 - shown
         gflops = self.gflops_per_image(req.sample)
-        grid = png_data_url(make_grid(to_uint8(out["images"]), nrow=nrow, scale=scale))
+        grid = png_data_url(make_grid(to_uint8(out.tensor), nrow=nrow, scale=scale))
         emit({"event": "done", "image": grid, "n": req.n, "labels": req.labels.tolist(), "seed": req.seed,
               "seconds": round(seconds, 4), "seconds_per_image": round(seconds / req.n, 5),
               "gflops_per_image": gflops, "step_counts": req.step_counts})
@@ -406,6 +403,5 @@ class ModelSlot:
 
 def load_slots(ckpts: list[str], device: torch.device, use_ema: bool = True) -> list[ModelSlot]:
     """One :class:`ModelSlot` per checkpoint directory (ids ``m0``, ``m1``, … in order),
-    loaded through :func:`ecar.build.load_for_inference`."""
-    return [ModelSlot(f"m{i}", str(Path(c)), load_for_inference(str(c), device, use_ema=use_ema))
-            for i, c in enumerate(ckpts)]
+    loaded through :func:`ecar.load`."""
+    return [ModelSlot(f"m{i}", str(Path(c)), load(c, device, ema=use_ema)) for i, c in enumerate(ckpts)]

@@ -24,7 +24,7 @@ class BatchStream:
             raise ValueError(f"micro-batch {micro_global} is not divisible by {world} ranks")
         self.n, self.m, self.seed = n, micro_global, seed
         self.rank, self.world, self.start = rank, world, start
-        self._perm_epoch, self._perm = -1, None
+        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:

@@ -32,7 +32,7 @@ import shutil
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -45,7 +45,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -93,7 +93,7 @@ class Parallel:
         self._ddp: DDP | None = None
         self._root: nn.Module | None = None
         self._plain_ema: nn.Module | None = None
-        self._mesh = None
+        self._mesh: DeviceMesh | None = None
 
     # ------------------------------------------------------------------ wrapping
 
@@ -121,7 +121,7 @@ class Parallel:
             self._ddp = wrapped = DDP(objective, device_ids=[dev.index] if dev.type == "cuda" else None)
         else:
             wrapped = objective
-        return torch.compile(wrapped) if self.compile else wrapped
+        return cast(nn.Module, torch.compile(wrapped)) if self.compile else wrapped
 
     def no_sync(self, sync: bool):
         """Context for one micro-step's forward and backward: gradients are reduced over the
@@ -152,7 +152,8 @@ class Parallel:
         rank 0 gets the tensors, the others an empty dict)."""
         if not self.sharded:
             return module.state_dict()
-        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return cast("dict[str, torch.Tensor]", full)
 
     def load_full_state(self, module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
         """Load a full (unsharded) state dict into ``module``; each rank keeps its shards."""
@@ -160,7 +161,7 @@ class Parallel:
             ckpt.load_state_into(module, state, what)
             return
         ckpt.check_state_fits(module, state, what)
-        set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
+        set_model_state_dict(module, cast(Any, state), options=StateDictOptions(full_state_dict=True))
 
     @contextmanager
     def sampling_ema(self, ema: nn.Module):
@@ -174,11 +175,13 @@ class Parallel:
         if not self.di.is_main:
             yield None
             return
-        self._plain_ema.load_state_dict(state)
+        plain = self._plain_ema
+        assert plain is not None  # made by wrap() on rank 0
+        plain.load_state_dict(state)
         try:
-            yield self._plain_ema.to(self.di.device)
+            yield plain.to(self.di.device)
         finally:
-            self._plain_ema.to("cpu")
+            plain.to("cpu")
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -210,15 +213,15 @@ class Parallel:
                 ckpt.save_checkpoint(out, model=model, ema=ema, cfg=cfg, step=step,
                                      train_state={**state, "optimizer": opt.state_dict()})
             return
-        tmp: list = [None]
+        box: list = [None]
 
         def begin() -> None:
-            tmp[0] = str(ckpt.begin_save(out, step))
+            box[0] = str(ckpt.begin_save(out, step))
 
         self._agree(self._on_main(begin), f"start the save of step {step}")
         if self.sharded:
-            dist.broadcast_object_list(tmp, 0)
-        tmp = Path(tmp[0])
+            dist.broadcast_object_list(box, 0)
+        tmp = Path(box[0])
         try:
             with _single_process_quiet():  # DCP raises a failure of any rank on every rank
                 dcp.save({"optimizer": get_optimizer_state_dict(model, opt)},
@@ -240,6 +243,7 @@ class Parallel:
                 opt: torch.optim.Optimizer) -> None:
         """Load a checkpoint's weights, EMA and optimizer state (every rank calls it)."""
         state, where = ck.train_state, f"checkpoint '{ck.directory}'"
+        assert state is not None, "a checkpoint read for resuming carries its train state"
         written = "fsdp" if state.get("optimizer_format") == DCP else "ddp"
         if written != self.mode:
             raise ckpt.CheckpointError(

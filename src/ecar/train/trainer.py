@@ -12,7 +12,6 @@ W ranks with A accumulation steps draw what one process with W·A steps draws.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -29,14 +29,15 @@ from ecar.autoencoders import build_autoencoder
 from ecar.build import build_data, build_model, latent_spec, resolved_data
 from ecar.config import Config, ConfigError
 from ecar.errors import OutputExistsError
-from ecar.generate import generate_images, labels_for
 from ecar.imageio import save_grid, to_uint8
 from ecar.latent_cache import check_cache_autoencoder
 from ecar.lock import writer_lock
-from ecar.serialization import atomic_write, entries, is_empty_dir, remove_tree
+from ecar.pipeline import Pipeline
+from ecar.serialization import entries, is_empty_dir, remove_tree
 from ecar.train.data_order import BatchStream
 from ecar.train.distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier, cleanup, init_distributed
 from ecar.train.ema import ema_decay, make_ema, update_ema
+from ecar.train.metrics_log import MetricsLog
 from ecar.train.parallel import Parallel
 
 log = logging.getLogger("ecar.train")
@@ -95,7 +96,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.stop = False
-        self._old = {}
+        self._old: dict[int, Any] = {}
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -113,79 +114,6 @@ class _StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-class MetricsLog:
-    """metrics.jsonl (always) and TensorBoard (when installed and enabled), rank 0 only.
-
-    One history per run: a run resumed from the checkpoint of step N first drops what the
-    interrupted process logged after N (rows of ``metrics.jsonl`` with a later step, and a
-    line torn by a kill, rewritten atomically: temporary file, fsync, rename), and opens
-    TensorBoard's writer with ``purge_step=N + 1``, which hides the earlier events of steps
-    after N (TensorBoard purges steps >= purge_step; step N itself was logged before its
-    checkpoint and is not logged again). Each step then appears once in both.
-    """
-
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool, resume_step: int | None = None):
-        self.enabled = enabled
-        self.tb = None
-        if not enabled:
-            return
-        self.path = out / "metrics.jsonl"
-        if resume_step is not None:
-            self._drop_after(resume_step)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                purge = None if resume_step is None else resume_step + 1
-                self.tb = SummaryWriter(str(out / "tb"), purge_step=purge)
-            except Exception:  # noqa: BLE001 - tensorboard is optional
-                self.tb = None
-
-    def _drop_after(self, step: int) -> None:
-        """Rewrite metrics.jsonl without the rows logged after ``step`` (and a torn last line)."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return
-        lines = data.split(b"\n")
-        torn = lines.pop()  # b"" when the file ends with a newline, as every whole row does
-        try:
-            json.loads(torn)
-            lines.append(torn)  # a whole row that lost only its newline
-            torn = b""
-        except ValueError:
-            pass
-        kept, dropped = [], 0
-        for line in lines:
-            try:
-                row_step = json.loads(line).get("step")
-            except (ValueError, AttributeError):
-                row_step = None
-            if isinstance(row_step, int) and row_step > step:
-                dropped += 1
-            else:
-                kept.append(line)
-        if not dropped and not torn:
-            return
-        atomic_write(self.path, b"".join(line + b"\n" for line in kept))
-        log.info("%s: dropped %d row(s) logged after step %d%s by the interrupted run", self.path,
-                 dropped, step, " and a torn last line" if torn else "")
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"train/{k}", v, row["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True,
@@ -288,6 +216,7 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
     torch.manual_seed(t.seed + di.rank)
     dataset = build_data(cfg.data, "train")
     cfg = dataclasses.replace(cfg, data=resolved_data(cfg.data, dataset))  # recorded in checkpoints
+    assert cfg.data.channels is not None and cfg.data.num_classes is not None  # resolved from the dataset
     ae = build_autoencoder(cfg.autoencoder, cfg.data.channels).to(device).eval()
     check_cache_autoencoder(dataset, ae, cfg.autoencoder)
     encode = not getattr(dataset, "yields_latents", False)  # a latent cache is encoded already
@@ -347,9 +276,8 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
         with par.sampling_ema(ema) as sampler:  # every rank: gathering a sharded EMA is collective
             if not di.is_main:
                 return
-            n = min(4 * cfg.data.num_classes, 40)
-            labels = labels_for(n, cfg.data.num_classes)
-            imgs = generate_images(sampler, cfg, ae, labels, seed=0, batch_size=n)["images"]
+            n = min(4 * int(cfg.data.num_classes or 0), 40)
+            imgs = Pipeline(sampler, cfg, ae)(n, seed=0, batch_size=n).tensor
         save_grid(to_uint8(imgs), out / "samples" / f"step_{step:07d}.png", nrow=cfg.data.num_classes)
 
     bar = tqdm(total=t.max_steps, initial=start, desc="train", disable=not (progress and di.is_main),
@@ -450,6 +378,7 @@ def _restore(out: Path, cfg: Config, model, ema, opt, par: Parallel) -> tuple[in
             f"cannot resume {out}: it trained on data '{saved.data.name}', this run names '{cfg.data.name}'"
         )
     par.restore(ck, model, ema, opt)
+    assert ck.train_state is not None  # loaded with_state
     torch.set_rng_state(ck.train_state["rng_cpu"])
     log.info("resuming from %s (step %d)", ck.directory, ck.step)
     if ck.step >= cfg.train.max_steps:

@@ -1,4 +1,6 @@
-"""A speculative draft head for an ``ar`` target (``ecar draft``; docs/speculative.md).
+"""AR's drafting: exact speculative decoding with a draft head (``ecar draft``, ``--draft``;
+docs/speculative.md). :class:`ARDrafting` is what :attr:`ARMethod.drafting
+<ecar.methods.ar.method.ARMethod.drafting>` declares.
 
 The draft is the target itself with its velocity head replaced by a
 :class:`~ecar.models.heads.MixtureHead`: the transformer (frozen, bit-identical to the
@@ -21,37 +23,76 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from typing import Callable, cast
 
 import torch
-from torch import nn
 
-from ecar.config import Config
-from ecar.engine.causal import GuidedCausal
-from ecar.engine.speculative import chain_means
-from ecar.generate import labels_for
-from ecar.methods import method_of
+from ecar.engine.causal import GuidedCausal, generate_causal
+from ecar.engine.speculative import generate_speculative
+from ecar.engine.speculative_residual import chain_means
+from ecar.errors import ConfigError
+from ecar.methods.ar.settings import ARSampleConfig, loop_settings
+from ecar.methods.base import Drafting
+from ecar.models.ar import AR, ARConfig
 from ecar.samplers.chain import GaussianChain
 
-__all__ = ["distill_draft_head", "draft_config", "make_draft_head", "target_pool"]
+__all__ = ["ARDrafting", "distill_draft_head", "draft_config", "make_draft_head", "target_pool"]
 
 
-def draft_config(cfg: Config, components: int = 32, width: int = 512) -> Config:
-    """The target's config with a mixture head of ``components`` and an MLP ``width``."""
-    out = copy.deepcopy(cfg)
-    out.model.head_type, out.model.mixture_components, out.model.head_width = "mixture", components, width
-    out.model.validate()
+class ARDrafting(Drafting[AR, ARSampleConfig]):
+    """AR's speculative decoding: a draft of the same token layout (a draft head on the
+    target's own transformer from ``ecar draft``, or a smaller network of the method) proposes
+    tokens and their Gaussian chains; the target verifies them (:mod:`ecar.engine.speculative`)."""
+
+    description = "a Gaussian-mixture draft head on the target's own (frozen) transformer"
+
+    def check_pair(self, target: ARConfig, draft: ARConfig) -> None:
+        if target.patch != draft.patch:
+            raise ConfigError(f"the draft checkpoint cannot propose tokens for the target: they differ in "
+                              f"model.patch: target {target.patch!r}, draft {draft.patch!r}. Use a draft with "
+                              "the target's token layout")
+
+    def speculative(self, target: AR, draft: AR, sample: ARSampleConfig, labels: torch.Tensor,
+                    generator: torch.Generator | None = None) -> dict:
+        """``{"latents", "stats", "source"}`` (:func:`ecar.engine.speculative.generate_speculative`)."""
+        settings = loop_settings(target, sample, target.cfg.context_time)
+        if settings.sampler != "euler_maruyama" or not sample.temperature > 0 or not sample.noise_scale > 0:
+            raise ConfigError(
+                f"speculative decoding needs the head's Gaussian chain: sample.sampler=euler_maruyama with "
+                f"temperature > 0 and noise_scale > 0 (got {sample.sampler}, {sample.temperature}, "
+                f"{sample.noise_scale}); the ODE samplers have no path density to compare")
+        return generate_speculative(target, draft, labels, settings, sample.gamma, sample.residual_batch, generator,
+                                    verify=sample.verify)
+
+    def check_settings(self, sample: ARSampleConfig) -> None:
+        if sample.sampler != "euler_maruyama":
+            raise ConfigError(f"speculative decoding samples the head's Gaussian chain (--sampler euler_maruyama); "
+                              f"a draft for the {sample.sampler} ODE would never be used")
+
+    def make_draft(self, target: AR, model_cfg: ARConfig, components: int, width: int,
+                   seed: int = 0) -> tuple[AR, ARConfig]:
+        return make_draft_head(target, model_cfg, components, width, seed)
+
+    def distill(self, target: AR, draft: AR, sample: ARSampleConfig, steps: int, batch: int, lr: float,
+                pool: int, seed: int = 0, on_step: Callable[[int, float], None] | None = None) -> dict:
+        return distill_draft_head(target, draft, sample, steps=steps, batch=batch, lr=lr, pool=pool, seed=seed,
+                                  on_step=on_step)
+
+
+def draft_config(model_cfg: ARConfig, components: int = 32, width: int = 512) -> ARConfig:
+    """The target's model config with a mixture head of ``components`` and an MLP ``width``."""
+    out = copy.deepcopy(model_cfg)
+    out.head_type, out.mixture_components, out.head_width = "mixture", components, width
+    out.validate()
     return out
 
 
-def make_draft_head(target: nn.Module, cfg: Config, components: int = 32, width: int = 512,
-                    seed: int = 0) -> tuple[nn.Module, Config]:
+def make_draft_head(target: AR, model_cfg: ARConfig, components: int = 32, width: int = 512,
+                    seed: int = 0) -> tuple[AR, ARConfig]:
     """A draft network: the target's transformer weights (frozen) and a fresh mixture head."""
-    if method_of(cfg.model).name != "ar":
-        raise ValueError(f"a draft head needs an ar target, got method {method_of(cfg.model).name!r}")
-    dcfg = draft_config(cfg, components, width)
+    dcfg = draft_config(model_cfg, components, width)
     torch.manual_seed(seed)
-    draft = type(target)(dcfg.model, target.channels, target.size, target.num_classes)
+    draft = AR(dcfg, target.channels, target.size, target.num_classes)
     state = {k: v for k, v in target.state_dict().items() if not k.startswith("head.")}
     missing, unexpected = draft.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("head.") for k in missing):
@@ -62,16 +103,17 @@ def make_draft_head(target: nn.Module, cfg: Config, components: int = 32, width:
 
 
 @torch.no_grad()
-def target_pool(target: nn.Module, cfg: Config, sample, n: int, generator: torch.Generator,
+def target_pool(target: AR, sample: ARSampleConfig, n: int, generator: torch.Generator,
                 batch: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` plain samples of the target at ``sample``'s settings -> (what the transformer read:
-    latents (n, C, H, W), labels (n,)). Where the chain stops early that is the chain's states."""
-    method = method_of(cfg.model)
+    latents (n, C, H, W), labels (n,), cycling over the classes). Where the chain stops early
+    that is the chain's states."""
+    settings = loop_settings(target, sample, target.cfg.context_time)
     dev = next(target.parameters()).device
-    labels = labels_for(n, target.num_classes).to(dev)
+    labels = (torch.arange(n) % target.num_classes).to(dev)
     out = []
     for i in range(0, n, batch):
-        res = method.generate(target, sample, labels[i:i + batch], generator)
+        res = generate_causal(target, labels[i:i + batch], settings, generator)
         out.append(res.get("context", res["latents"]))
     return torch.cat(out), labels
 
@@ -86,7 +128,7 @@ def _guided_chain(tnet: GuidedCausal, tokens: torch.Tensor, chain: GaussianChain
     """Transformer outputs on prefixes ``tokens`` (B, N, D) for ``tnet``'s labels (and their null
     half where guided: (B or 2B, N, hidden)), and the target's guided chain over every position:
     paths (B, N, K + 1, D), means (B, N, K, D)."""
-    h = tnet.model.condition(torch.cat([tokens, tokens]) if tnet.doubled else tokens, None, tnet.labels)
+    h = cast(AR, tnet.model).condition(torch.cat([tokens, tokens]) if tnet.doubled else tokens, None, tnet.labels)
     v = tnet.velocity(tnet.model.head_condition(h), _positions(tokens))
     noise = torch.randn(tokens.shape, generator=g, device=tokens.device)
     _, path, means = chain.sample(v, noise, g, record=True)
@@ -100,7 +142,7 @@ def path_kl(dnet: GuidedCausal, h: torch.Tensor, path: torch.Tensor, means: torc
     return (mq - means).pow(2).sum(-1) / (2 * chain.stds(path.device).pow(2))
 
 
-def distill_draft_head(target: nn.Module, draft: nn.Module, cfg: Config, sample, steps: int = 4000,
+def distill_draft_head(target: AR, draft: AR, sample: ARSampleConfig, steps: int = 4000,
                        batch: int = 8, lr: float = 1e-3, pool: int = 2000, seed: int = 0,
                        on_step: Callable[[int, float], None] | None = None) -> dict:
     """Train ``draft``'s head (in place) on the target's own guided chains; returns
@@ -108,8 +150,7 @@ def distill_draft_head(target: nn.Module, draft: nn.Module, cfg: Config, sample,
     "held_out_acceptance_proxy": the probability that step verification accepts a token's whole
     chain, E[Π_k (1 − TV_k)] over held-out tokens, where TV_k = erf(√KL_k / 2) is the total
     variation between the two Gaussian transitions of step k (equal stds)}."""
-    method = method_of(cfg.model)
-    settings = method.loop_settings(target, sample)
+    settings = loop_settings(target, sample, target.cfg.context_time)
     chain, dev = settings.chain(), next(target.parameters()).device
     g = torch.Generator(device=dev).manual_seed(seed)
 
@@ -121,7 +162,7 @@ def distill_draft_head(target: nn.Module, draft: nn.Module, cfg: Config, sample,
     target.eval()
     for p in target.parameters():
         p.requires_grad_(False)
-    x, y = target_pool(target, cfg, sample, pool + 64, g)
+    x, y = target_pool(target, sample, pool + 64, g)
     train_x, train_y, held_x, held_y = x[:pool], y[:pool], x[pool:], y[pool:]
     params = [p for p in draft.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
