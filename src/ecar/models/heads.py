@@ -88,9 +88,10 @@ class TokenHead(nn.Module):
         # a 3×3 convolution over the token grid maps them to the output (:meth:`across_borders`)
         self.grid = grid_out
         self.final = FinalLayer(width, grid_out[0] * grid_out[2] ** 2 if grid_out else token_dim)
-        self.grid_out = nn.Conv2d(grid_out[0], grid_out[1], 3, padding=1) if grid_out else None
-        if self.grid_out is not None:  # default init: the last layer starts at zero, so must this not
-            nn.init.zeros_(self.grid_out.bias)
+        self.grid_out: nn.Conv2d | None = None
+        if grid_out:  # default weight init: the last layer starts at zero, so must this not
+            self.grid_out = nn.Conv2d(grid_out[0], grid_out[1], 3, padding=1, bias=True)
+            nn.init.zeros_(cast(torch.Tensor, self.grid_out.bias))
         self.t_ada: nn.ModuleList | None = None
         if cond == "stage":  # the time part of each modulation (the z part is each block's own ada)
             self.t_ada = nn.ModuleList(
