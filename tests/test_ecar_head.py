@@ -113,3 +113,62 @@ def test_parent_objective_trains_the_expansion():
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
     assert all(e.weight.grad is not None and e.weight.grad.abs().sum() > 0 for e in model.expand)
+
+
+# ------------------------------------------------------------ model.head_grid_out (seams)
+
+@pytest.mark.parametrize("head", ["mlp", "transformer"])
+def test_grid_output_reads_across_token_borders_and_only_there(head):
+    """With head_grid_out a token's output pixels on its border depend on the neighbouring
+    token (through the 3×3 convolution), its interior pixels do not; without it no output pixel
+    of a token depends on another token's input (mlp head: nothing crosses a token)."""
+    for f, crosses in ((0, False), (4, True)):
+        cfg, model, _ = _model("model.head_cond=add", f"model.head_grid_out={f}", head=head)
+        s, g, p = model.num_stages - 1, model.grids[-1], cfg.model.patch
+        zc = model.head_condition(torch.randn(1, g * g, cfg.model.hidden))
+        x = torch.randn(1, g * g, model.token_dim, requires_grad=True)
+        out = model.velocity(x, torch.full((1,), 0.5), zc, s)
+        # token 0 occupies latent pixels [0:p, 0:p]; its right neighbour is token 1
+        lat = out.reshape(1, g, g, 1, p, p).permute(0, 3, 1, 4, 2, 5).reshape(1, 1, g * p, g * p)
+        border = torch.autograd.grad(lat[0, 0, 0, p - 1], x, retain_graph=True)[0][0, 1]
+        if head == "mlp":
+            assert (border.abs().sum() > 0) == crosses, (f, head)
+        else:  # attention crosses tokens anyway; the conv adds the border path on top
+            assert border.abs().sum() > 0
+        if f and p > 2:
+            inner = torch.autograd.grad(lat[0, 0, 1, 1], x)[0][0, 1]
+            if head == "mlp":
+                assert inner.abs().sum() == 0
+
+
+def test_grid_output_per_stage_equals_all_stages_and_cache():
+    cfg, model, method = _model("model.ar_input=parent", "model.head_cond=add", "model.head_grid_out=4")
+    n = sum(g * g for g in model.grids)
+    x, z = torch.randn(2, n, model.token_dim), torch.randn(2, n, cfg.model.hidden)
+    u = torch.rand(2, model.num_stages)
+    with torch.no_grad():
+        whole = model.velocity_all(x, u, z)
+        zc = model.head_condition(z)
+        at, parts = 0, []
+        for s, g in enumerate(model.grids):
+            sl = slice(at, at + g * g)
+            parts.append(model.velocity(x[:, sl], u[:, s], zc[:, sl], s))
+            at += g * g
+    torch.testing.assert_close(torch.cat(parts, 1), whole, atol=1e-5, rtol=1e-5)
+    st = method.stage_settings(model, dataclasses.replace(cfg.sample, stage_steps=[2, 2, 2, 2], cfg=2.0,
+                                                          cfg_interval=[0.0, 0.7]))
+    y = torch.tensor([1, 2])
+    a = generate_multistage(model, y, st, torch.Generator().manual_seed(3))["latents"]
+    b = generate_multistage(model, y, st, torch.Generator().manual_seed(3), use_cache=False)["latents"]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_grid_output_trains_and_is_validated():
+    cfg, model, method = _model("model.head_cond=add", "model.head_grid_out=4")
+    model.train()
+    out = method.objective(model, cfg.flow)(torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3]),
+                                            torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert model.head.grid_out.weight.grad.abs().sum() > 0 and model.head.final.linear.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="head_grid_out"):
+        load_config(None, ["model.name=ecar-tiny", "model.head_grid_out=-1"])

@@ -67,6 +67,12 @@ class ECARConfig(TransformerConfig):
     state b_s; the velocity is then (x̂ − x_u) / (1 − u), clamped at 1 − u >= 0.05 —
     "let denoising models denoise", Li & He, arXiv 2511.13720). The loss is on the velocity
     either way."""
+    head_grid_out: int = 0
+    """0: the head's last layer maps each token's hidden state to that token's patch alone, so
+    neighbouring tokens' outputs meet at their border with nothing to match them (the seams of
+    docs/ecar.md "No ceiling"). F > 0: it maps to F features per latent pixel instead, and a
+    3×3 convolution over each stage's latent grid turns them into the output, so every border
+    pixel's output reads its neighbours' features across the token border."""
     head_batch_mul: int = 1
     """Training only: draws of (start, end, u) per token the head sees per AR pass (MAR's
     diffusion batch multiplier; 1 = one draw)."""
@@ -86,6 +92,8 @@ class ECARConfig(TransformerConfig):
         if self.head_mlp_ratio is not None and not self.head_mlp_ratio * self.head_width >= 1:
             raise ConfigError(f"model.head_mlp_ratio={shown(self.head_mlp_ratio)} is not valid: "
                               "the head's MLP needs head_mlp_ratio·head_width >= 1 (or null for mlp_ratio)")
+        if not isinstance(self.head_grid_out, int) or self.head_grid_out < 0:
+            raise ConfigError(f"model.head_grid_out must be an integer >= 0, got {shown(self.head_grid_out)}")
         if not isinstance(self.head_batch_mul, int) or self.head_batch_mul < 1:
             raise ConfigError(f"model.head_batch_mul must be an integer >= 1, got {shown(self.head_batch_mul)}")
         for name in ("head_width", "head_depth", "head_heads"):
@@ -190,7 +198,8 @@ class ECAR(ClassConditional):
         self.norm = nn.LayerNorm(cfg.hidden, eps=1e-6)
         self.head = TokenHead(token_dim, cfg.hidden, cfg.head_width, cfg.head_depth, kind=cfg.head,
                               heads=cfg.head_heads, mlp_ratio=cfg.head_mlp_ratio or cfg.mlp_ratio,
-                              cond=cfg.head_cond)
+                              cond=cfg.head_cond,
+                              grid_out=(cfg.head_grid_out, channels, p) if cfg.head_grid_out else None)
         self.parent = cfg.ar_input == "parent"
         if self.parent:  # parent token -> its r×r children's conditions (stage 1: the class token's)
             ratios = [self.grids[0]] + [b // a for a, b in zip(self.grids, self.grids[1:])]
@@ -325,7 +334,8 @@ class ECAR(ClassConditional):
         """Head velocity for stage s. x_tokens (B, g_s², D_tok), u scalar/(B,)/(B, N),
         zc = :meth:`head_condition` of the stage's AR outputs (B, g_s², head_width)."""
         pos = getattr(self, f"hpos{s}") if self.cfg.head == "transformer" else None
-        return self._as_velocity(self.head(x_tokens, u, zc, pos=pos), x_tokens, u)
+        out = self.head.across_borders(self.head(x_tokens, u, zc, pos=pos), [self.grids[s]])
+        return self._as_velocity(out, x_tokens, u)
 
     def velocity_all(self, x_tokens: torch.Tensor, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Head over the tokens of all stages at once (training). u: (B, S), one time per
@@ -335,11 +345,12 @@ class ECAR(ClassConditional):
         if counts is not None and self.cfg.prediction == "x":
             u, counts = u.repeat_interleave(torch.tensor(counts, device=u.device), dim=1), None
         if self.cfg.head == "mlp":
-            return self._as_velocity(self.head(x_tokens, u, zc, counts=counts), x_tokens, u)
-        ids = self.stage_ids(x_tokens.device)[1:]
-        pos = torch.cat([getattr(self, f"hpos{s}") for s in range(self.num_stages)], dim=1)
-        out = self.head(x_tokens, u, zc, mask=self.head_mask(ids), pos=pos, counts=counts)
-        return self._as_velocity(out, x_tokens, u)
+            out = self.head(x_tokens, u, zc, counts=counts)
+        else:
+            ids = self.stage_ids(x_tokens.device)[1:]
+            pos = torch.cat([getattr(self, f"hpos{s}") for s in range(self.num_stages)], dim=1)
+            out = self.head(x_tokens, u, zc, mask=self.head_mask(ids), pos=pos, counts=counts)
+        return self._as_velocity(self.head.across_borders(out, self.grids), x_tokens, u)
 
     def _as_velocity(self, out: torch.Tensor, x_tokens: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Head output -> velocity (identity for ``prediction: v``)."""

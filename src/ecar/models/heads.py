@@ -69,7 +69,8 @@ class TokenHead(nn.Module):
     """
 
     def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, kind: str = "mlp",
-                 heads: int = 4, mlp_ratio: float = 4.0, cond: str = "token"):
+                 heads: int = 4, mlp_ratio: float = 4.0, cond: str = "token",
+                 grid_out: tuple[int, int, int] | None = None):
         super().__init__()
         if kind not in HEAD_KINDS:
             raise ValueError(f"head kind {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
@@ -83,7 +84,14 @@ class TokenHead(nn.Module):
             self.blocks = nn.ModuleList(AdaLNResBlock(width) for _ in range(depth))
         else:
             self.blocks = nn.ModuleList(AdaLNBlock(width, heads, mlp_ratio) for _ in range(depth))
-        self.final = FinalLayer(width, token_dim)
+        # grid_out = (F, channels, patch): the last layer gives F features per latent pixel and
+        # a 3×3 convolution over the token grid maps them to the output (:meth:`across_borders`)
+        self.grid = grid_out
+        self.final = FinalLayer(width, grid_out[0] * grid_out[2] ** 2 if grid_out else token_dim)
+        self.grid_out: nn.Conv2d | None = None
+        if grid_out:  # default weight init: the last layer starts at zero, so must this not
+            self.grid_out = nn.Conv2d(grid_out[0], grid_out[1], 3, padding=1, bias=True)
+            nn.init.zeros_(cast(torch.Tensor, self.grid_out.bias))
         self.t_ada: nn.ModuleList | None = None
         if cond == "stage":  # the time part of each modulation (the z part is each block's own ada)
             self.t_ada = nn.ModuleList(
@@ -146,6 +154,18 @@ class TokenHead(nn.Module):
             for blk, mod in zip(self.blocks, mods):
                 h = blk(h, c, mask=mask, mod=None if mod is None else cast(AdaLNBlock, blk).modulation(None, mod))
         return self.final(h, c, mod=mods[-1])
+
+    def across_borders(self, out: torch.Tensor, grids: list[int]) -> torch.Tensor:
+        """With ``grid_out``: :meth:`forward`'s features (B, Σ g², F·p²) of consecutive token
+        grids of sides ``grids`` (the stages, coarse to fine) -> outputs (B, Σ g², C·p²), each
+        grid through the 3×3 convolution over its own latent pixels, so a token's border pixels
+        read the neighbouring tokens' features. Identity without ``grid_out``."""
+        if self.grid_out is None or self.grid is None:
+            return out
+        f, _, p = self.grid
+        parts = out.split([g * g for g in grids], dim=1)
+        return torch.cat([patchify(self.grid_out(unpatchify(part, p, f, g * p, g * p)), p)
+                          for part, g in zip(parts, grids)], dim=1)
 
     def forward(
         self, x: torch.Tensor, u: torch.Tensor, zc: torch.Tensor, mask: torch.Tensor | None = None,
