@@ -86,11 +86,11 @@ class TokenHead(nn.Module):
             self.blocks = nn.ModuleList(AdaLNBlock(width, heads, mlp_ratio) for _ in range(depth))
         # grid_out = (F, channels, patch): the last layer gives F features per latent pixel and
         # a 3×3 convolution over the token grid maps them to the output (:meth:`across_borders`)
-        self.grid = grid_out
         self.final = FinalLayer(width, grid_out[0] * grid_out[2] ** 2 if grid_out else token_dim)
         self.grid_out: nn.Conv2d | None = None
+        self.grid_patch = grid_out[2] if grid_out else 0
         if grid_out:  # default weight init: the last layer starts at zero, so must this not
-            self.grid_out = nn.Conv2d(grid_out[0], grid_out[1], 3, padding=1, bias=True)
+            self.grid_out = nn.Conv2d(grid_out[0], grid_out[1], 3, padding=1)
             nn.init.zeros_(cast(torch.Tensor, self.grid_out.bias))
         self.t_ada: nn.ModuleList | None = None
         if cond == "stage":  # the time part of each modulation (the z part is each block's own ada)
@@ -160,9 +160,9 @@ class TokenHead(nn.Module):
         grids of sides ``grids`` (the stages, coarse to fine) -> outputs (B, Σ g², C·p²), each
         grid through the 3×3 convolution over its own latent pixels, so a token's border pixels
         read the neighbouring tokens' features. Identity without ``grid_out``."""
-        if self.grid_out is None or self.grid is None:
+        if self.grid_out is None:
             return out
-        f, _, p = self.grid
+        f, p = self.grid_out.in_channels, self.grid_patch
         parts = out.split([g * g for g in grids], dim=1)
         return torch.cat([patchify(self.grid_out(unpatchify(part, p, f, g * p, g * p)), p)
                           for part, g in zip(parts, grids)], dim=1)
