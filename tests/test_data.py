@@ -461,3 +461,48 @@ def test_fashion_mnist_corrupt_file_is_a_data_error_naming_it(tiny_fm, damage):
         build_dataset(f"fashion-mnist:{tiny_fm}", split="heldout")
     # the other split is intact and still loads
     assert len(build_dataset(f"fashion-mnist:{tiny_fm}", split="train")) == 20
+
+
+# --------------------------------------------------------------------------- fashion-mini
+
+
+def test_fashion_mini_ships_balanced_splits_without_any_download(monkeypatch, tmp_path):
+    # nothing outside the package is read: no Fashion-MNIST files anywhere it could look
+    monkeypatch.setenv("ECAR_FASHION_MNIST", str(tmp_path / "nowhere"))
+    tr, he = build_dataset("fashion-mini"), build_dataset("fashion-mini", split="heldout")
+    assert (len(tr), len(he)) == (6_000, 2_000)
+    assert tr.labels.bincount().tolist() == [600] * 10 and he.labels.bincount().tolist() == [200] * 10
+    assert tr.class_names == CLASS_NAMES and (tr.channels, tr.resolution) == (1, 32)
+    x = he.images()
+    assert x.shape == (2_000, 1, 32, 32) and x.min() == -1.0 and x.max() == 1.0
+    assert tr.fingerprint() != he.fingerprint() != build_dataset("fashion-mini", split="heldout", resolution=28).fingerprint()
+
+
+def test_fashion_mini_is_the_official_images_at_its_recorded_indices(fashion_mnist_dir):
+    from ecar.paths import assets_dir
+
+    stored = np.load(assets_dir() / "fashion_mini.npz")
+    for split in ("train", "heldout"):
+        official = build_dataset("fashion-mnist", split=split, resolution=28)
+        mini = build_dataset("fashion-mini", split=split, resolution=28)
+        idx = torch.from_numpy(stored[f"{split}_index"].astype(np.int64))
+        torch.testing.assert_close(mini.images(), official.images()[idx], rtol=0, atol=0)
+        assert torch.equal(mini.labels, official.labels[idx])
+        assert str(stored[f"{split}_source_sha256"]) == official._digest  # the provenance it records
+
+
+def test_fashion_mini_damaged_asset_is_a_data_error_saying_reinstall(monkeypatch, tmp_path):
+    import ecar.data.fashion_mini as fm
+    import ecar.paths
+
+    monkeypatch.setattr(fm, "_CACHE", {})
+    monkeypatch.setattr(ecar.paths, "assets_dir", lambda: tmp_path)
+    with pytest.raises(DataError, match="missing.*reinstall"):
+        build_dataset("fashion-mini")
+    (tmp_path / "fashion_mini.npz").write_bytes(b"PK\x03\x04 not a zip file")
+    with pytest.raises(DataError, match="unreadable.*reinstall"):
+        build_dataset("fashion-mini")
+    np.savez(tmp_path / "fashion_mini.npz", train_images=np.zeros((3, 20, 20), np.uint8),
+             train_labels=np.zeros(3, np.uint8))
+    with pytest.raises(DataError, match="28×28"):
+        build_dataset("fashion-mini")

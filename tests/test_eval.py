@@ -105,15 +105,49 @@ def test_cli_sample_and_eval_validate_sampler_flags_alike(tiny_run, tmp_path, ca
 
 
 def test_unknown_metric_names_the_valid_ones():
-    with pytest.raises(ValueError, match="fid, is, pr"):
+    with pytest.raises(ValueError, match="fid, is, pr, acc"):
         evaluate_model(None, metrics=("fid", "kid"))
-    assert VALID_METRICS == ("fid", "is", "pr")
+    assert VALID_METRICS == ("fid", "is", "pr", "acc")
+
+
+def test_class_accuracy_is_the_classifiers_agreement_with_the_requested_labels(tiny_run, shared_cache):
+    from ecar.eval.features import features_of_images
+
+    pipe = ecar.load(tiny_run)
+    res = evaluate_model(pipe, n=40, metrics="accuracy", batch_size=40, seed=3, progress=False,
+                         cache_dir=shared_cache)
+    assert "acc" in res and "fid" not in res
+    # the same 40 images (block 0 of seed 3), classified by the shipped digits net
+    labels = pipe.labels(40)
+    images = pipe(labels=labels, seed=3 * 1_000_003, batch_size=40).tensor
+    _, probs = features_of_images(images, load_feature_net("digits"), "cpu")
+    expected = float((torch.from_numpy(probs).argmax(1) == labels).float().mean())
+    assert res["acc"] == pytest.approx(expected)
+    # barely trained: some right, some wrong, so a mix-up of labels and images would show
+    assert 0 < res["acc"] < 1
+
+
+def test_class_accuracy_without_a_classifier_is_skipped_with_a_note(tiny_run, shared_cache):
+    class NoHead(FeatureExtractor):
+        name, feature_dim = "nohead", 4
+
+        def _prepare_module(self, device):
+            pass
+
+        def _forward(self, x):
+            return x.flatten(1)[:, :4].double() + 0.01 * torch.randn(len(x), 4, dtype=torch.float64), None
+
+    res = evaluate_model(ecar.load(tiny_run), n=8, metrics="fid,acc", features=NoHead(), progress=False,
+                         cache_dir=shared_cache)
+    assert "acc" not in res and "fid" in res
+    assert any("class accuracy skipped" in note for note in res["notes"])
 
 
 def test_default_feature_net():
     assert default_feature_net("digits") == "digits"
     assert default_feature_net("shapes") == "shapes"
     assert default_feature_net("fashion-mnist") == "fashion"
+    assert default_feature_net("fashion-mini") == "fashion"
     assert default_feature_net("imagefolder:/data/imagenet") == "inception"
 
 

@@ -58,7 +58,7 @@ def _png(data_url: str) -> np.ndarray:
 # --------------------------------------------------------------------------- the API
 
 
-def test_page_and_models(client):
+def test_page_and_models(client, slots):
     page = client.get("/")
     assert page.status_code == 200 and "Generate" in page.text and "/api/generate" in page.text
     data = client.get("/api/models").json()
@@ -70,6 +70,11 @@ def test_page_and_models(client):
     settings = {s["name"]: s for s in ecar_m["settings"]}
     assert settings["stage_steps"]["value"] == "2,2,2" and settings["cfg"]["value"] == "2.0"
     assert settings["sampler"]["choices"] and "stage_steps" not in {s["name"] for s in dit_m["settings"]}
+    # only what acts on the method (E-CAR's steps are per stage), labelled in words, and no local path
+    assert list(settings) == ["sampler", "stage_steps", "cfg", "cfg_schedule", "cfg_interval"]
+    assert settings["stage_steps"]["label"] == "steps per stage (coarse to fine)"
+    assert [s["name"] for s in dit_m["settings"]] == ["sampler", "steps", "cfg", "cfg_schedule", "cfg_interval"]
+    assert "ckpt" not in ecar_m and str(slots[0].ckpt) not in json.dumps(data)
 
 
 def test_generate_streams_each_stage_then_the_grid_and_the_cost(client, slots):

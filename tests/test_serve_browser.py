@@ -126,3 +126,83 @@ def test_the_page_shows_each_stage_then_the_grid_and_errors(serve_server, tmp_pa
     while _descendants(os.getpid()) - before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _descendants(os.getpid()) - before
+
+
+# --------------------------------------------------------------------------- every method's settings
+
+EXPECTED_SETTINGS = {
+    # method -> the settings the page must offer, in order, and their labels (issue 27: only what
+    # acts on that method, in words; the shipped samplers of these recipes are not euler_maruyama
+    # except AR's, whose chain noise is then a setting too)
+    "dit": ["integrator", "integration steps", "guidance scale", "guidance schedule", "guide only within (from,to)"],
+    "ecar": ["integrator", "steps per stage (coarse to fine)", "guidance scale", "guidance schedule",
+             "guide only within (from,to)"],
+    "flowar": ["integrator", "steps per stage (coarse to fine)", "guidance scale", "guidance schedule",
+               "guide only within (from,to)"],
+    "mar": ["unmasking iterations", "integrator", "head steps per token", "guidance scale", "guidance schedule",
+            "guide only within (from,to)", "temperature"],
+    "xar": ["integrator", "steps per unit", "guidance scale", "guidance schedule", "guide only within (from,to)",
+            "context time (1 = clean)"],
+    "ar": ["integrator", "head steps per token", "guidance scale", "guidance schedule", "guide only within (from,to)",
+           "temperature", "noise scale"],
+}
+DRAFTED_AR = [*EXPECTED_SETTINGS["ar"], "tokens the draft proposes per check (γ)"]
+
+
+@pytest.fixture(scope="module")
+def every_method_runs(tmp_path_factory):
+    """A 2-step digits checkpoint of every method, and a draft for the AR one."""
+    from ecar.cli import main as cli_main
+    from ecar.config import load_config
+    from ecar.train.trainer import train
+
+    root = tmp_path_factory.mktemp("every-method")
+    tiny = ["model.hidden=32", "model.depth=1", "model.heads=2", "train.batch_size=8", "train.warmup_steps=1",
+            "train.log_every=1", "train.tensorboard=false", "train.max_steps=2"]
+    heads = ["model.head_width=32", "model.head_depth=1"]
+    extra = {"dit": [], "ecar": heads, "flowar": heads, "mar": heads, "xar": [], "ar": [*heads, "sample.steps=2"]}
+    runs = {}
+    for method, more in extra.items():
+        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"digits_{method}.yaml", [*tiny, *more])
+        train(cfg, root / method, progress=False)
+        runs[method] = root / method
+    assert cli_main(["draft", "--ckpt", str(runs["ar"]), "--out", str(root / "draft"), "--distill-steps", "2",
+                     "--pool", "8", "--batch", "2", "--components", "2", "--width", "16", "--quiet"]) == 0
+    return runs, root / "draft"
+
+
+def test_the_page_offers_exactly_each_methods_settings(every_method_runs, serve_process):
+    _require_browser()
+    runs, draft = every_method_runs
+    order = list(EXPECTED_SETTINGS)
+    plain = serve_process([runs[m] for m in order])
+    drafted = serve_process([runs["ar"]], "--draft", str(draft))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            for server, expected in ((plain, [EXPECTED_SETTINGS[m] for m in order]), (drafted, [DRAFTED_AR])):
+                page.goto(server.url)
+                page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+                columns = page.locator("section.model")
+                assert columns.count() == len(expected)
+                for i, labels in enumerate(expected):
+                    col = columns.nth(i)
+                    shown = col.locator(".settings label").evaluate_all(
+                        "ls => ls.map(l => l.firstChild.textContent.trim())")
+                    assert shown == labels, (col.locator(".meta").inner_text(), shown)
+                    assert col.locator(".settings [name]").count() == len(labels)
+                    meta = col.locator(".meta").inner_text()
+                    assert str(runs["ar"].parent) not in meta and "/" not in meta.split("·")[-1]
+                text = page.content()
+                assert str(runs["ar"].parent) not in text  # no local path anywhere on the page
+            # the drafted AR generates by speculative decoding and says so
+            col = page.locator("section.model").first
+            assert "drafted by" in col.locator(".meta").inner_text()
+            page.fill("#n", "2")
+            page.click("#generate")
+            page.wait_for_selector("section.model[data-state='done']", timeout=60_000)
+            assert "draft tokens accepted" in col.locator(".cost").inner_text()
+            assert col.get_attribute("data-log") == "start done"
+        finally:
+            browser.close()

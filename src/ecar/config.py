@@ -57,14 +57,15 @@ class DataConfig:
     """Where training images come from."""
 
     name: str = "digits"
-    """``digits`` | ``shapes`` | ``fashion-mnist`` (or ``fashion-mnist:DIR``, the folder of
+    """``digits`` | ``shapes`` | ``fashion-mini`` (8,000 Fashion-MNIST images shipped in the
+    package: ``ecar demo``'s data) | ``fashion-mnist`` (or ``fashion-mnist:DIR``, the folder of
     its IDX files; default ``$ECAR_FASHION_MNIST``, then the Debian package's
     ``/usr/share/datasets/fashion-mnist``) | ``imagefolder:PATH`` | ``latents:DIR`` (a cache
     of training latents made by ``ecar cache-latents``; samples and FID use the images it
     was encoded from)."""
     resolution: int | None = None
     """Image side in pixels; ``None`` keeps the dataset's native size (digits 16, shapes 32,
-    fashion-mnist 32 = its 28×28 images padded by 2 px of black)."""
+    fashion-mnist and fashion-mini 32 = their 28×28 images padded by 2 px of black)."""
     channels: int | None = None
     """1 (grey) or 3 (RGB) for ``imagefolder``; ``None`` keeps the dataset's own."""
     num_classes: int | None = None

@@ -1,4 +1,5 @@
-"""Where ecar keeps per-user files: reference statistics, pretrained weights.
+"""Where ecar keeps per-user files (reference statistics, pretrained weights) and where its
+packaged data files are (:func:`assets_dir`).
 
 One root for every cache so a user moves or clears them in one place:
 ``$ECAR_CACHE`` when set, else ``$XDG_CACHE_HOME/ecar`` (the freedesktop convention), else
@@ -21,6 +22,12 @@ def cache_root() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "ecar"
+
+
+def assets_dir() -> Path:
+    """Directory of the packaged data files (``src/ecar/assets``: the shipped classifiers,
+    ``fashion-mini``)."""
+    return Path(__file__).resolve().parent / "assets"
 
 
 def weights_dir(name: str) -> Path:

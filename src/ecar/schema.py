@@ -28,7 +28,7 @@ from ecar.errors import MAX_SHOWN, ConfigError, shown
 
 __all__ = ["ConfigError", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "check_choice", "check_each", "check_range",
            "comma_list", "dataclass_from_dict", "field_names", "load_yaml_text", "parse_override", "parser_kind",
-           "setting", "yaml_error_line"]
+           "setting", "setting_label", "yaml_error_line"]
 
 MAX_YAML_DEPTH = 64
 """Deepest nesting of a YAML document we read (a recipe needs 3: sections, keys, lists)."""
@@ -41,10 +41,23 @@ MAX_YAML_NODES = 100_000
 
 
 def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
-            metavar: str | None = None) -> Any:
-    """A dataclass field with a help text (and optional choices) for derived CLI flags."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar}
+            metavar: str | None = None, label: str | None = None) -> Any:
+    """A dataclass field with a help text (and optional choices) for derived CLI flags, and
+    ``label``: its name in words for the web page of ``ecar serve`` (default: the field name)."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
+            "label": label}
     return dataclasses.field(default=default, metadata=meta)
+
+
+def setting_label(cls: type, name: str) -> str:
+    """The label of setting ``name`` of dataclass ``cls``: its own ``label``, else that of the
+    nearest base class that declares the field with one (a subclass that only changes a
+    default or a help text keeps the label), else the name with spaces."""
+    for klass in cls.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and f.metadata.get("label"):
+            return str(f.metadata["label"])
+    return name.replace("_", " ")
 
 
 def check_choice(where: str, value: Any, valid: Sequence[str]) -> None:

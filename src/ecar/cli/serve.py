@@ -37,6 +37,8 @@ def add_serve(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; the page has no login)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--draft", help="a draft checkpoint (ecar draft): the models it fits sample by exact "
+                                   "speculative decoding, and their settings include γ")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
 
@@ -51,13 +53,13 @@ def cmd_serve(args) -> int:
             default = demo_checkpoint()
             if not default.is_dir():
                 raise UsageError(f"no --ckpt given and no demo checkpoint in {default}: make one with "
-                                 f"`ecar demo` (trains E-CAR on digits in about 4 minutes), or pass "
+                                 f"`ecar demo` (trains E-CAR on Fashion-MNIST images in about 5 minutes), or pass "
                                  f"--ckpt DIR of a run `ecar train` wrote")
             ckpts = [str(default)]
         if args.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"warning: listening on {args.host}: anyone who can reach it can run generations "
                   f"(the page has no login)", file=sys.stderr)
-        slots = load_slots(ckpts, pick_device(args.device), use_ema=not args.no_ema)
+        slots = load_slots(ckpts, pick_device(args.device), use_ema=not args.no_ema, draft=args.draft)
         names = ", ".join(f"{s.pipe.name} ({s.ckpt})" for s in slots)
         how = f"http://{args.host}:{args.port}"
         stopped = run_server(slots, args.host, args.port,

@@ -1,4 +1,4 @@
-"""Datasets of ``ecar``: ``digits``, ``shapes``, ``fashion-mnist`` and ``imagefolder:PATH``.
+"""Datasets of ``ecar``: ``digits``, ``shapes``, ``fashion-mini``, ``fashion-mnist`` and ``imagefolder:PATH``.
 
 Every dataset is an :class:`ImageDataset` whose items are ``(image, label)`` with
 ``image`` a float32 ``C×R×R`` tensor in ``[-1, 1]``. Build one by name with
@@ -9,6 +9,7 @@ name                classes C     R    content
 =================== ======= ===== ==== ===================================================
 ``digits``          10      1     16   scikit-learn 8×8 digits, bilinear-resized; 1,497 / 300
 ``shapes``          8       3     32   procedural seeded shapes; ``shapes_size`` / ≤ 5,000
+``fashion-mini``    10      1     32   Fashion-MNIST subset shipped in the package; 6,000 / 2,000
 ``fashion-mnist``   10      1     32   Fashion-MNIST 28×28 padded to 32; 60,000 / 10,000 test
 ``imagefolder:P``   folders 3     —    user images, ``resolution`` required; all / every 10th
 ``latents:DIR``     source  src.  src. latents of a source set, from ``ecar cache-latents``
@@ -16,12 +17,14 @@ name                classes C     R    content
 
 ``fashion-mnist`` reads the original files (``fashion-mnist:DIR``, ``$ECAR_FASHION_MNIST``
 or the Debian package ``dataset-fashion-mnist``); see :mod:`ecar.data.fashion_mnist`.
+``fashion-mini`` (``ecar demo``'s data) ships inside the package: :mod:`ecar.data.fashion_mini`.
 """
 
 from __future__ import annotations
 
 from .base import DataError, HFlipped, ImageDataset
 from .digits import DigitsDataset
+from .fashion_mini import FashionMiniDataset
 from .fashion_mnist import FashionMNISTDataset
 from .imagefolder import ImageFolderDataset
 from .latents import LatentCacheDataset, source_data_args
@@ -32,6 +35,7 @@ __all__ = [
     "SPLITS",
     "DataError",
     "DigitsDataset",
+    "FashionMiniDataset",
     "FashionMNISTDataset",
     "HFlipped",
     "ImageDataset",
@@ -42,7 +46,7 @@ __all__ = [
     "source_data_args",
 ]
 
-DATASET_NAMES = ("digits", "shapes", "fashion-mnist[:DIR]", "imagefolder:PATH", "latents:DIR")
+DATASET_NAMES = ("digits", "shapes", "fashion-mini", "fashion-mnist[:DIR]", "imagefolder:PATH", "latents:DIR")
 SPLITS = ("train", "heldout")
 
 
@@ -58,7 +62,7 @@ def build_dataset(
     """Build a dataset by name.
 
     Args:
-        name: ``"digits"``, ``"shapes"``, ``"fashion-mnist"`` (optionally
+        name: ``"digits"``, ``"shapes"``, ``"fashion-mini"``, ``"fashion-mnist"`` (optionally
             ``"fashion-mnist:DIR"``, the folder of its IDX files), ``"imagefolder:PATH"`` or
             ``"latents:DIR"`` (a latent cache; training split only, items are latents).
         split: ``"train"`` or ``"heldout"``.
@@ -86,6 +90,8 @@ def build_dataset(
         return ShapesDataset(
             split=split, resolution=resolution, channels=channels, seed=seed, size=shapes_size
         )
+    if kind == "fashion-mini" and not sep:
+        return FashionMiniDataset(split=split, resolution=resolution, channels=channels)
     if kind == "fashion-mnist":
         return FashionMNISTDataset(
             split=split, resolution=resolution, channels=channels, directory=path.strip() or None

@@ -216,6 +216,9 @@ class FashionMNISTDataset(ImageDataset):
         DataError: unknown split, bad resolution/channels, missing or corrupt files.
     """
 
+    directory: Path | None
+    """The folder of the IDX files read (None for data shipped in the package)."""
+
     def __init__(
         self,
         split: str = "train",
@@ -225,14 +228,18 @@ class FashionMNISTDataset(ImageDataset):
     ) -> None:
         if split not in _FILES:
             raise DataError(f"fashion-mnist: unknown split {split!r}; use 'train' or 'heldout'.")
-        self.name = "fashion-mnist"
+        self.directory = find_fashion_mnist(directory)
+        self._setup("fashion-mnist", split, resolution, channels, *_load_split(self.directory, split))
+
+    def _setup(self, name: str, split: str, resolution: int | None, channels: int | None,
+               images: np.ndarray, labels: np.ndarray, digest: str) -> None:
+        """The dataset over ``images`` (N×28×28 uint8) and ``labels`` (N int64) of one split."""
+        self.name = name
         self.split = split
-        self.resolution = check_resolution(resolution, DEFAULT_RESOLUTION, "fashion-mnist")
-        self.channels = check_channels(channels, 1, "fashion-mnist")
+        self.resolution = check_resolution(resolution, DEFAULT_RESOLUTION, name)
+        self.channels = check_channels(channels, 1, name)
         self.num_classes = len(CLASS_NAMES)
         self.class_names = list(CLASS_NAMES)
-        self.directory = find_fashion_mnist(directory)
-        images, labels, digest = _load_split(self.directory, split)
         self._u8 = torch.from_numpy(images)  # N×28×28 uint8, shared read-only with the cache
         self._y = torch.from_numpy(labels)
         self._digest = digest
@@ -274,7 +281,7 @@ class FashionMNISTDataset(ImageDataset):
 
     def _fingerprint_fields(self) -> dict[str, Any]:
         return {
-            "name": "fashion-mnist",
+            "name": self.name,
             "version": _VERSION,
             "split": self.split,
             "resolution": self.resolution,

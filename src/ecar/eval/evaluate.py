@@ -17,6 +17,9 @@ Pipeline (one code path for generated and real images)
 4. **Reference.** The features of the reference split come from the store of
    :mod:`ecar.eval.reference` (computed once, cached on disk).
 5. **Metrics** (:mod:`ecar.eval.metrics`): ``fid`` against the reference-split Gaussian;
+   ``acc``: the class accuracy of the samples, the fraction that the feature network's
+   classifier assigns to the class they were generated for (the shipped classifiers of
+   digits, shapes and Fashion-MNIST; skipped, with a note, for a network without one);
    ``is`` from the feature network's class probabilities, in 10 splits as usual but
    never fewer than 100 samples a split (so 1 split for n < 200; skipped, with a note, for
    a network without a classifier head, e.g. Inception here); ``pr``: improved
@@ -48,6 +51,7 @@ from ecar.pipeline import Pipeline, load
 from ecar.samplers import SampleConfig
 
 __all__ = [
+    "DEFAULT_METRICS",
     "VALID_METRICS",
     "evaluate_checkpoint",
     "evaluate_model",
@@ -56,9 +60,13 @@ __all__ = [
     "sampler_info",
 ]
 
-VALID_METRICS = ("fid", "is", "pr")
-"""Metric names :func:`evaluate_model` accepts (``precision``/``recall`` are aliases of ``pr``)."""
-_METRIC_ALIASES = {"fid": "fid", "is": "is", "pr": "pr", "precision": "pr", "recall": "pr"}
+VALID_METRICS = ("fid", "is", "pr", "acc")
+"""Metric names :func:`evaluate_model` accepts (``precision``/``recall`` are aliases of ``pr``,
+``accuracy`` of ``acc``)."""
+DEFAULT_METRICS = VALID_METRICS
+"""What :func:`evaluate_model` and ``ecar eval`` measure unless told otherwise."""
+_METRIC_ALIASES = {"fid": "fid", "is": "is", "pr": "pr", "precision": "pr", "recall": "pr",
+                   "acc": "acc", "accuracy": "acc"}
 
 PR_K = 3
 
@@ -127,7 +135,7 @@ def sampler_info(pipe: Pipeline, sample: SampleConfig | None = None) -> dict:
 def evaluate_model(
     pipe: Pipeline,
     n: int = 1000,
-    metrics: Sequence[str] | str = ("fid", "is", "pr"),
+    metrics: Sequence[str] | str = DEFAULT_METRICS,
     features: str | FeatureExtractor | None = None,
     seed: int = 0,
     batch_size: int = 256,
@@ -143,7 +151,7 @@ def evaluate_model(
         pipe: a trained model of any method (its device is used for sampling, features and
             the precision/recall distances; its config has ``data.num_classes`` etc. filled in).
         n: number of generated images (labels cycle through every class).
-        metrics: any of ``"fid"``, ``"is"``, ``"pr"`` (precision + recall).
+        metrics: any of ``"fid"``, ``"is"``, ``"pr"`` (precision + recall), ``"acc"`` (class accuracy).
         features: feature network name or extractor (default
             :func:`~ecar.eval.features.default_feature_net`).
         seed, batch_size: sampling seed and block size (both change the exact samples).
@@ -156,11 +164,11 @@ def evaluate_model(
             :func:`~ecar.eval.reference.default_reference_split`).
 
     Returns:
-        ``{"fid", "is", "is_std", "is_splits", "precision", "recall"`` (those requested),
+        ``{"fid", "is", "is_std", "is_splits", "precision", "recall", "acc"`` (those requested),
         ``"features", "reference_split", "n", "seed", "batch_size", "family", "mode", "sampler", "steps",
         "total_steps", "cfg", "cfg_schedule", "reference": {path, n_images, cache_hit},
-        "notes": [...], "seconds"}``. ``is`` is omitted with a note when the feature net has
-        no classifier. Same arguments → identical numbers.
+        "notes": [...], "seconds"}``. ``is`` and ``acc`` are omitted with a note when the
+        feature net has no classifier. Same arguments → identical numbers.
     """
     wanted = _parse_metrics(metrics)
     if n < 2:
@@ -211,6 +219,11 @@ def evaluate_model(
             splits = max(1, min(10, n // 100))
             result["is"], result["is_std"] = inception_score(probs, splits=splits)
             result["is_splits"] = splits
+    if "acc" in wanted:
+        if probs is None:
+            notes.append(f"acc: feature net '{extractor.name}' has no classifier head; class accuracy skipped")
+        else:
+            result["acc"] = float((probs.argmax(1) == labels.cpu().numpy()).mean())
     if "pr" in wanted:
         real = reference["feats"]
         if real.shape[0] > n:
@@ -263,7 +276,7 @@ def evaluate_seeds(
     out = dict(runs[0])
     out.pop("seed", None)
     out["seeds"] = seeds
-    for key in ("fid", "is", "precision", "recall"):
+    for key in ("fid", "is", "precision", "recall", "acc"):
         vals = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
         if len(vals) != len(runs):
             continue
@@ -279,7 +292,7 @@ def evaluate_seeds(
 def evaluate_checkpoint(
     ckpt_dir: str | Path,
     n: int = 1000,
-    metrics: Sequence[str] | str = ("fid", "is", "pr"),
+    metrics: Sequence[str] | str = DEFAULT_METRICS,
     features: str | FeatureExtractor | None = None,
     seed: int = 0,
     device: str | torch.device = "auto",

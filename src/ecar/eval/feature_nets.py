@@ -19,15 +19,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ecar.paths import assets_dir
+
 __all__ = ["CLASSIFIER_NETS", "DigitsNet", "FEATURE_MODES", "assets_dir", "load_classifier", "save_classifier"]
 
 CLASSIFIER_NETS = ("digits", "shapes", "fashion")
 """Shipped classifier feature nets (``ecar/assets/<name>_classifier.*``)."""
-
-
-def assets_dir() -> Path:
-    """Directory of the packaged data files (``src/ecar/assets``)."""
-    return Path(__file__).resolve().parent.parent / "assets"
 
 
 # ---------------------------------------------------------------------------------------

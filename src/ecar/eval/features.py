@@ -264,11 +264,11 @@ def image_dataset_name(dataset_name: str) -> str:
 
 def default_feature_net(dataset_name: str) -> str:
     """Feature network used by default for a dataset: ``digits`` → ``"digits"``,
-    ``shapes`` → ``"shapes"``, ``fashion-mnist`` (also ``fashion-mnist:DIR``) →
-    ``"fashion"``, anything else (``imagefolder:…``) → ``"inception"``; ``latents:DIR`` →
+    ``shapes`` → ``"shapes"``, ``fashion-mnist`` (also ``fashion-mnist:DIR``) and
+    ``fashion-mini`` → ``"fashion"``, anything else (``imagefolder:…``) → ``"inception"``; ``latents:DIR`` →
     that of the images the cache was encoded from."""
     kind = image_dataset_name(dataset_name).lower()
-    if kind.partition(":")[0] == "fashion-mnist":
+    if kind.partition(":")[0] in ("fashion-mnist", "fashion-mini"):
         return "fashion"
     return kind if kind in ("digits", "shapes") else "inception"
 

@@ -44,7 +44,7 @@ _CACHE_FORMAT = "ecar-refstats-v1"
 _QUANTIZATION = "uint8"
 
 
-_HELDOUT_REFERENCE = ("digits", "shapes", "fashion-mnist")
+_HELDOUT_REFERENCE = ("digits", "shapes", "fashion-mnist", "fashion-mini")
 
 
 def default_reference_split(dataset_name: str) -> str:
@@ -52,7 +52,8 @@ def default_reference_split(dataset_name: str) -> str:
 
     ``heldout`` for datasets with a real held-out split — ``digits`` (300 images never
     trained on), ``shapes`` (5,000 renders from another seed stream), ``fashion-mnist``
-    (the official 10,000 test images) — so the metric does not reward memorising the
+    (the official 10,000 test images), ``fashion-mini`` (its 2,000 images of the official test
+    file) — so the metric does not reward memorising the
     training images; ``train`` for ``imagefolder:…`` (its held-out split is a subset of
     the training files). ``latents:DIR``: that of the images the cache was encoded from.
     """

@@ -56,6 +56,9 @@ class Drafting(ABC, Generic[NetT, SampleT]):
     """
 
     description: str
+    page_settings: tuple[str, ...] = ()
+    """Sampling settings of drafted sampling that ``ecar serve``'s page offers besides the
+    method's own (:meth:`Method.page_fields`)."""
 
     @abstractmethod
     def check_pair(self, target: Any, draft: Any) -> None:
@@ -108,6 +111,21 @@ class Method(ABC, Generic[NetT, SampleT]):
     sample_config_cls: type[SampleConfig]
     entries: Mapping[str, Mapping[str, Any]]
     drafting: Drafting[NetT, SampleT] | None = None
+    page_settings: tuple[str, ...] = ("sampler", "steps", "cfg", "cfg_schedule", "cfg_interval")
+    """The sampling settings ``ecar serve``'s page offers for this method, in order: those that
+    change its samples (not, say, E-CAR's ``steps`` when every stage has its own count).
+    :meth:`page_fields` adds the conditional ones."""
+
+    def page_fields(self, model: NetT, sample: SampleT, drafted: bool = False) -> dict[str, Any]:
+        """``{name: value}`` of the settings the page offers for ``model`` at ``sample``:
+        :attr:`page_settings`, ``noise_scale`` where the sampler is ``euler_maruyama`` (the
+        only one it acts on) and, when ``drafted``, the drafting's (:attr:`Drafting.page_settings`)."""
+        names = list(self.page_settings)
+        if sample.sampler == "euler_maruyama":
+            names.append("noise_scale")
+        if drafted and self.drafting is not None:
+            names += self.drafting.page_settings
+        return {name: getattr(sample, name) for name in names}
 
     def __repr__(self) -> str:
         return f"<method {self.name}>"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -54,7 +54,8 @@ class ECARSampleConfig(SampleConfig):
 
     steps: int = setting(50, "integration steps of every stage (unless stage_steps is given)")
     stage_steps: list[int] | None = setting(
-        None, "steps of each stage, coarse to fine (one entry per stage)", metavar="K1,K2,...")
+        None, "steps of each stage, coarse to fine (one entry per stage)", metavar="K1,K2,...",
+        label="steps per stage (coarse to fine)")
 
     def validate(self) -> None:
         super().validate()
@@ -129,6 +130,13 @@ class ECARMethod(Method[ECAR, ECARSampleConfig]):
 
     def step_counts(self, model: ECAR, sample: ECARSampleConfig) -> list[int]:
         return stage_step_counts(sample, model.num_stages)
+
+    page_settings = ("sampler", "stage_steps", "cfg", "cfg_schedule", "cfg_interval")
+
+    def page_fields(self, model: ECAR, sample: ECARSampleConfig, drafted: bool = False) -> dict[str, Any]:
+        """As every method's, with the steps of each stage spelled out (``stage_steps``, or
+        ``steps`` for every stage)."""
+        return {**super().page_fields(model, sample, drafted), "stage_steps": self.step_counts(model, sample)}
 
     def scale_steps(self, model: ECAR, sample: ECARSampleConfig, factor: float) -> ECARSampleConfig:
         steps = [scale_count(k, factor) for k in self.step_counts(model, sample)]

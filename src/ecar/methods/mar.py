@@ -52,7 +52,8 @@ class MARSampleConfig(SampleConfig):
     """MAR's sampling settings: the shared ones (``steps`` are the head's, per iteration)
     plus the unmasking iterations and the temperature; guidance ramps linearly by default."""
 
-    steps: int = setting(25, "head integration steps of every iteration (for each newly unmasked token)")
+    steps: int = setting(25, "head integration steps of every iteration (for each newly unmasked token)",
+                         label="head steps per token")
     cfg_schedule: str = setting(
         "linear", "guidance schedule: linear (default, MAR: ramps from 1 to cfg with the fraction of "
         "tokens generated) or constant", choices=GUIDANCE_SCHEDULES)
@@ -60,9 +61,9 @@ class MARSampleConfig(SampleConfig):
         None, "guide only in iterations whose fraction of tokens generated (after the iteration) is "
         "in [LO, HI]; no unconditional pass elsewhere (default: every iteration)", metavar="LO,HI")
     iterations: int = setting(16, "unmasking iterations K (cosine schedule; more than the token count "
-                              "means one token per iteration)")
+                              "means one token per iteration)", label="unmasking iterations")
     temperature: float = setting(1.0, "multiplies the head's noise: its start noise and, with "
-                                 "euler_maruyama, each step's noise (< 1 sharpens)")
+                                 "euler_maruyama, each step's noise (< 1 sharpens)", label="temperature")
 
     def validate(self) -> None:
         super().validate()
@@ -84,6 +85,7 @@ def iteration_guidance(sample: SampleConfig, counts: list[int]) -> list[float]:
 
 class MARMethod(Method[MAR, MARSampleConfig]):
     name = "mar"
+    page_settings = ("iterations", "sampler", "steps", "cfg", "cfg_schedule", "cfg_interval", "temperature")
     family = "mar"
     config_cls = MARConfig
     sample_config_cls = MARSampleConfig

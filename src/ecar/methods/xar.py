@@ -45,7 +45,7 @@ ENTRIES = {
 class XARSampleConfig(SampleConfig):
     """xAR's sampling settings: the shared ones, ``steps`` per unit, guidance ramped over units."""
 
-    steps: int = setting(10, "integration steps of every unit")
+    steps: int = setting(10, "integration steps of every unit", label="steps per unit")
     cfg_schedule: str = setting(
         "linear", "guidance schedule: linear (default, xAR: ramps from 1 to cfg with the fraction of units "
         "generated) or constant", choices=GUIDANCE_SCHEDULES)
@@ -54,7 +54,8 @@ class XARSampleConfig(SampleConfig):
         "unconditional pass elsewhere (default: every unit)", metavar="LO,HI")
     context_time: float = setting(
         1.0, "time at which finished units enter the context: 1 = clean (default); below 1 each is "
-        "re-noised once with fresh noise, like the noisy context of training")
+        "re-noised once with fresh noise, like the noisy context of training",
+        label="context time (1 = clean)")
 
     def validate(self) -> None:
         super().validate()
@@ -71,6 +72,7 @@ def unit_guidance(sample: SampleConfig, units: int) -> list[float]:
 
 class XARMethod(Method[XAR, XARSampleConfig]):
     name = "xar"
+    page_settings = ("sampler", "steps", "cfg", "cfg_schedule", "cfg_interval", "context_time")
     family = "xar"
     config_cls = XARConfig
     sample_config_cls = XARSampleConfig

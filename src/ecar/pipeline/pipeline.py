@@ -163,6 +163,11 @@ class Pipeline:
         (:meth:`ecar.methods.Method.scale_steps`)."""
         return self.method.scale_steps(self.model, sample, factor)
 
+    def page_fields(self, sample: SampleConfig | None = None) -> dict[str, Any]:
+        """``{name: value}`` of the sampling settings that apply to this model (and its draft),
+        as ``ecar serve``'s page offers them (:meth:`ecar.methods.Method.page_fields`)."""
+        return self.method.page_fields(self.model, sample or self.cfg.sample, drafted=self.draft is not None)
+
     def head(self) -> nn.Module | None:
         """The network's per-token head (cost anatomies report it apart), or None."""
         return self.method.head(self.model)

@@ -39,17 +39,18 @@ class SampleConfig:
     """Sampler settings shipped with a recipe (the CLI may override them); base of every
     method's own sampling settings."""
 
-    sampler: str = setting("euler", "integrator", choices=SAMPLER_NAMES)
-    steps: int = setting(50, "integration steps")
-    cfg: float = setting(1.0, "classifier-free guidance scale (1 = none)")
+    sampler: str = setting("euler", "integrator", choices=SAMPLER_NAMES, label="integrator")
+    steps: int = setting(50, "integration steps", label="integration steps")
+    cfg: float = setting(1.0, "classifier-free guidance scale (1 = none)", label="guidance scale")
     cfg_schedule: str = setting(
         "constant", "guidance schedule: constant, or linear (ramps from 1 to cfg over the "
-        "sampling progress)", choices=GUIDANCE_SCHEDULES)
+        "sampling progress)", choices=GUIDANCE_SCHEDULES, label="guidance schedule")
     cfg_interval: list[float] | None = setting(
         None, "guide only while the sampling progress (DiT: time, 0 = noise; E-CAR: stage / "
         "(stages - 1)) is in [LO, HI]; no unconditional pass elsewhere (default: everywhere)",
-        metavar="LO,HI")
-    noise_scale: float = setting(1.0, "euler_maruyama only: diffusion coefficient multiplier")
+        metavar="LO,HI", label="guide only within (from,to)")
+    noise_scale: float = setting(1.0, "euler_maruyama only: diffusion coefficient multiplier",
+                                 label="noise scale")
 
     def validate(self) -> None:
         check_choice("sample.sampler", self.sampler, SAMPLER_NAMES)

@@ -35,7 +35,7 @@ from ecar.layers import upsample
 from ecar.methods import apply_sample_overrides, sampler_flags, total_steps
 from ecar.pipeline import Pipeline, load
 from ecar.samplers import SampleConfig, stop_when
-from ecar.schema import parser_kind
+from ecar.schema import parser_kind, setting_label
 
 __all__ = ["DISPLAY_PX", "GenerationCancelled", "GenerationRequest", "LIMITS", "ModelSlot", "RequestError",
            "ServeError", "load_slots", "png_data_url", "read_json"]
@@ -268,23 +268,28 @@ class ModelSlot:
     # ------------------------------------------------------------------ description
 
     def describe(self) -> dict:
-        """What the page needs to draw this model's column: names, classes and its sampling
-        settings (fields of its method's settings dataclass, as the CLI flags are derived)."""
+        """What the page needs to draw this model's column: names, classes and the sampling
+        settings that apply to its method (:meth:`ecar.pipeline.Pipeline.page_fields`), each
+        with a label in words, its help text (the CLI flag's) and its choices. No local path:
+        the page may be seen by others than the one who started the server."""
         pipe = self.pipe
-        sample = pipe.sample
         flags = {f.dest: f for f in sampler_flags()}
+        fields = {f.name: f for f in dataclasses.fields(pipe.sample)}
         settings = []
-        for f in dataclasses.fields(sample):
-            value = getattr(sample, f.name)
+        for name, value in pipe.page_fields().items():
             text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else (
                 "" if value is None else str(value))
-            flag = flags.get(f.name)
-            settings.append({"name": f.name, "value": text, "help": f.metadata.get("help", ""),
+            flag = flags.get(name)
+            settings.append({"name": name, "label": setting_label(type(pipe.sample), name), "value": text,
+                             "help": fields[name].metadata.get("help", ""),
                              "choices": list(flag.choices) if flag and flag.choices else None})
+        draft = pipe.draft
         return {
-            "id": self.key, "name": pipe.name, "method": pipe.method.name, "ckpt": self.ckpt,
+            "id": self.key, "name": pipe.name, "method": pipe.method.name,
+            "draft": None if draft is None else draft.name,
             "step": pipe.step, "num_classes": pipe.num_classes, "resolution": pipe.cfg.data.resolution,
-            "channels": pipe.cfg.data.channels, "units": pipe.units, "settings": settings,
+            "channels": pipe.cfg.data.channels, "units": 0 if draft is not None else pipe.units,
+            "settings": settings,
         }
 
     # ------------------------------------------------------------------ validation
@@ -391,17 +396,48 @@ class ModelSlot:
             shown += time.perf_counter() - t
 
         t0 = time.perf_counter()
+        drafted = self.pipe.draft is not None  # speculative decoding has no per-unit results
         with stop_when(step):
-            out = self.pipe(labels=req.labels, sample=req.sample, seed=req.seed, batch_size=req.n, on_unit=on_unit)
+            out = self.pipe(labels=req.labels, sample=req.sample, seed=req.seed, batch_size=req.n,
+                            on_unit=None if drafted else on_unit)
         seconds = time.perf_counter() - t0 - shown
-        gflops = self.gflops_per_image(req.sample)
+        # a draft's work depends on what the target accepts: no single count (Output.gflops_per_image)
+        gflops = None if drafted else self.gflops_per_image(req.sample)
         grid = png_data_url(make_grid(to_uint8(out.tensor), nrow=nrow, scale=scale))
-        emit({"event": "done", "image": grid, "n": req.n, "labels": req.labels.tolist(), "seed": req.seed,
-              "seconds": round(seconds, 4), "seconds_per_image": round(seconds / req.n, 5),
-              "gflops_per_image": gflops, "step_counts": req.step_counts})
+        done = {"event": "done", "image": grid, "n": req.n, "labels": req.labels.tolist(), "seed": req.seed,
+                "seconds": round(seconds, 4), "seconds_per_image": round(seconds / req.n, 5),
+                "gflops_per_image": gflops, "step_counts": req.step_counts}
+        if out.speculative is not None:
+            done["speculative"] = _speculative_summary(out.speculative)
+        emit(done)
 
 
-def load_slots(ckpts: list[str], device: torch.device, use_ema: bool = True) -> list[ModelSlot]:
+def _speculative_summary(stats: dict) -> dict:
+    """The numbers of a speculative call's statistics that the page shows: its finite scalars
+    (JSON has no NaN) and the γ it ran with (the last choice: ``gamma=auto`` decides per call)."""
+    out = {k: v for k, v in stats.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+           and not (isinstance(v, float) and not math.isfinite(v))}
+    choices = stats.get("choices") or []
+    if choices:
+        out["gamma"] = choices[-1].get("gamma")
+    return out
+
+
+def load_slots(ckpts: list[str], device: torch.device, use_ema: bool = True,
+               draft: str | None = None) -> list[ModelSlot]:
     """One :class:`ModelSlot` per checkpoint directory (ids ``m0``, ``m1``, … in order),
-    loaded through :func:`ecar.load`."""
-    return [ModelSlot(f"m{i}", str(Path(c)), load(c, device, ema=use_ema)) for i, c in enumerate(ckpts)]
+    loaded through :func:`ecar.load`; with ``draft`` (a draft checkpoint, ``ecar draft``)
+    every model whose method can be drafted samples by speculative decoding with it.
+
+    Raises :class:`ServeError` when ``draft`` fits none of the models."""
+    pipes = [load(c, device, ema=use_ema) for c in ckpts]
+    if draft is not None:
+        proposer, reasons = load(draft, device, ema=use_ema), []
+        for i, pipe in enumerate(pipes):
+            try:
+                pipes[i] = pipe.with_draft(proposer)
+            except ConfigError as e:
+                reasons.append(f"{ckpts[i]}: {e}")
+        if len(reasons) == len(pipes):
+            raise ServeError(f"--draft {draft} fits none of the models: " + " | ".join(reasons))
+    return [ModelSlot(f"m{i}", str(Path(c)), pipe) for i, (c, pipe) in enumerate(zip(ckpts, pipes))]

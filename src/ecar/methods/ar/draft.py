@@ -45,6 +45,7 @@ class ARDrafting(Drafting[AR, ARSampleConfig]):
     tokens and their Gaussian chains; the target verifies them (:mod:`ecar.engine.speculative`)."""
 
     description = "a Gaussian-mixture draft head on the target's own (frozen) transformer"
+    page_settings = ("gamma",)
 
     def check_pair(self, target: ARConfig, draft: ARConfig) -> None:
         if target.patch != draft.patch:

@@ -69,6 +69,7 @@ class ARMethod(Method[AR, ARSampleConfig]):
     sample_config_cls = ARSampleConfig
     entries = ENTRIES
     drafting = ARDrafting()
+    page_settings = ("sampler", "steps", "cfg", "cfg_schedule", "cfg_interval", "temperature")
 
     def build(self, model_cfg: ARConfig, spec: LatentSpec) -> AR:
         return AR(model_cfg, spec.channels, spec.size, spec.num_classes)

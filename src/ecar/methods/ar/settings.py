@@ -18,8 +18,9 @@ class ARSampleConfig(SampleConfig):
     """AR's sampling settings: the shared ones (``steps`` are the head's, per token; the
     default sampler is the Gaussian chain) plus temperature and speculative decoding's."""
 
-    sampler: str = setting("euler_maruyama", "integrator", choices=SAMPLER_NAMES)
-    steps: int = setting(25, "head steps per token (the Gaussian chain's K with euler_maruyama)")
+    sampler: str = setting("euler_maruyama", "integrator", choices=SAMPLER_NAMES, label="integrator")
+    steps: int = setting(25, "head steps per token (the Gaussian chain's K with euler_maruyama)",
+                         label="head steps per token")
     cfg_schedule: str = setting(
         "linear", "guidance schedule: linear (default, as MAR: ramps from 1 to cfg with the fraction of "
         "tokens generated after the token) or constant", choices=GUIDANCE_SCHEDULES)
@@ -27,7 +28,7 @@ class ARSampleConfig(SampleConfig):
         None, "guide only tokens whose fraction of tokens generated (after the token) is in [LO, HI] "
         "(default: every token)", metavar="LO,HI")
     temperature: float = setting(1.0, "multiplies the head's noise: its start noise and, with "
-                                 "euler_maruyama, each step's noise (< 1 sharpens)")
+                                 "euler_maruyama, each step's noise (< 1 sharpens)", label="temperature")
     time_power: float = setting(1.0, "head time grid t_k = chain_end·(1 − (1 − k/K)^p): p > 1 takes finer "
                                 "steps near the data, where the chain's last noise would stay in the sample")
     chain_end: float | None = setting(
@@ -38,7 +39,7 @@ class ARSampleConfig(SampleConfig):
                                "verification (1: the draft speculates each token's chain steps only; 0: plain "
                                "decoding), or auto: chosen per call from the measured costs and acceptance at the "
                                "call's batch size, 0 where speculation would not pay (docs/speculative.md)",
-                               metavar="G|auto")
+                               metavar="G|auto", label="tokens the draft proposes per check (γ)")
     residual_batch: int = setting(8, "speculative decoding: candidate paths drawn at once when a "
                                   "rejected token is resampled from the residual (verify=path)")
     verify: str = setting("step", "speculative decoding: accept each Gaussian step of a proposed token's "
