@@ -355,14 +355,59 @@ def test_every_token_comes_from_an_accepted_proposal_or_a_residual_sample(verify
     assert bool((tokens.abs().sum(-1) > 0).all())
 
 
-@pytest.mark.parametrize("verify,gamma", [("path", 4), ("step", 4), ("path", 1), ("step", 1)])
-def test_residual_sampling_raises_instead_of_falling_back(verify, gamma):
+@pytest.mark.parametrize("gamma", [4, 1])
+def test_path_residual_sampling_raises_instead_of_falling_back(gamma):
     cfg, target = _net(1)
     _, draft = _net(3)
     settings = AR_METHOD.loop_settings(target, cfg.sample)
     with pytest.raises(RuntimeError, match="residual sampling found no sample"):
-        generate_speculative(target, draft, torch.arange(16) % 10, settings, gamma=gamma, verify=verify,
+        generate_speculative(target, draft, torch.arange(16) % 10, settings, gamma=gamma, verify="path",
                              generator=torch.Generator().manual_seed(0), max_residual_rounds=0)
+
+
+@pytest.mark.parametrize("gamma", [4, 1])
+def test_step_residual_beyond_its_rounds_is_drawn_exactly(gamma):
+    """verify=step: a step residual that rejection does not find within its rounds is drawn by
+    the exact inverse-CDF sampler (no rejection at all with 0 rounds), never left undrawn."""
+    cfg, target = _net(1)
+    _, draft = _net(3)
+    settings = AR_METHOD.loop_settings(target, cfg.sample)
+    out = generate_speculative(target, draft, torch.arange(16) % 10, settings, gamma=gamma, verify="step",
+                               generator=torch.Generator().manual_seed(0), max_residual_rounds=0)
+    stats = out["stats"].as_dict()
+    assert stats["residual_inverse"] > 0 and stats["residual_candidates"] == 0
+    assert bool(torch.isfinite(out["latents"]).all())
+
+
+@pytest.mark.parametrize("w,a", [(0.6, 0.3), (0.05, 0.3), (1.0, 0.02)])
+def test_inverse_residual_samples_the_exact_residual_across_and_along(w, a):
+    """gaussian_residual_inverse, in 3-D with the means apart along a diagonal: the coordinate
+    along e = (m_p − m_q)/|m_p − m_q| follows the closed-form residual CDF (KS), the two
+    coordinates across e are N(0, s²) (KS), including residuals of tiny mass (w = 0.05, and
+    means 0.04 std apart) where rejection from N(m_p) would need millions of candidates."""
+    from ecar.engine.speculative_rules import gaussian_residual_inverse
+
+    b, sd, n = -0.2, 0.5, 20_000
+    e = torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64) / 3
+    base = torch.tensor([0.1, -0.3, 0.2], dtype=torch.float64)
+    mp, mq = base + a * e, base + b * e
+    y = gaussian_residual_inverse(mp.expand(n, 3), mq.expand(n, 3), torch.full((n,), sd, dtype=torch.float64),
+                                  torch.full((n,), math.log(w), dtype=torch.float64), torch.Generator().manual_seed(0))
+    along = ((y - base) @ e).numpy()
+    c = (a + b) / 2 - sd**2 * math.log(w) / (a - b)
+
+    def mass(z):
+        return w * sps.norm.cdf((z - a) / sd) - sps.norm.cdf((z - b) / sd)
+
+    def cdf(z):
+        return (mass(np.maximum(z, c)) - mass(c)) / (w - 1 - mass(c))
+
+    assert bool((along > c - 1e-9).all()) and sps.kstest(along, cdf).pvalue > ALPHA
+    across = (y - base) - torch.from_numpy(along)[:, None] * e
+    u = torch.tensor([2.0, -1.0, 0.0], dtype=torch.float64) / math.sqrt(5)  # two directions across e
+    v = torch.linalg.cross(e, u)
+    for direction in (u, v):
+        assert sps.kstest((across @ direction).numpy() / sd, "norm").pvalue > ALPHA
 
 
 @pytest.mark.parametrize("w", [1.0, 0.6])

@@ -93,6 +93,9 @@ class SpeculativeStats:
     residual_tokens: int = 0
     residual_candidates: int = 0
     residual_rounds: int = 0
+    residual_inverse: int = 0
+    """Residual draws that rejection did not find in its rounds and :func:`gaussian_residual_inverse`
+    made exactly instead (a residual of tiny mass relative to its weight)."""
     rounds: int = 0
     image_rounds: int = 0
     seconds: float = 0.0
@@ -133,12 +136,20 @@ def gaussian_residual(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Ten
     """One draw per row of the normalised residual max(0, w·N(m_p, s²I) − N(m_q, s²I)) (w = 1
     unless ``log_weight`` (R,) gives log w <= 0, :func:`block_accepted`): rejection from
     N(m_p, s²I) with acceptance 1 − q/(w·p) (:func:`first_residual`), ``candidates`` per row and
-    round, until every row has one. mean_p, mean_q (R, D), std (R,) -> (R, D). No network call."""
+    round, until every row has one; rows still without one after ``max_rounds`` rounds (a
+    residual whose mass is tiny against its weight: rejection would need millions of
+    candidates) are drawn exactly by :func:`gaussian_residual_inverse`. The law is the same
+    either way. mean_p, mean_q (R, D), std (R,) -> (R, D). No network call."""
     out = torch.empty_like(mean_p)
     rows = torch.arange(mean_p.shape[0], device=mean_p.device)
     rounds = 0
     while rows.numel():
-        check_rounds(rounds, max_rounds, rows.numel(), candidates)
+        if rounds >= max_rounds:
+            lw = None if log_weight is None else log_weight[rows]
+            out[rows] = gaussian_residual_inverse(mean_p[rows], mean_q[rows], std[rows], lw, generator,
+                                                  rounds, candidates)
+            stats.residual_inverse += int(rows.numel())
+            break
         rounds += 1
         mp, mq, sd = mean_p[rows, None], mean_q[rows, None], std[rows, None, None]
         shift = 0.0 if log_weight is None else log_weight[rows, None].double()
@@ -152,6 +163,46 @@ def gaussian_residual(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Ten
         stats.residual_candidates += int(ok.numel()) * candidates
     stats.residual_rounds += rounds
     return out
+
+
+def gaussian_residual_inverse(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor,
+                              log_weight: torch.Tensor | None, generator: torch.Generator | None,
+                              rounds: int = 0, candidates: int = 0) -> torch.Tensor:
+    """One exact draw per row of the normalised residual max(0, w·N(m_p, s²I) − N(m_q, s²I)),
+    without rejection. The two Gaussians share their covariance, so they differ only along
+    e = (m_p − m_q)/|m_p − m_q|: across e both are N(m_q⊥, s²), and along e, in units of s
+    from m_q, the residual is w·φ(τ − α) − φ(τ) for τ above τ₀ = α/2 − log(w)/α
+    (α = |m_p − m_q|/s) and 0 below. Its CDF is closed form,
+    G(τ) = w·(S(τ₀ − α) − S(τ − α)) − (S(τ₀) − S(τ)) with S the normal survival function and
+    mass r = G(∞); τ solves G(τ) = u·r (bisection in float64). Raises :class:`RuntimeError`
+    (as an exhausted rejection does) where the residual has no mass."""
+    d = (mean_p - mean_q).double()
+    dist = d.norm(dim=-1)
+    sd = std.double()
+    alpha = dist / sd
+    log_w = torch.zeros_like(alpha) if log_weight is None else log_weight.double()
+    tau0 = alpha / 2 - log_w / alpha
+    w = log_w.exp()
+
+    def surv(x: torch.Tensor) -> torch.Tensor:
+        return torch.special.ndtr(-x)
+
+    mass = w * surv(tau0 - alpha) - surv(tau0)
+    if not bool(torch.isfinite(mass).all()) or not bool((mass > 0).all()):
+        check_rounds(max(rounds, 1), max(rounds, 1), int((~(mass > 0)).sum()), candidates)
+    u = torch.rand(alpha.shape, generator=generator, device=alpha.device, dtype=torch.float64)
+    goal = u * mass
+    lo, hi = tau0.clone(), torch.maximum(tau0, alpha) + 40.0
+    for _ in range(200):  # the residual's CDF rises monotonically from 0 at tau0 to mass
+        mid = (lo + hi) / 2
+        below = w * (surv(tau0 - alpha) - surv(mid - alpha)) - (surv(tau0) - surv(mid)) < goal
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    tau = (lo + hi) / 2
+    e = d / dist[:, None]
+    z = torch.randn(d.shape, generator=generator, device=d.device, dtype=torch.float64)
+    z = z - (z * e).sum(-1, keepdim=True) * e  # the part across e: the two Gaussians' common law
+    x = mean_q.double() + sd[:, None] * (tau[:, None] * e + z)
+    return x.to(mean_p.dtype)
 
 
 def check_rounds(rounds: int, max_rounds: int, rows: int, candidates: int) -> None:

@@ -70,6 +70,17 @@ def lr_factor(step: int, cfg: Config, time_fraction: float = 0.0) -> float:
     return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _progress_bar(max_steps: int, start: int, budget_s: float, spent: float, show: bool) -> tqdm:
+    """The training progress bar: steps out of ``train.max_steps``, or, with a time budget,
+    seconds out of the budget (a budget of minutes ends a run long before a max_steps of
+    100,000 would, and a bar at 0 % with hours to go tells a user nothing)."""
+    if budget_s:
+        return tqdm(total=budget_s, initial=min(spent, budget_s), desc="train", disable=not show,
+                    dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} "
+                    f"of a {budget_s / 60:g}-minute budget{{postfix}}")
+    return tqdm(total=max_steps, initial=start, desc="train", disable=not show, dynamic_ncols=True)
+
+
 def step_generator(seed: int, step: int, shard: int, device: torch.device) -> torch.Generator:
     """The generator of micro-batch shard ``shard`` = micro-step · ranks + rank of ``step``.
 
@@ -280,11 +291,10 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
             imgs = Pipeline(sampler, cfg, ae)(n, seed=0, batch_size=n).tensor
         save_grid(to_uint8(imgs), out / "samples" / f"step_{step:07d}.png", nrow=cfg.data.num_classes)
 
-    bar = tqdm(total=t.max_steps, initial=start, desc="train", disable=not (progress and di.is_main),
-               dynamic_ncols=True)
     step, last_saved, tic, seen = start, start if resume else None, time.perf_counter(), 0
     t_start = time.perf_counter() - spent  # a resumed run's clock goes on from its checkpoint
     budget_s = t.max_minutes * 60.0
+    bar = _progress_bar(t.max_steps, start, budget_s, spent, progress and di.is_main)
     with _StopFlag() as stopper:
         while step < t.max_steps:
             time_fraction = (time.perf_counter() - t_start) / budget_s if budget_s else 0.0
@@ -327,7 +337,10 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
             opt.zero_grad(set_to_none=True)
             update_ema(ema, model, ema_decay(step, t.ema_decay, t.ema_warmup))
             step += 1
-            bar.update(1)
+            if budget_s:  # the bar shows the time budget's progress (it ends the run first)
+                bar.update(min(bar.total, time.perf_counter() - t_start) - bar.n)
+            else:
+                bar.update(1)
 
             if step % t.log_every == 0 or step == t.max_steps:
                 elapsed = time.perf_counter() - tic
@@ -338,7 +351,7 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
                     **{k: all_reduce_mean(v).item() for k, v in parts.items()},
                 }
                 metrics.write(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
+                bar.set_postfix(step=step, loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
                 tic, seen = time.perf_counter(), 0
             if t.ckpt_every and step % t.ckpt_every == 0 and step < t.max_steps:
                 save(step)
