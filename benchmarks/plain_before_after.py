@@ -31,12 +31,17 @@ import torch
 
 CHILD = r"""
 import json, sys, time, torch
-from ecar.build import load_for_inference
 from ecar.methods.ar import AR_METHOD
 target, batches, images, threads, seed, out = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 torch.set_num_threads(threads)
-L = load_for_inference(target, torch.device("cpu"))
-model, sample = L.model.eval(), L.cfg.sample
+try:  # before issue 26 (the Python API): build.load_for_inference
+    from ecar.build import load_for_inference
+    L = load_for_inference(target, torch.device("cpu"))
+    model, sample = L.model.eval(), L.cfg.sample
+except ImportError:  # since: ecar.load -> Pipeline
+    import ecar
+    pipe = ecar.load(target, "cpu")
+    model, sample = pipe.model.eval(), pipe.sample
 res, first = {}, {}
 for b in batches:
     labels = torch.arange(b) % 10
