@@ -338,7 +338,7 @@ def _train(cfg: Config, out: Path, resume: bool, replacing: str | None, progress
             update_ema(ema, model, ema_decay(step, t.ema_decay, t.ema_warmup))
             step += 1
             if budget_s:  # the bar shows the time budget's progress (it ends the run first)
-                bar.update(min(bar.total, time.perf_counter() - t_start) - bar.n)
+                bar.update(min(budget_s, time.perf_counter() - t_start) - bar.n)
             else:
                 bar.update(1)
 
