@@ -275,7 +275,7 @@ def test_load_image_raises_on_corrupt(tmp_path: Path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"name": "mnist"}, "unknown dataset 'mnist'.*digits, shapes, fashion-mnist.*imagefolder"),
+        ({"name": "mnist"}, "unknown dataset 'mnist'.*digits, shapes, fashion-mini, fashion-mnist.*imagefolder"),
         ({"name": ""}, "data.name"),
         ({"name": "digits", "split": "test"}, "unknown split 'test'.*train, heldout"),
         ({"name": "digits", "channels": 2}, "channels must be 1"),

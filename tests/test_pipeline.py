@@ -78,7 +78,7 @@ def test_the_readme_python_api_runs_as_written(runs, tmp_path, monkeypatch):
     assert len(out.images) == 8 and all(isinstance(im, Image.Image) for im in out.images)
     assert {(im.size, im.mode) for im in out.images} == {((16, 16), "L")}
     assert out.tensor.shape == (8, 1, 16, 16) and bool((out.labels == 3).all())
-    saved = np.asarray(Image.open(tmp_path / "three.png"))
+    saved = np.asarray(Image.open(tmp_path / "dress.png"))  # class 3 of fashion-mini
     assert np.array_equal(saved, np.asarray(out.images[0]))
     assert out.gflops_per_image > 0 and out.seconds_per_image > 0
     assert [s.shape[-1] for s in stages] == [4, 8, 16]  # the three stages of the digits pyramid
