@@ -152,18 +152,18 @@ DRAFTED_AR = [*EXPECTED_SETTINGS["ar"], "tokens the draft proposes per check (γ
 @pytest.fixture(scope="module")
 def every_method_runs(tmp_path_factory):
     """A 2-step digits checkpoint of every method, and a draft for the AR one."""
+    from conftest import ROOT, TINY_SERVE_NET
+
     from ecar.cli import main as cli_main
     from ecar.config import load_config
     from ecar.train.trainer import train
 
     root = tmp_path_factory.mktemp("every-method")
-    tiny = ["model.hidden=32", "model.depth=1", "model.heads=2", "train.batch_size=8", "train.warmup_steps=1",
-            "train.log_every=1", "train.tensorboard=false", "train.max_steps=2"]
     heads = ["model.head_width=32", "model.head_depth=1"]
     extra = {"dit": [], "ecar": heads, "flowar": heads, "mar": heads, "xar": [], "ar": [*heads, "sample.steps=2"]}
     runs = {}
     for method, more in extra.items():
-        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"digits_{method}.yaml", [*tiny, *more])
+        cfg = load_config(ROOT / "configs" / f"digits_{method}.yaml", [*TINY_SERVE_NET, *more])
         train(cfg, root / method, progress=False)
         runs[method] = root / method
     assert cli_main(["draft", "--ckpt", str(runs["ar"]), "--out", str(root / "draft"), "--distill-steps", "2",

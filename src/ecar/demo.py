@@ -29,7 +29,7 @@ from ecar.data import build_dataset
 from ecar.errors import OutputExistsError
 from ecar.eval.cost import measure_cost
 from ecar.eval.evaluate import evaluate_model
-from ecar.imageio import make_grid, save_png, to_uint8
+from ecar.imageio import auto_scale, make_grid, save_png, to_uint8
 from ecar.layers import upsample
 from ecar.lock import writer_lock
 from ecar.pipeline import Pipeline, load
@@ -166,11 +166,11 @@ def class_rows(images: np.ndarray, names: list[str], per_row: int, scale: int | 
     """(N, H, W, C) uint8, ``per_row`` images of each class in turn -> one picture with a row
     per class, its name on the left, every image enlarged ``scale`` times (nearest; default:
     to about 96 pixels) so a person sees what it is."""
-    size = images.shape[1]
-    scale = scale or max(1, round(96 / size))
-    grid = make_grid(images, nrow=per_row, pad=2, scale=scale)
+    size, pad = images.shape[1], 2
+    scale = scale or auto_scale(size, 96)
+    grid = make_grid(images, nrow=per_row, pad=pad, scale=scale)
     picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).convert("RGB")
-    cell = size * scale + 2
+    cell = size * scale + pad
     margin = 8 * max(len(n) for n in names) + 16
     canvas = Image.new("RGB", (picture.width + margin, picture.height), "white")
     canvas.paste(picture, (margin, 0))
@@ -185,7 +185,7 @@ def save_growing_gif(stages: list[torch.Tensor], path: Path, frame_ms: int = 600
     the final size, nearest upsampling keeps its tokens visible), the last frame held;
     ``stages``: per stage (N, C, h_s, w_s) in [-1, 1]."""
     size = stages[-1].shape[-1]
-    scale = max(1, round(96 / size))
+    scale = auto_scale(size, 96)
     frames = [make_grid(to_uint8(upsample(s.float(), size)), nrow=len(s), pad=2, scale=scale) for s in stages]
     pictures = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in frames]
     durations = [frame_ms] * (len(pictures) - 1) + [hold_ms]

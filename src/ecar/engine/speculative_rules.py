@@ -187,7 +187,8 @@ def gaussian_residual_inverse(mean_p: torch.Tensor, mean_q: torch.Tensor, std: t
     def surv(x: torch.Tensor) -> torch.Tensor:
         return torch.special.ndtr(-x)
 
-    mass = w * surv(tau0 - alpha) - surv(tau0)
+    p0, q0 = surv(tau0 - alpha), surv(tau0)  # the two survivals at tau0: the same in every bisection step
+    mass = w * p0 - q0
     if not bool(torch.isfinite(mass).all()) or not bool((mass > 0).all()):
         check_rounds(max(rounds, 1), max(rounds, 1), int((~(mass > 0)).sum()), candidates)
     u = torch.rand(alpha.shape, generator=generator, device=alpha.device, dtype=torch.float64)
@@ -195,7 +196,7 @@ def gaussian_residual_inverse(mean_p: torch.Tensor, mean_q: torch.Tensor, std: t
     lo, hi = tau0.clone(), torch.maximum(tau0, alpha) + 40.0
     for _ in range(200):  # the residual's CDF rises monotonically from 0 at tau0 to mass
         mid = (lo + hi) / 2
-        below = w * (surv(tau0 - alpha) - surv(mid - alpha)) - (surv(tau0) - surv(mid)) < goal
+        below = w * (p0 - surv(mid - alpha)) - (q0 - surv(mid)) < goal
         lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
     tau = (lo + hi) / 2
     e = d / dist[:, None]
