@@ -3,7 +3,9 @@
 both sides at the same torch thread count, ``--repeats`` interleaved repeats (plain, then
 speculative, per batch size and repeat), medians. The JSON holds every time, the γ each
 speculative call chose and why (measured acceptance and costs, predicted seconds per γ), and
-the command.
+the command. All calls go through one drafted pipeline, as a user's would: the first call at
+each batch size runs gamma="auto"'s pilot, later ones choose from what it remembers
+(``pilots`` per row counts the calls that ran one).
 
     python benchmarks/speculative_batch.py --target RUN --draft DRAFT_RUN --threads 2 \\
         --out benchmarks/results/speculative_batch.json
@@ -104,7 +106,8 @@ def main() -> None:
         p, q = statistics.median(row["plain_s"]), statistics.median(row["speculative_s"])
         row.update(plain_latency_s=p / calls, speculative_latency_s=q / calls, plain_images_per_s=row["images"] / p,
                    speculative_images_per_s=row["images"] / q, speedup=p / q,
-                   gammas=sorted({c["gamma"] for c in row["choices"]}))
+                   gammas=sorted({c["gamma"] for c in row["choices"]}),
+                   pilots=sum(not c.get("remembered") for c in row["choices"]))
         rows.append(row)
         print(f"batch {b:4d}: plain {p / calls:.3f} s, speculative {q / calls:.3f} s per call -> {p / q:.2f}x "
               f"(gamma {row['gammas']})", flush=True)

@@ -9,7 +9,7 @@ import torch
 from ecar.build import LatentSpec
 from ecar.config import load_config
 from ecar.engine.speculative import PLAIN, generate_speculative
-from ecar.engine.speculative_cost import CallCosts, choose_gamma, predicted_seconds, rounds_needed, tokens_per_round
+from ecar.engine.speculative_cost import CallCosts, GammaMemory, choose_gamma, predicted_seconds, rounds_needed, tokens_per_round
 from ecar.methods.ar import AR_METHOD
 
 # batch 1 on a CPU: every call costs mostly latency, the draft's chain is cheap next to the target's
@@ -81,3 +81,45 @@ def test_auto_records_its_choice_and_gamma_0_is_plain_decoding():
     assert bool((plain["source"] == PLAIN).all()) and plain["stats"].draft_head_calls == 0
     with pytest.raises(ValueError, match="gamma must be an integer >= 0 or 'auto'"):
         generate_speculative(target, target, labels, settings, gamma=-1)
+
+
+def test_the_memory_pools_acceptance_and_keeps_the_first_costs_per_batch():
+    memory = GammaMemory()
+    memory.learn("s", 1, 30, 40)
+    assert memory.recall("s", 1) is None  # no costs measured at batch 1 yet: the next call pilots
+    memory.learn("s", 1, 10, 12, LATENCY)
+    memory.learn("s", 1, 20, 20, THROUGHPUT)  # a later pilot's costs do not replace the first
+    costs, alpha = memory.recall("s", 1)
+    assert costs == LATENCY and alpha == pytest.approx(60 / 72)
+    assert memory.recall("s", 4) is None and memory.recall("other settings", 1) is None
+
+
+def test_later_calls_skip_the_pilot_and_choose_from_what_earlier_calls_measured():
+    settings, target = _pair()
+    memory, gen = GammaMemory(), torch.Generator().manual_seed(0)
+    calls = [generate_speculative(target, target, torch.arange(b) % 10, settings, gamma="auto", generator=gen,
+                                  memory=memory) for b in (2, 2, 2, 3)]
+    first, second, third, other = (c["stats"].choices[0] for c in calls)
+    assert "remembered" not in first and first["start"] >= 3
+    assert second["remembered"] and second["start"] == 0 and second["costs"] == first["costs"]
+    assert second["acceptance"] == 1.0 and third["gamma"] == second["gamma"]  # a draft equal to the target
+    assert not bool((calls[1]["source"] == PLAIN).any()) or second["gamma"] == 0  # no pilot's plain tokens
+    assert "remembered" not in other  # another batch size measures its own costs
+    tested = sum(c["stats"].tested for c in calls)
+    assert memory.counts[next(iter(memory.counts))] == [tested, tested]
+
+
+def test_a_drafted_pipeline_remembers_across_calls_and_settings_copies():
+    import ecar
+    from ecar.autoencoders import IdentityAutoencoder
+
+    settings, target = _pair()
+    cfg = load_config(None, ["model.name=ar-tiny", "sample.steps=3", "sample.cfg=2.0", "data.resolution=8",
+                             "data.channels=1", "data.num_classes=10"])
+    pipe = ecar.Pipeline(target, cfg, IdentityAutoencoder(1))
+    drafted = pipe.with_draft(ecar.Pipeline(target, cfg, IdentityAutoencoder(1)))
+    outs = [drafted(2, seed=k, batch_size=2) for k in range(2)]
+    assert [("remembered" in o.speculative["choices"][0]) for o in outs] == [False, True]
+    again = drafted.with_settings(drafted.cfg.sample)(2, seed=5, batch_size=2)
+    assert again.speculative["choices"][0].get("remembered")
+    assert pipe.with_draft(drafted.draft)(2, seed=0, batch_size=2).speculative["choices"][0].get("remembered") is None

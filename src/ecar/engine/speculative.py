@@ -43,7 +43,7 @@ from typing import Any, Callable
 import torch
 
 from ecar.engine.causal import CausalNet, CausalSampleConfig, GuidedCausal, chain_token
-from ecar.engine.speculative_cost import MAX_GAMMA, CallCosts, choose_gamma
+from ecar.engine.speculative_cost import MAX_GAMMA, CallCosts, GammaMemory, choose_gamma
 from ecar.engine.speculative_residual import chain_means, expand_rows, redraw, repeat_rows
 from ecar.engine.speculative_rules import (SpeculativeStats, accepted_prefix, block_accepted, first_residual,
                                            gaussian_residual, step_test)
@@ -310,9 +310,18 @@ def _measured_costs(run: _Run, fixed: tuple[float, float], batch: int) -> CallCo
                      decide=2 * best("decide"), extra_position=0.0 if run.shared else 0.5 * best("pass"))
 
 
-def _auto(run: _Run, labels: torch.Tensor, settings: CausalSampleConfig) -> dict:
+def _choice(costs: CallCosts, alpha: float, batch: int, tokens: int, **why: Any) -> dict:
+    """The γ :func:`choose_gamma` picks for the remaining ``tokens`` and why (``stats.choices``)."""
+    gamma, pred = choose_gamma(costs, alpha, batch, tokens)
+    return {"gamma": gamma, **why, "acceptance": alpha, "costs": costs.as_dict(),
+            "predicted_s": {str(k): v for k, v in pred.items()},
+            "predicted_speedup": pred[0] / pred[gamma] if pred[gamma] > 0 else 1.0}
+
+
+def _auto(run: _Run, labels: torch.Tensor, settings: CausalSampleConfig) -> tuple[dict, CallCosts]:
     """Plain decoding of the first tokens and γ = 1 speculation of the next ones, timed (real
-    work of the call), then γ for the rest from :func:`choose_gamma` at the measured acceptance."""
+    work of the call), then γ for the rest from :func:`choose_gamma` at the measured acceptance;
+    and the measured costs."""
     B, N = run.tnet.batch, run.target.num_tokens
     run.clock = {}
     plain = min(2, N)
@@ -324,25 +333,26 @@ def _auto(run: _Run, labels: torch.Tensor, settings: CausalSampleConfig) -> dict
     tested = run.stats.tested - before[1]
     alpha = (run.stats.accepted - before[0]) / tested if tested else 1.0
     costs = _measured_costs(run, fixed, B)
-    gamma, pred = choose_gamma(costs, alpha, B, N - plain - spec)
     run.clock = None
-    return {"gamma": gamma, "start": plain + spec, "acceptance": alpha, "pilot_plain": plain, "pilot_gamma1": spec,
-            "costs": costs.as_dict(), "predicted_s": {str(k): v for k, v in pred.items()},
-            "predicted_speedup": pred[0] / pred[gamma] if pred[gamma] > 0 else 1.0}
+    return _choice(costs, alpha, B, N - plain - spec, start=plain + spec, pilot_plain=plain, pilot_gamma1=spec), costs
 
 
 @torch.no_grad()
 def generate_speculative(target: CausalNet, draft: CausalNet, labels: torch.Tensor, settings: CausalSampleConfig,
                          gamma: int | str = AUTO, residual_batch: int = 8, generator: torch.Generator | None = None,
                          max_residual_rounds: int = 1000, verify: str = "step",
-                         on_round: Callable[[torch.Tensor], None] | None = None, share_passes: bool = True) -> dict:
+                         on_round: Callable[[torch.Tensor], None] | None = None, share_passes: bool = True,
+                         memory: GammaMemory | None = None) -> dict:
     """labels (B,) -> {"latents": (B, C, H, W), "stats": SpeculativeStats, "source": (B, N)
     int8 (:data:`PLAIN`, :data:`ACCEPTED` or :data:`RESIDUAL` per token)}: samples of
     ``target``'s guided, tempered chain (``settings``, sampler euler_maruyama), proposed by
     ``draft`` (same token layout and settings). ``gamma``: proposals per round, 0 for plain
     decoding, or :data:`AUTO` (the first tokens are decoded plainly and at γ = 1 while the
     costs and the acceptance are measured, the rest at the γ of
-    :func:`~ecar.engine.speculative_cost.choose_gamma`; ``stats.choices`` says why).
+    :func:`~ecar.engine.speculative_cost.choose_gamma`; ``stats.choices`` says why). With a
+    ``memory`` that already knows this batch size and settings, :data:`AUTO` skips the pilot and
+    chooses from the remembered costs and the acceptance pooled over earlier calls; every call
+    adds its counts (and a pilot its costs) to it.
     ``verify``: :data:`VERIFY_MODES`. ``on_round(n)`` hears the tokens known per image after
     each round. When the draft has the target's transformer
     (:func:`~ecar.models.ar.shares_transformer`: a draft *head*, ``ecar draft``) and
@@ -369,7 +379,15 @@ def generate_speculative(target: CausalNet, draft: CausalNet, labels: torch.Tens
                chain, verify, residual_batch, generator, max_residual_rounds, on_round, SpeculativeStats(), tokens,
                torch.zeros(B, room, D, device=dev) if chain.finishes else tokens,
                torch.zeros(B, room, dtype=torch.int8, device=dev))
-    choice: dict[str, Any] = {"gamma": gamma, "start": 0} if gamma != AUTO else _auto(run, labels, settings)
+    key = f"{settings!r}, verify={verify}"
+    known = memory.recall(key, B) if memory is not None and gamma == AUTO else None
+    measured: CallCosts | None = None
+    if gamma != AUTO:
+        choice: dict[str, Any] = {"gamma": gamma, "start": 0}
+    elif known is not None:
+        choice = _choice(*known, B, N, start=0, remembered=True)
+    else:
+        choice, measured = _auto(run, labels, settings)
     choice["batch"] = B
     start, chosen = int(choice["start"]), int(choice["gamma"])
     if chosen == 0:
@@ -379,6 +397,8 @@ def generate_speculative(target: CausalNet, draft: CausalNet, labels: torch.Tens
     else:
         _rounds(run, start, chosen)
     run.stats.choices.append(choice)
+    if memory is not None:
+        memory.learn(key, B, run.stats.accepted, run.stats.tested, measured)
     return _result(run, tokens[:, :N], run.source[:, :N])
 
 

@@ -30,11 +30,11 @@ token (a proposal kept whole):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from statistics import NormalDist
 
-__all__ = ["MAX_GAMMA", "CallCosts", "choose_gamma", "predicted_seconds", "rounds_needed", "tokens_per_round"]
+__all__ = ["MAX_GAMMA", "CallCosts", "GammaMemory", "choose_gamma", "predicted_seconds", "rounds_needed", "tokens_per_round"]
 
 MAX_GAMMA = 6
 """The largest γ ``gamma="auto"`` considers (γ = 3–6 tied in the batch-1 benchmark)."""
@@ -67,6 +67,38 @@ class CallCosts:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class GammaMemory:
+    """What ``gamma="auto"`` learned in earlier calls of one drafted pipeline, so that only the
+    first call at each batch size pays for the pilot (plain and γ = 1 decoding of the first
+    tokens while the costs are timed and the acceptance counted).
+
+    ``costs[(key, batch)]``: the :class:`CallCosts` the first pilot at that batch size measured;
+    ``counts[key]``: ``[accepted, tested]`` proposals summed over every speculative call at
+    settings ``key`` (the acceptance pooled over all of them: a pilot's 32 tested tokens give
+    it only to about ±0.05). ``key`` names the sampling settings and the verification, since
+    both change the acceptance. The γ of a later call is then a function of past draws only,
+    so every token keeps the target's law (docs/speculative.md, "Choosing γ")."""
+
+    costs: dict[tuple[str, int], CallCosts] = field(default_factory=dict)
+    counts: dict[str, list[int]] = field(default_factory=dict)
+
+    def recall(self, key: str, batch: int) -> tuple[CallCosts, float] | None:
+        """The costs at ``batch`` and the pooled acceptance at ``key``, once a pilot at this batch
+        size measured the costs (it tested proposals too)."""
+        costs, (accepted, tested) = self.costs.get((key, batch)), self.counts.get(key, [0, 0])
+        if costs is None or not tested:
+            return None
+        return costs, accepted / tested
+
+    def learn(self, key: str, batch: int, accepted: int, tested: int, costs: CallCosts | None = None) -> None:
+        """Add a call's tested and accepted proposals (and a pilot's costs, kept per batch size)."""
+        count = self.counts.setdefault(key, [0, 0])
+        count[0], count[1] = count[0] + accepted, count[1] + tested
+        if costs is not None:
+            self.costs.setdefault((key, batch), costs)
 
 
 def tokens_per_round(alpha: float, gamma: int) -> tuple[float, float]:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Generic, Mapping, TypeVar
 import torch
 from torch import nn
 
+from ecar.engine.speculative_cost import GammaMemory
 from ecar.flow import FlowConfig
 from ecar.models.base import LatentSpec
 from ecar.samplers import SampleConfig
@@ -68,10 +69,11 @@ class Drafting(ABC, Generic[NetT, SampleT]):
 
     @abstractmethod
     def speculative(self, target: NetT, draft: NetT, sample: SampleT, labels: torch.Tensor,
-                    generator: torch.Generator | None = None) -> dict:
+                    generator: torch.Generator | None = None, memory: GammaMemory | None = None) -> dict:
         """Samples of ``target`` at ``sample``'s settings for labels (B,), proposed by ``draft``:
         ``{"latents", "stats", "source"}``; settings without a path density to compare raise
-        :class:`~ecar.errors.ConfigError`."""
+        :class:`~ecar.errors.ConfigError`. ``memory``: what earlier calls of the same pair learned
+        for choosing γ (:class:`~ecar.engine.speculative_cost.GammaMemory`)."""
 
     @abstractmethod
     def check_settings(self, sample: SampleT) -> None:

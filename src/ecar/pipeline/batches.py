@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ecar.autoencoders import Autoencoder
 from ecar.config import Config, ConfigError
 from ecar.device import available_memory
+from ecar.engine.speculative_cost import GammaMemory
 from ecar.engine.speculative_rules import SpeculativeStats
 from ecar.methods import Method
 from ecar.samplers import SampleConfig
@@ -75,7 +76,7 @@ class Sampled:
 def sample_batches(model: nn.Module, method: Method[Any, Any], autoencoder: Autoencoder, labels: torch.Tensor,
                    sample: SampleConfig, seed: int, batch_size: int, progress: bool = False,
                    return_stages: bool = False, on_unit: UnitHook | None = None,
-                   draft: nn.Module | None = None) -> Sampled:
+                   draft: nn.Module | None = None, memory: GammaMemory | None = None) -> Sampled:
     """One image per label, ``batch_size`` labels per call of the method's loop, one generator
     seeded with ``seed`` for the whole call (so the images depend on ``batch_size``), decoded.
 
@@ -83,7 +84,8 @@ def sample_batches(model: nn.Module, method: Method[Any, Any], autoencoder: Auto
     as they exist: once per unit when the labels fit one batch, else once per batch and unit.
     With a ``draft`` network the samples are drawn by the method's exact speculative decoding
     (:attr:`~ecar.methods.Method.drafting`); ``speculative`` then holds its statistics, whose
-    ``seconds`` are those of the sampling calls alone. The model's train/eval mode is restored
+    ``seconds`` are those of the sampling calls alone, and ``memory`` (default: one for this
+    call) carries what ``gamma="auto"`` learns from batch to batch and call to call. The model's train/eval mode is restored
     even when ``on_unit`` raises (a cancelled request).
     """
     if draft is not None and (return_stages or on_unit is not None):
@@ -99,6 +101,7 @@ def sample_batches(model: nn.Module, method: Method[Any, Any], autoencoder: Auto
     model.eval()
     chunks = list(torch.split(labels, batch_size))
     stats = SpeculativeStats()
+    memory = memory if memory is not None else GammaMemory()
 
     def decoded(i: int, latents: torch.Tensor) -> None:
         assert on_unit is not None
@@ -108,7 +111,7 @@ def sample_batches(model: nn.Module, method: Method[Any, Any], autoencoder: Auto
         for y in tqdm(chunks, desc="sampling", disable=not progress or len(chunks) < 2, leave=False):
             if draft is not None and drafting is not None:
                 t0 = time.perf_counter()
-                out = drafting.speculative(model, draft.eval(), sample, y.to(device), gen)
+                out = drafting.speculative(model, draft.eval(), sample, y.to(device), gen, memory)
                 out["stats"].seconds = time.perf_counter() - t0
                 stats.add(out["stats"])
             else:

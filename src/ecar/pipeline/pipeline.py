@@ -17,6 +17,7 @@ from ecar.build import build_model, latent_spec
 from ecar.checkpoint import CheckpointError, load_checkpoint, load_state_into
 from ecar.config import Config, ConfigError
 from ecar.device import pick_device
+from ecar.engine.speculative_cost import GammaMemory
 from ecar.methods import Method, apply_sample_overrides, drafted_methods, method_of, total_steps
 from ecar.pipeline.batches import UnitHook, check_generation_fits, labels_for, sample_batches
 from ecar.pipeline.output import Output
@@ -103,6 +104,9 @@ class Pipeline:
         self.method: Method[Any, Any] = method_of(cfg.model)
         self.step, self.directory, self.draft = step, directory, draft
         self._gflops: dict[tuple[str, int], float] = {}
+        # what gamma="auto" learned in earlier calls (costs per batch size, pooled acceptance per
+        # setting): only the first call at a batch size pays for its pilot
+        self._gamma_memory = GammaMemory() if draft is not None else None
 
     def __repr__(self) -> str:
         where = f" from {self.directory}" if self.directory else ""
@@ -180,7 +184,9 @@ class Pipeline:
     def with_settings(self, sample: SampleConfig) -> Pipeline:
         """The same network with ``sample`` as its shipped settings (a recipe's changed sampler)."""
         cfg = dataclasses.replace(self.cfg, sample=dataclasses.replace(sample))
-        return Pipeline(self.model, cfg, self.autoencoder, step=self.step, directory=self.directory, draft=self.draft)
+        out = Pipeline(self.model, cfg, self.autoencoder, step=self.step, directory=self.directory, draft=self.draft)
+        out._gamma_memory = self._gamma_memory  # kept per setting: the same pair learns on
+        return out
 
     def with_draft(self, draft: Pipeline) -> Pipeline:
         """This pipeline sampling by exact speculative decoding with ``draft`` proposing tokens
@@ -241,7 +247,7 @@ class Pipeline:
             raise ConfigError("speculative decoding (a draft) yields no per-unit results: drop the stages output")
         out = sample_batches(self.model, self.method, self.autoencoder, labels, sample, seed, batch_size,
                              progress=progress, return_stages=stages, on_unit=on_unit,
-                             draft=None if self.draft is None else self.draft.model)
+                             draft=None if self.draft is None else self.draft.model, memory=self._gamma_memory)
         seconds = out.seconds if out.speculative is None else float(out.speculative["seconds"])
         count: Callable[[], float | None] = (lambda: None) if self.draft is not None else (lambda: self.gflops(sample))
         return Output(out.images, labels.cpu(), seed, sample, seconds, out.stages, out.speculative, count)

@@ -29,6 +29,7 @@ import torch
 
 from ecar.engine.causal import GuidedCausal, generate_causal
 from ecar.engine.speculative import generate_speculative
+from ecar.engine.speculative_cost import GammaMemory
 from ecar.engine.speculative_residual import chain_means
 from ecar.errors import ConfigError
 from ecar.methods.ar.settings import ARSampleConfig, loop_settings
@@ -54,7 +55,7 @@ class ARDrafting(Drafting[AR, ARSampleConfig]):
                               "the target's token layout")
 
     def speculative(self, target: AR, draft: AR, sample: ARSampleConfig, labels: torch.Tensor,
-                    generator: torch.Generator | None = None) -> dict:
+                    generator: torch.Generator | None = None, memory: GammaMemory | None = None) -> dict:
         """``{"latents", "stats", "source"}`` (:func:`ecar.engine.speculative.generate_speculative`)."""
         settings = loop_settings(target, sample, target.cfg.context_time)
         if settings.sampler != "euler_maruyama" or not sample.temperature > 0 or not sample.noise_scale > 0:
@@ -63,7 +64,7 @@ class ARDrafting(Drafting[AR, ARSampleConfig]):
                 f"temperature > 0 and noise_scale > 0 (got {sample.sampler}, {sample.temperature}, "
                 f"{sample.noise_scale}); the ODE samplers have no path density to compare")
         return generate_speculative(target, draft, labels, settings, sample.gamma, sample.residual_batch, generator,
-                                    verify=sample.verify)
+                                    verify=sample.verify, memory=memory)
 
     def check_settings(self, sample: ARSampleConfig) -> None:
         if sample.sampler != "euler_maruyama":
