@@ -92,6 +92,10 @@ def test_the_memory_pools_acceptance_and_keeps_the_first_costs_per_batch():
     costs, alpha = memory.recall("s", 1)
     assert costs == LATENCY and alpha == pytest.approx(60 / 72)
     assert memory.recall("s", 4) is None and memory.recall("other settings", 1) is None
+    small = GammaMemory(max_keys=2)
+    for key in ("a", "b", "c"):
+        small.learn(key, 1, 1, 1, LATENCY)
+    assert list(small.counts) == ["b", "c"] and {k for k, _ in small.costs} == {"b", "c"}
 
 
 def test_later_calls_skip_the_pilot_and_choose_from_what_earlier_calls_measured():

@@ -84,6 +84,8 @@ class GammaMemory:
 
     costs: dict[tuple[str, int], CallCosts] = field(default_factory=dict)
     counts: dict[str, list[int]] = field(default_factory=dict)
+    max_keys: int = 64
+    """Settings remembered at most (a server whose users vary guidance freely): the oldest go."""
 
     def recall(self, key: str, batch: int) -> tuple[CallCosts, float] | None:
         """The costs at ``batch`` and the pooled acceptance at ``key``, once a pilot at this batch
@@ -99,6 +101,10 @@ class GammaMemory:
         count[0], count[1] = count[0] + accepted, count[1] + tested
         if costs is not None:
             self.costs.setdefault((key, batch), costs)
+        while len(self.counts) > self.max_keys:
+            old = next(iter(self.counts))
+            del self.counts[old]
+            self.costs = {k: v for k, v in self.costs.items() if k[0] != old}
 
 
 def tokens_per_round(alpha: float, gamma: int) -> tuple[float, float]:
