@@ -127,3 +127,7 @@ def test_a_drafted_pipeline_remembers_across_calls_and_settings_copies():
     again = drafted.with_settings(drafted.cfg.sample)(2, seed=5, batch_size=2)
     assert again.speculative["choices"][0].get("remembered")
     assert pipe.with_draft(drafted.draft)(2, seed=0, batch_size=2).speculative["choices"][0].get("remembered") is None
+    from ecar.cli.sample import gamma_summary
+
+    first, later = (o.speculative["choices"][0] for o in outs)
+    assert "measured on the first" in gamma_summary([first]) and "pooled over earlier calls" in gamma_summary([later])

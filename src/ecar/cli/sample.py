@@ -105,12 +105,15 @@ def cmd_sample(args) -> int:
 
 def gamma_summary(choices: list[dict]) -> str:
     """What γ each sampling call ran with and, where it was chosen (gamma auto), why: the
-    acceptance measured on its first tokens and the predicted speed-up over plain decoding."""
+    acceptance (measured on the call's first tokens, or pooled over earlier calls when the
+    pipeline remembered this batch size) and the predicted speed-up over plain decoding."""
     parts = []
     for c in choices:
         text = f"batch {c['batch']}: gamma {c['gamma']}" + (" (plain decoding)" if c["gamma"] == 0 else "")
         if "acceptance" in c:
-            text += (f", chosen at measured acceptance {c['acceptance']:.3f} on the first {c['start']} tokens, "
+            where = ("pooled over earlier calls" if c.get("remembered")
+                     else f"measured on the first {c['start']} tokens")
+            text += (f", chosen at acceptance {c['acceptance']:.3f} {where}, "
                      f"predicted {c['predicted_speedup']:.2f}x plain")
         parts.append(text)
     if len(parts) > 4:  # many batches: the distinct choices
