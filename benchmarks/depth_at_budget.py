@@ -28,28 +28,28 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-import ecar
-from ecar.build import build_model, latent_spec
-from ecar.config import load_config
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import throughput  # noqa: E402  (benchmarks/throughput.py: its training-FLOP count)
+
+import ecar  # noqa: E402
+from ecar.build import build_model, latent_spec  # noqa: E402
+from ecar.config import load_config  # noqa: E402
 
 BATCH = 8
 
 
 def train_gflops_per_image(cfg, depth: int) -> float:
     """Forward + backward of the objective of a resolved config at ``depth``, GFLOPs per image
-    (random data and weights)."""
+    (random data and weights; :func:`throughput.train_gflops_per_image`)."""
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, depth=depth))
     spec = latent_spec(cfg)
     torch.manual_seed(0)
     model, method = build_model(cfg, spec)
-    objective = method.objective(model, cfg.flow)
     x = torch.randn(BATCH, spec.channels, spec.size, spec.size)
     y = torch.arange(BATCH) % spec.num_classes
-    with FlopCounterMode(display=False) as counter:
-        objective(x, y, torch.Generator().manual_seed(0))["loss"].backward()
-    return counter.get_total_flops() / BATCH / 1e9
+    return throughput.train_gflops_per_image(method.objective(model, cfg.flow), x, y, torch.Generator().manual_seed(0))
 
 
 def main() -> None:

@@ -91,6 +91,15 @@ def autocast_for(device: torch.device, precision: str):
             else nullcontext())
 
 
+def train_gflops_per_image(objective, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, amp=None) -> float:
+    """GFLOPs per image of one forward + backward of a training ``objective`` on the batch
+    (x, y), counted by ``FlopCounterMode`` (inside ``amp`` when given). Leaves the gradients."""
+    with FlopCounterMode(display=False) as counter:
+        with amp or nullcontext():
+            objective(x, y, gen)["loss"].backward()
+    return counter.get_total_flops() / x.shape[0] / 1e9
+
+
 def measure_training(cfg, spec: LatentSpec, batch: int, device: torch.device, precision: str,
                      steps: int, warmup: int) -> tuple[dict, torch.nn.Module]:
     """Training cost of ``cfg``'s model on random latents of ``spec``: GFLOPs per image of one
@@ -113,11 +122,8 @@ def measure_training(cfg, spec: LatentSpec, batch: int, device: torch.device, pr
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    with FlopCounterMode(display=False) as counter:
-        with amp:
-            objective(x, y, gen)["loss"].backward()
+    train_gflops = train_gflops_per_image(objective, x, y, gen, amp)
     opt.zero_grad(set_to_none=True)
-    train_gflops = counter.get_total_flops() / batch / 1e9
     step_s = median_seconds(step, device, steps, warmup)
     model.eval()
     peak = _peak(device)

@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass, field
 
 from statistics import NormalDist
 
-__all__ = ["MAX_GAMMA", "CallCosts", "GammaMemory", "choose_gamma", "predicted_seconds", "rounds_needed", "tokens_per_round"]
+__all__ = ["MAX_GAMMA", "CallCosts", "GammaMemory", "choose_gamma", "predicted_seconds", "rounds_needed",
+           "tokens_per_round"]
 
 MAX_GAMMA = 6
 """The largest γ ``gamma="auto"`` considers (γ = 3–6 tied in the batch-1 benchmark)."""

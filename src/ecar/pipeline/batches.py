@@ -85,8 +85,8 @@ def sample_batches(model: nn.Module, method: Method[Any, Any], autoencoder: Auto
     With a ``draft`` network the samples are drawn by the method's exact speculative decoding
     (:attr:`~ecar.methods.Method.drafting`); ``speculative`` then holds its statistics, whose
     ``seconds`` are those of the sampling calls alone, and ``memory`` (default: one for this
-    call) carries what ``gamma="auto"`` learns from batch to batch and call to call. The model's train/eval mode is restored
-    even when ``on_unit`` raises (a cancelled request).
+    call) carries what ``gamma="auto"`` learns from batch to batch and call to call. The
+    model's train/eval mode is restored even when ``on_unit`` raises (a cancelled request).
     """
     if draft is not None and (return_stages or on_unit is not None):
         raise ConfigError("speculative decoding (a draft) yields no per-unit results: drop the stages output")
