@@ -53,12 +53,14 @@ def summarise(budget: float, path: Path, method: str) -> dict:
 
 def plot(points: list[dict], method: str, path: Path) -> None:
     others = sorted({o for p in points for o in p["ratios"]})
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, unit in zip(axes, ("gflops", "seconds")):
+    names = sorted({n for p in points for n in p["best"]} | set(others))
+    colour = {n: f"C{i}" for i, n in enumerate(names)}  # one colour per method in every panel
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.6))
+    for ax, unit in zip(axes[:2], ("gflops", "seconds")):
         for other in others:
             xs = [p["minutes"] for p in points if other in p["ratios"]]
             ys = [p["ratios"][other][unit] for p in points if other in p["ratios"]]
-            line = ax.plot(xs, ys, marker="o", label=f"vs {other}")[0]
+            line = ax.plot(xs, ys, marker="o", color=colour[other], label=f"vs {other}")[0]
             for p in points:
                 r = p["ratios"].get(other)
                 if r and r[f"{unit}_bound"] == ">":  # the other never reached the FID: a lower bound
@@ -74,6 +76,25 @@ def plot(points: list[dict], method: str, path: Path) -> None:
         ax.set_ylabel(f"{'GFLOPs' if unit == 'gflops' else 'seconds'} ratio at equal FID")
         ax.set_title(f"{method} at its shipped setting (arrow: lower bound)", fontsize=9)
         ax.legend(fontsize=8)
+    ax = axes[2]  # what the ratios sit on: each method's FID, shipped and best on its frontier
+    minutes = [p["minutes"] for p in points]
+    for name in names:
+        ms = [p["minutes"] for p in points if name in p["best"]]
+        ax.errorbar(ms, [p["best"][name]["fid_mean"] for p in points if name in p["best"]],
+                    yerr=[p["best"][name]["fid_std"] for p in points if name in p["best"]],
+                    marker="o", capsize=3, color=colour[name], label=f"{name}: best")
+        shipped = [(p["minutes"], p["shipped"][name]) for p in points if p["shipped"].get(name)]
+        if shipped:
+            ax.errorbar([m for m, _ in shipped], [r["fid_mean"] for _, r in shipped],
+                        yerr=[r["fid_std"] for _, r in shipped], marker="s", ls="--", capsize=3,
+                        color=colour[name], label=f"{name}: shipped")
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(minutes, [f"{m:g}" for m in minutes])
+    ax.set_xlabel("training minutes per recipe")
+    ax.set_ylabel("FID (mean ± std over seeds)")
+    ax.set_title("FID at the shipped setting and best on each frontier", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
