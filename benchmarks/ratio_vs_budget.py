@@ -51,6 +51,14 @@ def summarise(budget: float, path: Path, method: str) -> dict:
     return out
 
 
+def _minutes_axis(ax, points: list[dict]) -> None:
+    """The shared x axis of every panel: the budgets, on a log scale."""
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks([p["minutes"] for p in points], [f"{p['minutes']:g}" for p in points])
+    ax.set_xlabel("training minutes per recipe")
+
+
 def plot(points: list[dict], method: str, path: Path) -> None:
     others = sorted({o for p in points for o in p["ratios"]})
     names = sorted({n for p in points for n in p["best"]} | set(others))
@@ -69,29 +77,18 @@ def plot(points: list[dict], method: str, path: Path) -> None:
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
         top = max(p["ratios"][o][unit] for p in points for o in p["ratios"])
         ax.set_ylim(0, 1.35 * top)  # room for the lower bounds' arrows
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks([p["minutes"] for p in points], [f"{p['minutes']:g}" for p in points])
-        ax.set_xlabel("training minutes per recipe")
+        _minutes_axis(ax, points)
         ax.set_ylabel(f"{'GFLOPs' if unit == 'gflops' else 'seconds'} ratio at equal FID")
         ax.set_title(f"{method} at its shipped setting (arrow: lower bound)", fontsize=9)
         ax.legend(fontsize=8)
     ax = axes[2]  # what the ratios sit on: each method's FID, shipped and best on its frontier
-    minutes = [p["minutes"] for p in points]
     for name in names:
-        ms = [p["minutes"] for p in points if name in p["best"]]
-        ax.errorbar(ms, [p["best"][name]["fid_mean"] for p in points if name in p["best"]],
-                    yerr=[p["best"][name]["fid_std"] for p in points if name in p["best"]],
-                    marker="o", capsize=3, color=colour[name], label=f"{name}: best")
-        shipped = [(p["minutes"], p["shipped"][name]) for p in points if p["shipped"].get(name)]
-        if shipped:
-            ax.errorbar([m for m, _ in shipped], [r["fid_mean"] for _, r in shipped],
-                        yerr=[r["fid_std"] for _, r in shipped], marker="s", ls="--", capsize=3,
-                        color=colour[name], label=f"{name}: shipped")
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ax.set_xticks(minutes, [f"{m:g}" for m in minutes])
-    ax.set_xlabel("training minutes per recipe")
+        for key, marker, ls in (("best", "o", "-"), ("shipped", "s", "--")):
+            pts = [(p["minutes"], p[key][name]) for p in points if p[key].get(name)]
+            if pts:
+                ax.errorbar([m for m, _ in pts], [r["fid_mean"] for _, r in pts], yerr=[r["fid_std"] for _, r in pts],
+                            marker=marker, ls=ls, capsize=3, color=colour[name], label=f"{name}: {key}")
+    _minutes_axis(ax, points)
     ax.set_ylabel("FID (mean ± std over seeds)")
     ax.set_title("FID at the shipped setting and best on each frontier", fontsize=9)
     ax.legend(fontsize=7)
